@@ -1,0 +1,75 @@
+"""Self-describing checkpoints: written atomically, loaded only as plain tensors and values (never code)."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .errors import UserError
+from .models import PetNet, build_model
+from .transforms import Preprocessing
+
+FORMAT_VERSION = 1
+REQUIRED_KEYS = ("format_version", "model_name", "class_names", "preprocessing", "model_state")
+
+
+def library_versions() -> dict[str, str]:
+    import timm
+    import torchvision
+
+    from . import __version__
+
+    return {"petclassifier": __version__, "torch": str(torch.__version__), "torchvision": str(torchvision.__version__),
+            "timm": timm.__version__}
+
+
+def save_checkpoint(payload: dict, path: str | Path) -> None:
+    """torch.save to a temporary file beside `path`, fsync, then rename: a crash leaves the old file whole."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save({"format_version": FORMAT_VERSION, "versions": library_versions(), **payload}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)  # make the rename itself durable
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """A checkpoint as a dict; refuses anything that would need to run code to unpickle."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"no checkpoint file {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        reason = str(e).strip().splitlines()[0]
+        refused = f"{path} is refused: it holds objects that are not plain tensors or values ({reason})"
+        raise UserError(refused) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise UserError(f"{path} is not a readable checkpoint (truncated or corrupt?): {e}") from None
+    if not isinstance(ckpt, dict) or any(k not in ckpt for k in REQUIRED_KEYS):
+        raise UserError(f"{path} is not a petclassifier checkpoint")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt: dict) -> tuple[PetNet, Preprocessing]:
+    """Rebuild the network from the checkpoint alone (no weights download) and load its weights strictly."""
+    model = build_model(ckpt["model_name"], len(ckpt["class_names"]), pretrained=False)
+    try:
+        model.load_state_dict(ckpt["model_state"], strict=True)
+    except RuntimeError as e:
+        raise UserError(f"checkpoint weights do not fit {ckpt['model_name']}: {str(e).splitlines()[0]}") from None
+    return model.eval(), Preprocessing.from_dict(ckpt["preprocessing"])

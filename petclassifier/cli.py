@@ -1,0 +1,114 @@
+"""Command line: `petclassifier train|predict ...`; scripts/*.py call the same parsers."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import fields
+
+from .config import TrainConfig
+from .errors import UserError
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field; an unset flag keeps the config's default (or the model's recipe)."""
+    d = TrainConfig()
+    p.add_argument("--dataset", choices=("sample", "oxford-iiit-pet", "folder"),
+                   help=f"bundled sample photos, Oxford-IIIT Pet, or your own class folders (default {d.dataset})")
+    p.add_argument("--data-dir", help="dataset root (Oxford: the folder holding oxford-iiit-pet/)")
+    p.add_argument("--download", action="store_true", default=None, help="download Oxford-IIIT Pet if missing")
+    p.add_argument("--task", choices=("breed", "species"), help=f"37 breeds or cat/dog (default {d.task})")
+    p.add_argument("--val-fraction", type=float, help=f"share of training photos held out (default {d.val_fraction})")
+    p.add_argument("--cache-dir", help="where decoded photos are cached (default ~/.cache/petclassifier)")
+    p.add_argument("--model", help=f"efficientnet_lite0, smallcnn or a torchvision model name (default {d.model})")
+    p.add_argument("--pretrained", action=argparse.BooleanOptionalAction, help="start from ImageNet weights")
+    p.add_argument("--trainable-stages", type=int, help="last body stages fine-tuned; 0 head only, -1 all")
+    p.add_argument("--image-size", type=int, help="side of the square the network sees")
+    p.add_argument("--epochs", type=int, help="passes over the training photos")
+    p.add_argument("--batch-size", type=int, help=f"photos per step (default {d.batch_size})")
+    p.add_argument("--lr", type=float, help="peak learning rate")
+    p.add_argument("--weight-decay", type=float, help=f"AdamW weight decay (default {d.weight_decay})")
+    p.add_argument("--warmup-epochs", type=float, help=f"linear warm-up length (default {d.warmup_epochs})")
+    p.add_argument("--label-smoothing", type=float, help=f"(default {d.label_smoothing})")
+    p.add_argument("--augment-views", type=int, help=f"cached augmented views per photo (default {d.augment_views})")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), help=f"(default {d.device})")
+    p.add_argument("--workers", type=int, help=f"image-decoding processes (default {d.workers})")
+    p.add_argument("--seed", type=int, help=f"(default {d.seed})")
+    p.add_argument("--out", help="run folder (default runs/<date-time>-<model>-<task>)")
+    p.add_argument("--resume", help="continue from a last.pt")
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    names = {f.name for f in fields(TrainConfig)}
+    return TrainConfig(**{k: v for k, v in vars(args).items() if k in names and v is not None})
+
+
+def add_predict_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("paths", nargs="+", metavar="PATH", help="photos, or folders searched recursively")
+    p.add_argument("--checkpoint", help="a best.pt (default: the newest runs/*/best.pt)")
+    p.add_argument("--top-k", type=int, default=5, help="labels listed per photo (default 5)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from .train import fit
+
+    fit(config_from_args(args))
+    return 0
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from .predict import PetClassifier, expand_paths, newest_checkpoint
+
+    checkpoint = args.checkpoint
+    if checkpoint is None:
+        checkpoint = newest_checkpoint()
+        print(f"using the newest checkpoint, {checkpoint}", file=sys.stderr)
+    classifier = PetClassifier.from_checkpoint(checkpoint, device=args.device)
+    paths = expand_paths(args.paths)
+    if not paths:
+        raise UserError(f"no image files found in {' '.join(args.paths)}")
+    results = classifier.predict_paths(paths, top_k=args.top_k)
+    if args.json:
+        print(json.dumps([r.as_dict() for r in results], indent=2))
+    else:
+        for r in results:
+            if r.error is not None:
+                print(f"{r.path}: error: {r.error}")
+                continue
+            ranked = ", ".join(f"{label} {p:.1%}" for label, p in r.labels)
+            species = f"  [{r.species[0][0]} {r.species[0][1]:.1%}]" if r.species else ""
+            print(f"{r.path}: {ranked}{species}")
+    return 0 if any(r.error is None for r in results) else 1
+
+
+COMMANDS = {
+    "train": (add_train_arguments, run_train, "train a classifier and save checkpoints in a run folder"),
+    "predict": (add_predict_arguments, run_predict, "rank labels for photos with a trained checkpoint"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="petclassifier", description="Pet photo classifier (PyTorch).")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (add_arguments, _, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        add_arguments(p)
+        p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command][1](args)
+    except (UserError, FloatingPointError) as e:
+        if args.debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,73 @@
+"""The one training configuration: every CLI flag is a field here, and every field is a CLI flag."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+SAMPLE_DIR = PROJECT_ROOT / "data"  # the bundled photos, in the Oxford-IIIT Pet layout
+
+
+@dataclass
+class TrainConfig:
+    # data
+    dataset: str = "sample"  # sample (bundled photos) | oxford-iiit-pet | folder (one sub-folder per class)
+    data_dir: str | None = None  # dataset root; None means the bundled sample
+    download: bool = False  # download Oxford-IIIT Pet into data_dir if it is missing (needs internet)
+    task: str = "breed"  # breed (37 classes) | species (cat or dog); Oxford-IIIT Pet only
+    val_fraction: float = 0.1  # share of the training photos held out, stratified, for choosing the best epoch
+    cache_dir: str | None = None  # decoded-image and feature cache; None means ~/.cache/petclassifier
+    # model
+    model: str = "efficientnet_lite0"  # a registry name: efficientnet_lite0, smallcnn or any torchvision model
+    pretrained: bool = True  # start from ImageNet weights (always False for smallcnn)
+    trainable_stages: int | None = None  # last body stages to fine-tune (0: head only, -1: all); None: recipe
+    image_size: int | None = None  # crop side fed to the network; None: recipe
+    # optimisation
+    epochs: int | None = None  # passes over the training photos; None: recipe
+    batch_size: int = 64  # photos per gradient step
+    lr: float | None = None  # peak learning rate of AdamW after warm-up; None: recipe
+    weight_decay: float = 0.05  # AdamW decoupled weight decay
+    warmup_epochs: float = 1.0  # linear warm-up before the cosine decay
+    label_smoothing: float = 0.1  # soften one-hot targets: better calibrated, less over-confident
+    augment_views: int = 4  # augmented views per photo pre-computed by the frozen body (fast path only)
+    # runtime
+    device: str = "auto"  # auto | cpu | cuda (auto picks CUDA when present)
+    workers: int = 2  # processes decoding images
+    seed: int = 0  # seeds the split, the initial weights, augmentation and batch order
+    out: str | None = None  # run folder; None means runs/<date-time>-<model>-<task>
+    resume: str | None = None  # a last.pt to continue from
+
+    def resolved(self) -> TrainConfig:
+        """This config with every None filled in from the recipe of its model."""
+        recipe = RECIPES.get(self.model, RECIPES["default"])
+        filled = {k: v for k, v in recipe.items() if getattr(self, k) is None}
+        cfg = replace(self, **filled)
+        if cfg.model == "smallcnn":  # nothing to start from: every layer learns from the user's photos
+            cfg = replace(cfg, pretrained=False)
+        if not cfg.pretrained:  # a frozen random body would be useless
+            cfg = replace(cfg, trainable_stages=-1)
+        if cfg.cache_dir is None:
+            cache_home = os.environ.get("XDG_CACHE_HOME", str(Path.home() / ".cache"))
+            cfg = replace(cfg, cache_dir=str(Path(cache_home) / "petclassifier"))
+        return cfg
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def from_dict(cls, values: dict) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+
+# The best recipes measured on a 2-core CPU (see README): the values a None field takes.
+RECIPES: dict[str, dict] = {
+    # Fine-tune the last two stages and the 1x1 head conv on features cached from the frozen ImageNet body.
+    "efficientnet_lite0": {"trainable_stages": 3, "image_size": 224, "epochs": 12, "lr": 1e-3},
+    # From scratch: every layer learns, at a resolution a CPU can afford.
+    "smallcnn": {"trainable_stages": -1, "image_size": 128, "epochs": 30, "lr": 3e-3},
+    "default": {"trainable_stages": 0, "image_size": 224, "epochs": 10, "lr": 1e-3},
+}

@@ -1,0 +1,187 @@
+"""Datasets (bundled sample, Oxford-IIIT Pet, a user's folders), stratified splits and the decoded-image cache."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torchvision.datasets import ImageFolder, OxfordIIITPet
+from tqdm import tqdm
+
+from .config import SAMPLE_DIR, TrainConfig
+from .errors import UserError
+from .images import ImageError, is_image_file, load_image
+from .transforms import Preprocessing
+
+DATASETS = ("sample", "oxford-iiit-pet", "folder")
+TASKS = ("breed", "species")
+
+
+@dataclass
+class Split:
+    """Photos and their class indices."""
+
+    paths: list[str]
+    labels: list[int]
+
+    def subset(self, indices: list[int]) -> Split:
+        return Split([self.paths[i] for i in indices], [self.labels[i] for i in indices])
+
+
+@dataclass
+class PetData:
+    """Everything a run needs to know about its photos."""
+
+    class_names: list[str]
+    train: Split
+    val: Split
+    test: Split | None  # only for the final report, never for choosing epochs
+    species_of: dict[str, str] = field(default_factory=dict)  # breed -> "cat" | "dog" (Oxford breeds only)
+
+
+def load_data(cfg: TrainConfig) -> PetData:
+    """The splits named by the config: trainval/test for Oxford, train/val[/test] sub-folders or a split folder."""
+    if cfg.dataset not in DATASETS:
+        raise UserError(f"unknown dataset {cfg.dataset!r}; choose one of {', '.join(DATASETS)}")
+    if cfg.task not in TASKS:
+        raise UserError(f"unknown task {cfg.task!r}; choose breed or species")
+    if cfg.dataset == "folder":
+        if cfg.data_dir is None:
+            raise UserError("--dataset folder needs --data-dir DIR with one sub-folder of photos per class")
+        return folder_data(Path(cfg.data_dir), cfg.val_fraction, cfg.seed)
+    root = Path(cfg.data_dir) if cfg.data_dir else SAMPLE_DIR
+    return oxford_data(root, cfg.task, cfg.download, cfg.val_fraction, cfg.seed)
+
+
+def oxford_data(root: Path, task: str, download: bool, val_fraction: float, seed: int) -> PetData:
+    """Oxford-IIIT Pet through torchvision's loader; `root` holds (or receives) the oxford-iiit-pet folder."""
+    if not download and not (root / "oxford-iiit-pet" / "annotations").is_dir():
+        raise UserError(f"no Oxford-IIIT Pet in {root / 'oxford-iiit-pet'}; add --download to fetch it (800 MB)")
+    try:
+        trainval = OxfordIIITPet(root, split="trainval", download=download)
+        test = OxfordIIITPet(root, split="test")
+    except (OSError, RuntimeError) as e:  # URLError is an OSError
+        raise UserError(f"could not download Oxford-IIIT Pet into {root}: {e}; check the connection") from None
+    breeds = [name.lower().replace(" ", "_") for name in trainval.classes]
+    species = dict(zip(trainval._labels, trainval._bin_labels))  # torchvision keeps both targets privately
+    species_of = {breeds[b]: ("cat", "dog")[s] for b, s in species.items()}
+    if task == "species":
+        class_names, train_labels, test_labels = ["cat", "dog"], trainval._bin_labels, test._bin_labels
+    else:
+        class_names, train_labels, test_labels = breeds, trainval._labels, test._labels
+    full = Split([str(p) for p in trainval._images], list(train_labels))
+    train_idx, val_idx = stratified_split(full.labels, val_fraction, seed)
+    test_split = Split([str(p) for p in test._images], list(test_labels))
+    return PetData(class_names, full.subset(train_idx), full.subset(val_idx), test_split, species_of)
+
+
+def folder_data(root: Path, val_fraction: float, seed: int) -> PetData:
+    """A user's photos, one sub-folder per class; train/ val/ test/ sub-folders are used as splits when present."""
+    if not root.is_dir():
+        raise UserError(f"no folder {root}")
+    if (root / "train").is_dir():
+        train = image_folder(root / "train")
+        class_names = train[0]
+        splits = {name: image_folder(root / name, class_names)[1] for name in ("val", "test") if (root / name).is_dir()}
+        train_split = train[1]
+        val = splits.get("val")
+        if val is None:
+            train_idx, val_idx = stratified_split(train_split.labels, val_fraction, seed)
+            train_split, val = train_split.subset(train_idx), train_split.subset(val_idx)
+        return PetData(class_names, train_split, val, splits.get("test"))
+    class_names, full = image_folder(root)
+    train_idx, val_idx = stratified_split(full.labels, val_fraction, seed)
+    return PetData(class_names, full.subset(train_idx), full.subset(val_idx), None)
+
+
+def image_folder(root: Path, class_names: list[str] | None = None) -> tuple[list[str], Split]:
+    """Class names and photos of an ImageFolder tree; `class_names` pins the label order to the training split's."""
+    try:
+        folder = ImageFolder(str(root), is_valid_file=is_image_file, allow_empty=True)
+    except FileNotFoundError as e:
+        raise UserError(f"{root}: {e}") from None
+    if class_names is None:
+        class_names = folder.classes
+        if len(class_names) < 2:
+            raise UserError(f"{root} has {len(class_names)} class folder(s); a classifier needs at least two")
+    elif missing := set(folder.classes) - set(class_names):
+        raise UserError(f"{root} has classes that training does not: {', '.join(sorted(missing))}")
+    counts = Counter(folder.classes[label] for _, label in folder.samples)
+    if empty := [name for name in folder.classes if counts[name] == 0]:
+        raise UserError(f"class folder {root / empty[0]} holds no photos; add some or remove the folder")
+    index = {name: i for i, name in enumerate(class_names)}
+    return class_names, Split([p for p, _ in folder.samples], [index[folder.classes[y]] for _, y in folder.samples])
+
+
+def stratified_split(labels: list[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Indices (train, held-out): `fraction` of every class, at least one photo, chosen reproducibly."""
+    by_class: dict[int, list[int]] = {}
+    for i, y in enumerate(labels):
+        by_class.setdefault(y, []).append(i)
+    rng = random.Random(seed)
+    train, held = [], []
+    for y, idx in sorted(by_class.items()):
+        if len(idx) < 2:
+            raise UserError(f"class {y} has {len(idx)} photo; a train/validation split needs at least two per class")
+        rng.shuffle(idx)
+        k = max(1, round(len(idx) * fraction))
+        held += idx[:k]
+        train += idx[k:]
+    return sorted(train), sorted(held)
+
+
+def decode_images(paths: list[str], prep: Preprocessing, cache_dir: str, workers: int) -> tuple[torch.Tensor, list]:
+    """All photos as one uint8 tensor [N, 3, R, R], decoded once and memory-mapped from the cache afterwards.
+
+    The cache key covers every file's bytes and the size, so a changed photo means a fresh decode. Returns the
+    tensor of the readable photos and the list of (path, reason) of those that could not be read.
+    """
+    digest = hashlib.sha256(str(prep.resize).encode())
+    for p in paths:
+        digest.update(hashlib.sha1(Path(p).read_bytes()).digest())
+    key = digest.hexdigest()[:24]
+    store, meta = Path(cache_dir) / "images" / f"{key}.u8", Path(cache_dir) / "images" / f"{key}.json"
+    side = prep.resize
+    if not (store.exists() and meta.exists()):
+        store.parent.mkdir(parents=True, exist_ok=True)
+        tmp = store.with_suffix(f".tmp{os.getpid()}")
+        out = torch.from_file(str(tmp), shared=True, size=len(paths) * 3 * side * side, dtype=torch.uint8)
+        out = out.view(len(paths), 3, side, side)
+        bad, kept = [], 0
+        loader = torch.utils.data.DataLoader(_Decoder(paths, prep), batch_size=None, num_workers=workers)
+        for path, x in tqdm(loader, total=len(paths), desc="decoding photos", unit="img", leave=False):
+            if isinstance(x, str):
+                bad.append((path, x))
+            else:
+                out[kept] = x
+                kept += 1
+        del out
+        os.truncate(tmp, kept * 3 * side * side)
+        os.replace(tmp, store)
+        meta.write_text(json.dumps({"count": kept, "bad": bad}))
+    info = json.loads(meta.read_text())
+    n = info["count"]
+    images = torch.from_file(str(store), shared=False, size=n * 3 * side * side, dtype=torch.uint8)
+    return images.view(n, 3, side, side), [tuple(b) for b in info["bad"]]
+
+
+class _Decoder(torch.utils.data.Dataset):
+    """Decodes one photo per item in a worker process; an unreadable one yields its reason instead."""
+
+    def __init__(self, paths: list[str], prep: Preprocessing):
+        self.paths, self.prep = paths, prep
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        try:
+            return self.paths[i], self.prep.square(load_image(self.paths[i], min_size=self.prep.resize))
+        except ImageError as e:
+            return self.paths[i], str(e)

@@ -1,0 +1,5 @@
+"""The error a user can cause and fix: the CLI prints its message on one line and exits with status 2."""
+
+
+class UserError(Exception):
+    """A mistake in the user's input (paths, flags, files), as opposed to a bug in this package."""

@@ -1,0 +1,57 @@
+"""The scripts end to end, in subprocesses, as a user runs them."""
+
+import json
+import subprocess
+import sys
+
+from .conftest import ROOT
+
+
+def run(script, *args, cwd=ROOT):
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / script), *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_train_then_predict_from_the_command_line(shapes_dir, tmp_path):
+    out = tmp_path / "run"
+    trained = run("train.py", "--dataset", "folder", "--data-dir", shapes_dir, "--model", "smallcnn",
+                  "--image-size", "32", "--epochs", "2", "--batch-size", "8", "--workers", "0",
+                  "--cache-dir", tmp_path / "cache", "--out", out)
+    assert trained.returncode == 0, trained.stderr
+    last_line = trained.stdout.strip().splitlines()[-1]
+    assert "accuracy" in last_line and str(out / "best.pt") in last_line
+
+    predicted = run("predict.py", "--checkpoint", out / "best.pt", "--json", "--top-k", "2", shapes_dir)
+    assert predicted.returncode == 0, predicted.stderr
+    results = json.loads(predicted.stdout)
+    assert [r["path"] for r in results] == sorted(str(p) for p in shapes_dir.rglob("*.png"))
+    assert all(len(r["predictions"]) == 2 for r in results)
+
+    # with no --checkpoint, the newest runs/*/best.pt under the working directory is used, and named
+    (tmp_path / "runs").mkdir()
+    out.rename(tmp_path / "runs" / "run")
+    text = run("predict.py", next(shapes_dir.rglob("*.png")), cwd=tmp_path)
+    assert text.returncode == 0 and "using the newest checkpoint" in text.stderr
+    assert "disc" in text.stdout and "square" in text.stdout
+
+
+def test_user_mistakes_exit_2_with_one_line_and_no_traceback(tmp_path, shapes_dir):
+    mistakes = ((["--dataset", "folder", "--data-dir", tmp_path / "missing"], "no folder"),
+                (["--model", "no_such_net", "--dataset", "folder", "--data-dir", shapes_dir], "unknown model"))
+    for args, message in mistakes:
+        result = run("train.py", *args, "--cache-dir", tmp_path / "cache", "--out", tmp_path / "run")
+        assert result.returncode == 2 and message in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and result.stderr.startswith("error:")
+    missing = run("predict.py", "--checkpoint", tmp_path / "nope.pt", tmp_path)
+    assert missing.returncode == 2 and "no checkpoint file" in missing.stderr
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    result = run("train.py", "--dataset", "folder", "--data-dir", tmp_path / "missing", "--debug")
+    assert result.returncode != 0 and "Traceback" in result.stderr
+
+
+def test_module_entry_point_lists_the_commands():
+    result = subprocess.run([sys.executable, "-m", "petclassifier", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "train" in result.stdout and "predict" in result.stdout

@@ -1,0 +1,82 @@
+from pathlib import Path
+
+import pytest
+import torch
+
+from petclassifier.config import TrainConfig
+from petclassifier.data import decode_images, folder_data, load_data, stratified_split
+from petclassifier.errors import UserError
+from petclassifier.transforms import Preprocessing
+
+from .conftest import make_folder
+
+
+def test_stratified_split_keeps_every_class_and_is_reproducible():
+    labels = [0] * 50 + [1] * 10 + [2] * 3
+    train, held = stratified_split(labels, 0.2, seed=1)
+    assert sorted(train + held) == list(range(len(labels)))
+    assert [sum(labels[i] == c for i in held) for c in range(3)] == [10, 2, 1]
+    assert (train, held) == stratified_split(labels, 0.2, seed=1)
+    assert held != stratified_split(labels, 0.2, seed=2)[1]
+
+
+def test_bundled_sample_is_the_oxford_layout_with_all_breeds():
+    data = load_data(TrainConfig())
+    assert len(data.class_names) == 37
+    assert {data.species_of[b] for b in data.class_names} == {"cat", "dog"}
+    assert data.species_of["abyssinian"] == "cat" and data.species_of["pug"] == "dog"
+    assert set(data.val.labels) == set(range(37))  # stratified: every breed held out
+    assert data.test is not None and set(data.test.labels) == set(range(37))
+
+
+def test_species_task_has_two_classes():
+    data = load_data(TrainConfig(task="species"))
+    assert data.class_names == ["cat", "dog"]
+    assert set(data.train.labels) == {0, 1}
+
+
+def test_folder_with_split_subfolders_uses_them(tmp_path):
+    root = make_folder(tmp_path / "pets", per_class=4, splits=("train", "val", "test"))
+    (root / "train" / ".DS_Store").write_text("junk")
+    (root / "train" / "disc" / "notes.txt").write_text("not a photo")
+    data = folder_data(root, 0.5, 0)
+    assert data.class_names == ["disc", "square"]
+    assert len(data.train.paths) == 8 and len(data.val.paths) == 8 and len(data.test.paths) == 8
+    assert all("/val/" in p for p in data.val.paths)
+
+
+def test_flat_folder_is_split_stratified(shapes_dir):
+    data = folder_data(shapes_dir, 0.25, 0)
+    assert sorted(data.val.labels) == [0, 0, 0, 1, 1, 1]
+    assert not set(data.train.paths) & set(data.val.paths)
+
+
+@pytest.mark.parametrize("setup, message", [
+    (lambda p: None, "no folder"),
+    (lambda p: (p / "only").mkdir(parents=True), "at least two"),
+    (lambda p: [(p / c).mkdir(parents=True) for c in ("a", "b")], "holds no photos"),
+])
+def test_folder_mistakes_are_user_errors(tmp_path, setup, message):
+    root = tmp_path / "mine"
+    setup(root)
+    with pytest.raises(UserError, match=message):
+        folder_data(root, 0.2, 0)
+
+
+def test_missing_oxford_folder_says_how_to_get_it(tmp_path):
+    with pytest.raises(UserError, match="--download"):
+        load_data(TrainConfig(dataset="oxford-iiit-pet", data_dir=str(tmp_path)))
+
+
+def test_decoded_cache_is_reused_and_invalidated_when_a_photo_changes(shapes_dir, cache_dir):
+    paths = sorted(str(p) for p in Path(shapes_dir).rglob("*.png"))
+    prep = Preprocessing.for_model("smallcnn", 32)
+    first, bad = decode_images(paths, prep, cache_dir, workers=0)
+    assert first.shape == (len(paths), 3, prep.resize, prep.resize) and first.dtype == torch.uint8 and not bad
+    stores = list(Path(cache_dir, "images").glob("*.u8"))
+    again, _ = decode_images(paths, prep, cache_dir, workers=0)
+    assert torch.equal(first, again) and list(Path(cache_dir, "images").glob("*.u8")) == stores
+    Path(paths[0]).write_bytes(Path(paths[-1]).read_bytes())  # a photo changed on disk
+    changed, _ = decode_images(paths, prep, cache_dir, workers=0)
+    assert torch.equal(changed[0], first[-1])
+    assert len(list(Path(cache_dir, "images").glob("*.u8"))) == 2

@@ -1,0 +1,89 @@
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from petclassifier import PetClassifier, train
+from petclassifier.data import decode_images
+from petclassifier.images import load_image
+from petclassifier.models import build_model
+from petclassifier.train import train_one_epoch
+from petclassifier.transforms import Preprocessing
+
+from .conftest import SAMPLE
+
+TINY = dict(dataset="folder", model="smallcnn", image_size=32, epochs=3, batch_size=8, lr=3e-3, workers=0)
+
+
+def test_training_writes_metrics_and_checkpoints(shapes_dir, cache_dir, tmp_path):
+    out = tmp_path / "run"
+    summary = train(**TINY, data_dir=str(shapes_dir), cache_dir=cache_dir, out=str(out))
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    for r in rows:
+        assert {"epoch", "train_loss", "val_loss", "val_accuracy", "lr", "seconds"} <= set(r)
+        assert all(isinstance(v, (int, float)) for v in r.values())
+    assert (out / "best.pt").is_file() and (out / "last.pt").is_file() and (out / "config.json").is_file()
+    assert json.loads((out / "config.json").read_text())["model"] == "smallcnn"
+    assert summary["best_val_accuracy"] == max(r["val_accuracy"] for r in rows)
+
+
+def test_resume_continues_the_same_metrics_file(shapes_dir, cache_dir, tmp_path):
+    out = tmp_path / "run"
+    train(**{**TINY, "epochs": 2}, data_dir=str(shapes_dir), cache_dir=cache_dir, out=str(out))
+    train(**{**TINY, "epochs": 3}, data_dir=str(shapes_dir), cache_dir=cache_dir, out=str(out),
+          resume=str(out / "last.pt"))
+    epochs = [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2, 3]
+
+
+def test_fast_path_trains_the_last_stages_on_cached_features(shapes_dir, cache_dir, tmp_path):
+    out = tmp_path / "run"
+    cfg = {**TINY, "model": "efficientnet_lite0", "pretrained": True, "trainable_stages": 2, "augment_views": 2,
+           "image_size": 64, "epochs": 2}
+    before = build_model("efficientnet_lite0", 2, pretrained=True).state_dict()
+    train(**cfg, data_dir=str(shapes_dir), cache_dir=cache_dir, out=str(out))
+    after = PetClassifier.from_checkpoint(out / "last.pt").model.state_dict()
+    changed = {k.split(".")[0] + "." + k.split(".")[1] for k in before
+               if before[k].is_floating_point() and not torch.equal(before[k], after[k])}
+    assert changed == {"body.7", "body.8", "head.3"}  # blocks[6], the 1x1 head conv and the linear layer
+
+
+def test_checkpoint_round_trip_gives_identical_predictions(shapes_dir, cache_dir, tmp_path):
+    out = tmp_path / "run"
+    train(**TINY, data_dir=str(shapes_dir), cache_dir=cache_dir, out=str(out))
+    photo = next(shapes_dir.rglob("*.png"))
+    a = PetClassifier.from_checkpoint(out / "best.pt", device="cpu")
+    b = PetClassifier.from_checkpoint(out / "best.pt", device="cpu")
+    img = load_image(photo)
+    assert torch.equal(a.probabilities([img]), b.probabilities([img]))
+    ranked = a.predict(photo, top_k=2)
+    assert [label for label, _ in ranked] in (["disc", "square"], ["square", "disc"])
+    assert abs(sum(p for _, p in ranked) - 1) < 1e-4
+
+
+def test_real_photos_small_batch_is_overfit(cache_dir):
+    """Backpropagation works end to end on real photos: 8 breeds' photos are memorised in a few dozen steps."""
+    torch.manual_seed(0)
+    paths = sorted((SAMPLE / "oxford-iiit-pet" / "images").glob("*_1*.jpg"))[:8]
+    prep = Preprocessing.for_model("smallcnn", 64)
+    images, bad = decode_images([str(p) for p in paths], prep, cache_dir, workers=0)
+    assert not bad
+    x, y = prep.eval_batch(images), torch.arange(8)
+    model = build_model("smallcnn", 8)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    loader = [(x, y)] * 60
+    loss = train_one_epoch(model, loader, nn.Identity(), nn.CrossEntropyLoss(), optimizer, scheduler,
+                           torch.device("cpu"))
+    with torch.no_grad():
+        final = nn.functional.cross_entropy(model.eval()(x), y).item()
+    assert loss < 2.0 and final < 0.1, (loss, final)
+
+
+@pytest.mark.parametrize("bad", [{"lr": 1e30}])
+def test_non_finite_loss_stops_with_a_clear_error(shapes_dir, cache_dir, tmp_path, bad):
+    with pytest.raises(FloatingPointError, match="lower --lr"):
+        train(**{**TINY, **bad, "epochs": 2}, data_dir=str(shapes_dir), cache_dir=cache_dir,
+              out=str(tmp_path / "run"))
