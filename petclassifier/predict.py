@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from PIL import Image
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .errors import UserError
 from .images import ImageError, is_image_file, load_image
+from .models import fold_batchnorm
 from .train import autocast, resolve_device
 
 
@@ -39,6 +41,7 @@ class PetClassifier:
                  device: str = "auto"):
         self.device = resolve_device(device)
         self.model = model.to(self.device, memory_format=torch.channels_last).eval()
+        self.fast_model = fold_batchnorm(copy.deepcopy(self.model))  # same function, a third fewer memory passes
         self.class_names = class_names
         self.preprocessing = preprocessing
         self.species_of = species_of or {}
@@ -54,7 +57,7 @@ class PetClassifier:
         """Class probabilities [N, num_classes] for decoded photos, through the evaluation transform."""
         x = torch.stack([self.preprocessing.square(img) for img in images]).to(self.device)
         with autocast(self.device):
-            logits = self.model(self.preprocessing.eval_batch(x))
+            logits = self.fast_model(self.preprocessing.eval_batch(x))
         return logits.float().softmax(dim=1).cpu()
 
     def predict(self, image: str | Path | Image.Image, top_k: int = 5) -> list[tuple[str, float]]:

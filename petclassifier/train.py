@@ -145,6 +145,7 @@ def decode_split(split: Split, prep: Preprocessing, cfg: TrainConfig) -> tuple[t
 
 def fit(cfg: TrainConfig) -> dict:
     """Train a model as the config says; returns the run's summary (accuracies, checkpoint path)."""
+    run_started = time.perf_counter()
     cfg = cfg.resolved()
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
@@ -199,7 +200,8 @@ def fit(cfg: TrainConfig) -> dict:
                                      device, desc=f"epoch {epoch + 1}/{cfg.epochs}")
         val = evaluate(trainable, val_loader, eval_prepare, criterion, device)
         row = {"epoch": epoch + 1, "train_loss": round(train_loss, 5), "val_loss": round(val["loss"], 5),
-               "val_accuracy": round(val["accuracy"], 5), "lr": lr, "seconds": round(time.perf_counter() - started, 2)}
+               "val_accuracy": round(val["accuracy"], 5), "lr": lr, "seconds": round(time.perf_counter() - started, 2),
+               "elapsed": round(time.perf_counter() - run_started, 1)}  # since the run started, setup included
         print(f"epoch {row['epoch']:3d}  train loss {train_loss:.4f}  val loss {val['loss']:.4f}  "
               f"val acc {val['accuracy']:.1%}  {row['seconds']:.1f}s")
         with open(run_dir / "metrics.jsonl", "a") as f:

@@ -1,0 +1,216 @@
+"""Speed benchmark: the usual tutorial pipeline against this package's, same data, model, batch size and threads.
+
+Tutorial: a Dataset that opens each JPEG with PIL and applies torchvision transforms in DataLoader workers, a
+plain fp32 loop that fine-tunes the whole network (SGD with momentum, cosine schedule).
+Project: photos decoded once into the uint8 cache, crops and flips on whole batches on the training device,
+channels_last, bf16 autocast on CUDA, BatchNorm folded for inference, and the default recipe's fast path.
+Each pipeline runs in its own process, so that its peak resident memory is its own.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import multiprocessing
+import resource
+import statistics
+import time
+from dataclasses import replace
+
+import torch
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torchvision import transforms as T
+
+from .config import TrainConfig
+from .data import load_data
+from .models import build_model, fold_batchnorm
+from .predict import PetClassifier
+from .train import autocast, decode_split, fit, resolve_device, train_one_epoch, warmup_cosine
+from .transforms import Preprocessing
+
+
+class PathDataset(Dataset):
+    """The tutorial's dataset: open, convert and transform one photo per item."""
+
+    def __init__(self, paths, labels, transform):
+        self.paths, self.labels, self.transform = paths, labels, transform
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        return self.transform(Image.open(self.paths[i]).convert("RGB")), self.labels[i]
+
+
+def tutorial_transforms(prep: Preprocessing):
+    normalize = T.Normalize(prep.mean, prep.std)
+    train = T.Compose([T.RandomResizedCrop(prep.crop), T.RandomHorizontalFlip(), T.ToTensor(), normalize])
+    evaluation = T.Compose([T.Resize(prep.resize), T.CenterCrop(prep.crop), T.ToTensor(), normalize])
+    return train, evaluation
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process plus its largest child (DataLoader workers), in MB."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return round((own + children) / 1024, 1)
+
+
+def latencies_ms(predict_one, paths, repeats: int) -> tuple[float, float]:
+    """p50 and p95 of single-photo prediction (file to probabilities), model already loaded."""
+    predict_one(paths[0])  # warm-up
+    times = []
+    for i in range(repeats):
+        started = time.perf_counter()
+        predict_one(paths[i % len(paths)])
+        times.append((time.perf_counter() - started) * 1000)
+    q = statistics.quantiles(times, n=20)
+    return round(statistics.median(times), 1), round(q[18], 1)
+
+
+def run_tutorial(cfg: TrainConfig, epochs: int, repeats: int) -> dict:
+    """Fine-tune the whole network from PIL-decoded photos; records throughput and accuracy per epoch."""
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    data = load_data(cfg)
+    prep = Preprocessing.for_model(cfg.model, cfg.image_size)
+    train_tf, eval_tf = tutorial_transforms(prep)
+    model = build_model(cfg.model, len(data.class_names), cfg.pretrained).to(device)
+    train_loader = DataLoader(PathDataset(data.train.paths, data.train.labels, train_tf), batch_size=cfg.batch_size,
+                              shuffle=True, num_workers=cfg.workers, drop_last=True)
+    val_loader = DataLoader(PathDataset(data.val.paths, data.val.labels, eval_tf), batch_size=cfg.batch_size,
+                            num_workers=cfg.workers)
+    criterion = nn.CrossEntropyLoss()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(0, epochs * len(train_loader)))
+    started, best, reached_best_at, epoch_times = time.perf_counter(), 0.0, None, []
+    for epoch in range(epochs):
+        epoch_start = time.perf_counter()
+        train_one_epoch(model, train_loader, nn.Identity(), criterion, optimizer, scheduler, device,
+                        desc=f"tutorial epoch {epoch + 1}/{epochs}")
+        epoch_times.append(time.perf_counter() - epoch_start)
+        accuracy = accuracy_of(model, val_loader, device)
+        print(f"tutorial epoch {epoch + 1}: val accuracy {accuracy:.1%}, {epoch_times[-1]:.0f}s", flush=True)
+        if accuracy > best:
+            best, reached_best_at = accuracy, time.perf_counter() - started
+    model.eval()
+    with torch.inference_mode():
+        infer_started, n = time.perf_counter(), 0
+        for x, _ in val_loader:
+            model(x.to(device))
+            n += len(x)
+        infer_rate = n / (time.perf_counter() - infer_started)
+
+        def predict_one(path):
+            return model(eval_tf(Image.open(path).convert("RGB"))[None].to(device)).softmax(1)
+
+        p50, p95 = latencies_ms(predict_one, data.val.paths, repeats)
+    n_train = len(train_loader) * cfg.batch_size
+    return {"train_images_per_s": round(n_train / statistics.mean(epoch_times), 2),
+            "infer_images_per_s": round(infer_rate, 2), "latency_ms_p50": p50, "latency_ms_p95": p95,
+            "epoch_seconds": round(statistics.mean(epoch_times), 1), "peak_rss_mb": peak_rss_mb(),
+            "seconds_to_target_accuracy": round(reached_best_at, 1), "best_val_accuracy": round(best, 4)}
+
+
+@torch.inference_mode()
+def accuracy_of(model, loader, device) -> float:
+    model.eval()
+    correct = total = 0
+    for x, y in loader:
+        correct += (model(x.to(device)).argmax(1).cpu() == y).sum().item()
+        total += len(y)
+    return correct / total
+
+
+def run_project(cfg: TrainConfig, target: float, steps: int, repeats: int, out: str) -> dict:
+    """Full fine-tune throughput and inference on the project pipeline, then the default recipe to the target."""
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    data = load_data(cfg)
+    prep = Preprocessing.for_model(cfg.model, cfg.image_size)
+    images, labels = decode_split(data.train, prep, cfg)
+    model = build_model(cfg.model, len(data.class_names), cfg.pretrained).to(device, memory_format=torch.channels_last)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    loader = DataLoader(TensorDataset(images, labels), batch_size=cfg.batch_size, shuffle=True, generator=generator)
+    batches = [b for _, b in zip(range(steps + 1), loader)]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    criterion = nn.CrossEntropyLoss()
+    train_one_epoch(model, batches[:1], lambda x: prep.train_batch(x, generator), criterion, optimizer, scheduler,
+                    device, desc="warm-up")
+    started = time.perf_counter()
+    train_one_epoch(model, batches[1:], lambda x: prep.train_batch(x, generator), criterion, optimizer, scheduler,
+                    device, desc="full fine-tune throughput")
+    train_rate = sum(len(y) for _, y in batches[1:]) / (time.perf_counter() - started)
+
+    infer_model = fold_batchnorm(copy.deepcopy(model).eval())
+    val_images, _ = decode_split(data.val, prep, cfg)
+    with torch.inference_mode(), autocast(device):
+        infer_model(prep.eval_batch(val_images[:16].to(device)))
+        started = time.perf_counter()
+        for i in range(0, len(val_images), 16):
+            infer_model(prep.eval_batch(val_images[i : i + 16].to(device)))
+        infer_rate = len(val_images) / (time.perf_counter() - started)
+    classifier = PetClassifier(infer_model, data.class_names, prep, device=cfg.device)
+    p50, p95 = latencies_ms(classifier.predict, data.val.paths, repeats)
+    del model, infer_model, optimizer, batches
+
+    started = time.perf_counter()
+    summary = fit(replace(cfg, out=out))
+    total = time.perf_counter() - started
+    rows = [json.loads(line) for line in open(f"{out}/metrics.jsonl")]
+    reached = next((r["elapsed"] for r in rows if r["val_accuracy"] >= target), None)
+    epochs_done = len(rows)
+    return {"train_images_per_s": round(train_rate, 2), "infer_images_per_s": round(infer_rate, 2),
+            "latency_ms_p50": p50, "latency_ms_p95": p95,
+            "epoch_seconds": round(statistics.mean(r["seconds"] for r in rows), 1), "peak_rss_mb": peak_rss_mb(),
+            "seconds_to_target_accuracy": reached, "recipe_seconds": round(total, 1),
+            "recipe_images_per_s": round(epochs_done * len(labels) / total, 2),
+            "best_val_accuracy": summary["best_val_accuracy"], "test_accuracy": summary.get("test_accuracy")}
+
+
+def _child(fn, args, queue):
+    queue.put(fn(*args))
+
+
+def in_own_process(fn, *args) -> dict:
+    """Run a pipeline in a fresh process (its own peak memory) and return its result."""
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_child, args=(fn, args, queue))
+    proc.start()
+    result = queue.get()
+    proc.join()
+    return result
+
+
+def run_benchmark(cfg: TrainConfig, tutorial_epochs: int, steps: int, repeats: int, out: str) -> dict:
+    cfg = cfg.resolved()
+    device = resolve_device(cfg.device)
+    name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    tutorial = in_own_process(run_tutorial, cfg, tutorial_epochs, repeats)
+    project = in_own_process(run_project, cfg, tutorial["best_val_accuracy"], steps, repeats, out)
+    return {"device": name, "model": cfg.model, "image_size": cfg.image_size, "batch_size": cfg.batch_size,
+            "tutorial": tutorial, "project": project}
+
+
+def format_table(result: dict) -> str:
+    keys = ["train_images_per_s", "infer_images_per_s", "latency_ms_p50", "latency_ms_p95", "epoch_seconds",
+            "peak_rss_mb", "seconds_to_target_accuracy", "best_val_accuracy"]
+    t, p = result["tutorial"], result["project"]
+    lines = [f"{result['model']} at {result['image_size']} px, batch {result['batch_size']}, on {result['device']}",
+             f"{'':28s} {'tutorial':>12s} {'project':>12s} {'ratio':>8s}"]
+    for k in keys:
+        a, b = t.get(k), p.get(k)
+        ratio = f"{b / a:.2f}x" if isinstance(a, (int, float)) and isinstance(b, (int, float)) and a else ""
+        lines.append(f"{k:28s} {fmt(a):>12s} {fmt(b):>12s} {ratio:>8s}")
+    lines.append(f"project default recipe: {fmt(p.get('recipe_seconds'))} s in all, test accuracy "
+                 f"{fmt(p.get('test_accuracy'))}; tutorial best val accuracy {fmt(t.get('best_val_accuracy'))}")
+    return "\n".join(lines)
+
+
+def fmt(v) -> str:
+    return "-" if v is None else f"{v:.4g}" if isinstance(v, float) and not math.isnan(v) else str(v)
