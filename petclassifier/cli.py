@@ -36,7 +36,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, help=f"image-decoding processes (default {d.workers})")
     p.add_argument("--seed", type=int, help=f"(default {d.seed})")
     p.add_argument("--out", help="run folder (default runs/<date-time>-<model>-<task>)")
-    p.add_argument("--resume", help="continue from a last.pt")
+    p.add_argument("--resume", help="continue from a last.pt, exactly where it stopped (default run folder: its own)")
+    p.add_argument("--save-every", type=int, help="also save last.pt every N steps (default: each epoch's end)")
+    p.add_argument("--deterministic", action="store_true", default=None,
+                   help="deterministic algorithms only, for bit-identical reruns and resumes (slower on GPUs)")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
