@@ -1,4 +1,4 @@
-"""Command line: `petclassifier train|predict ...`; scripts/*.py call the same parsers."""
+"""Command line: `petclassifier train|predict|export ...`; scripts/*.py call the same parsers."""
 
 from __future__ import annotations
 
@@ -55,6 +55,21 @@ def add_predict_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
 
 
+def add_export_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="a best.pt or last.pt")
+    p.add_argument("--format", default="torchscript", choices=("torchscript", "onnx"),
+                   help="TorchScript (model.pt) or ONNX (model.onnx, needs the onnx extra); default torchscript")
+    p.add_argument("--out", required=True, help="folder for the model file and its model.json sidecar")
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from .export import export
+
+    path = export(args.checkpoint, args.format, args.out)
+    print(f"wrote {path} and {path.with_name('model.json')}")
+    return 0
+
+
 def run_train(args: argparse.Namespace) -> int:
     from .train import fit
 
@@ -90,6 +105,7 @@ def run_predict(args: argparse.Namespace) -> int:
 COMMANDS = {
     "train": (add_train_arguments, run_train, "train a classifier and save checkpoints in a run folder"),
     "predict": (add_predict_arguments, run_predict, "rank labels for photos with a trained checkpoint"),
+    "export": (add_export_arguments, run_export, "write a checkpoint as TorchScript or ONNX, with a JSON sidecar"),
 }
 
 
