@@ -182,11 +182,12 @@ def run(cfg: TrainConfig, device: torch.device) -> dict:
     model = build_model(cfg.model, len(data.class_names), cfg.pretrained).to(device, memory_format=torch.channels_last)
     frozen, trainable = model.split(cfg.trainable_stages)
     frozen.requires_grad_(False)
-    if world > 1:  # same initial weights everywhere, but each rank its own dropout masks
-        torch.manual_seed(cfg.seed + rank)
 
     train_images, train_labels = decode_split(data.train, prep, cfg)
     val_images, val_labels = decode_split(data.val, prep, cfg)
+    # Dropout masks: the same whether the photos were decoded or came from the cache (decoding draws from
+    # torch's generator), and each rank its own, after the same initial weights everywhere.
+    torch.manual_seed(cfg.seed + rank)
     generator = torch.Generator().manual_seed(cfg.seed)
     augment = torch.Generator().manual_seed(cfg.seed + rank)  # each rank its own crops and flips
     if len(frozen):  # fast path: the frozen stages run once, not once per epoch
