@@ -111,6 +111,8 @@ class ShardedBatches:
             raise UserError(f"--batch-size {batch_size} (the global batch) must be a multiple of the {world} processes")
         self.inputs, self.labels, self.seed = inputs, labels, seed
         n = len(labels)
+        if n < world:
+            raise UserError(f"{n} training photos cannot be shared among {world} processes")
         self.batch_size = min(batch_size, n - n % world)  # a set smaller than one batch: one (smaller) batch
         self.epoch, self.start = 0, 0
 

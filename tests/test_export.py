@@ -14,6 +14,7 @@ from petclassifier.transforms import Preprocessing
 
 from .conftest import SAMPLE
 
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
 PHOTOS = sorted((SAMPLE / "oxford-iiit-pet" / "images").glob("*.jpg"))[:6]
 CLASSES = ["abyssinian", "beagle", "pug"]
 
