@@ -16,10 +16,10 @@ from .conftest import ROOT
 
 # Fast path, linear head only: no BatchNorm trains, so batch statistics cannot differ between ranks.
 CFG = dict(dataset="folder", model="efficientnet_lite0", pretrained=True, trainable_stages=0, image_size=32,
-           augment_views=2, epochs=2, batch_size=8, lr=3e-3, workers=0)
-# Each rank sums its half of a batch; the two halves are then averaged by DDP: the same gradient as one process,
-# up to float32 rounding in a different order.
-TOLERANCE = 1e-5
+           augment_views=2, epochs=2, batch_size=8, lr=1e-2, workers=0)
+# Each rank averages its half of a batch; DDP then averages the two: the same gradient as one process,
+# up to float32 rounding in a different order (measured: 4e-9 on the weights; 1e-4 without DDP's averaging).
+TOLERANCE = 1e-6  # on every weight after 2 epochs
 
 # Dropout masks are drawn per rank and cannot match one process's: both runs switch dropout off.
 NO_DROPOUT = """
@@ -67,7 +67,7 @@ def test_torchrun_two_gloo_processes_match_one_process(shapes_dir, cache_dir, tm
     script = tmp_path / "train_without_dropout.py"
     script.write_text(NO_DROPOUT + "from petclassifier.cli import main\nsys.exit(main(['train', *sys.argv[1:]]))\n")
     flags = ["--dataset", "folder", "--model", "efficientnet_lite0", "--trainable-stages", "0", "--image-size", "32",
-             "--augment-views", "2", "--epochs", "2", "--batch-size", "8", "--lr", "3e-3", "--workers", "0",
+             "--augment-views", "2", "--epochs", "2", "--batch-size", "8", "--lr", "1e-2", "--workers", "0",
              "--data-dir", str(shapes_dir), "--cache-dir", cache_dir, "--out", str(tmp_path / "ddp")]
     launched = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
                                f"--master_port={free_port()}", str(script), *flags], cwd=ROOT, capture_output=True,
@@ -88,10 +88,11 @@ def test_torchrun_two_gloo_processes_match_one_process(shapes_dir, cache_dir, tm
     rows = {name: [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
             for name in ("ddp", "one")}
     assert [r["epoch"] for r in rows["ddp"]] == [1, 2]
-    for a, b in zip(rows["ddp"], rows["one"]):
+    for a, b in zip(rows["ddp"], rows["one"]):  # metrics.jsonl rounds to 5 decimals
         for key in ("train_loss", "val_loss", "val_accuracy", "lr"):
-            assert a[key] == pytest.approx(b[key], abs=TOLERANCE), key
+            assert a[key] == pytest.approx(b[key], abs=2e-5), key
     ddp, one = load_checkpoint(tmp_path / "ddp" / "last.pt"), load_checkpoint(tmp_path / "one" / "last.pt")
     assert len(ddp["ranks"]) == 2 and len(one["ranks"]) == 1
-    for key, value in one["model_state"].items():
-        assert torch.allclose(ddp["model_state"][key], value, atol=TOLERANCE, rtol=0), key
+    diff = max((ddp["model_state"][k] - v).abs().max().item() for k, v in one["model_state"].items()
+               if v.is_floating_point())
+    assert diff < TOLERANCE, diff
