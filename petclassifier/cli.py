@@ -1,4 +1,4 @@
-"""Command line: `petclassifier train|predict ...`; scripts/*.py call the same parsers."""
+"""Command line: `petclassifier train|predict|export ...`; scripts/*.py call the same parsers."""
 
 from __future__ import annotations
 
@@ -36,7 +36,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, help=f"image-decoding processes (default {d.workers})")
     p.add_argument("--seed", type=int, help=f"(default {d.seed})")
     p.add_argument("--out", help="run folder (default runs/<date-time>-<model>-<task>)")
-    p.add_argument("--resume", help="continue from a last.pt")
+    p.add_argument("--resume", help="continue from a last.pt, exactly where it stopped (default run folder: its own)")
+    p.add_argument("--save-every", type=int, help="also save last.pt every N steps (default: each epoch's end)")
+    p.add_argument("--deterministic", action="store_true", default=None,
+                   help="deterministic algorithms only, for bit-identical reruns and resumes (slower on GPUs)")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -50,6 +53,21 @@ def add_predict_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-k", type=int, default=5, help="labels listed per photo (default 5)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+
+
+def add_export_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="a best.pt or last.pt")
+    p.add_argument("--format", default="torchscript", choices=("torchscript", "onnx"),
+                   help="TorchScript (model.pt) or ONNX (model.onnx, needs the onnx extra); default torchscript")
+    p.add_argument("--out", required=True, help="folder for the model file and its model.json sidecar")
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from .export import export
+
+    path = export(args.checkpoint, args.format, args.out)
+    print(f"wrote {path} and {path.with_name('model.json')}")
+    return 0
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -87,6 +105,7 @@ def run_predict(args: argparse.Namespace) -> int:
 COMMANDS = {
     "train": (add_train_arguments, run_train, "train a classifier and save checkpoints in a run folder"),
     "predict": (add_predict_arguments, run_predict, "rank labels for photos with a trained checkpoint"),
+    "export": (add_export_arguments, run_export, "write a checkpoint as TorchScript or ONNX, with a JSON sidecar"),
 }
 
 

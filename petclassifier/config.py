@@ -38,7 +38,9 @@ class TrainConfig:
     workers: int = 2  # processes decoding images
     seed: int = 0  # seeds the split, the initial weights, augmentation and batch order
     out: str | None = None  # run folder; None means runs/<date-time>-<model>-<task>
-    resume: str | None = None  # a last.pt to continue from
+    resume: str | None = None  # a last.pt to continue from (exactly where it stopped, mid-epoch included)
+    save_every: int = 0  # also write last.pt every N gradient steps (0: at the end of each epoch only)
+    deterministic: bool = False  # deterministic algorithms only: bit-identical reruns and resumes, slower on GPUs
 
     def resolved(self) -> TrainConfig:
         """This config with every None filled in from the recipe of its model."""

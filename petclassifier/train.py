@@ -20,11 +20,13 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm import tqdm
 
+from . import distributed
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .data import PetData, Split, decode_images, load_data
 from .errors import UserError
 from .models import build_model
+from .resilience import StopRequest, deterministic_mode, rank_state, resume_from, rng_state, set_rng_state
 from .transforms import Preprocessing
 
 
@@ -44,26 +46,34 @@ def autocast(device: torch.device):
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
 
 
-def train_one_epoch(model, loader, prepare, criterion, optimizer, scheduler, device, desc="train") -> float:
-    """One pass over the training batches; returns the mean training loss."""
+def train_one_epoch(model, loader, prepare, criterion, optimizer, scheduler, device, desc="train", totals=None,
+                    on_step=None) -> float:
+    """One pass over the training batches; returns the mean training loss (of this rank's photos).
+
+    `totals` (the epoch's running loss sum and photo count) carries a resumed epoch on; `on_step(totals)` runs
+    after every complete gradient step, when weights, optimizer and totals agree, to save or stop there.
+    """
     model.train()
-    total_loss, seen = 0.0, 0
-    bar = tqdm(loader, desc=desc, unit="batch", leave=False)
+    totals = {"loss_sum": 0.0, "seen": 0} if totals is None else totals
+    bar = tqdm(loader, desc=desc, unit="batch", leave=False, disable=not distributed.is_main())
     for x, y in bar:
         x, y = prepare(x.to(device, non_blocking=True)), y.to(device, non_blocking=True)
         with autocast(device):
             logits = model(x)  # forward propagation: [B, num_classes]
             loss = criterion(logits, y)
-        if not math.isfinite(loss.item()):  # stop before a bad step spoils the weights
-            raise FloatingPointError(f"training loss became {loss.item()}; lower --lr")
+        value = loss.item()
+        if distributed.any_rank(not math.isfinite(value)):  # stop before a bad step spoils the weights
+            raise FloatingPointError(f"training loss became {value}; lower --lr")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()  # backpropagation: autograd fills every parameter's .grad with d(loss)/d(parameter)
         optimizer.step()  # gradient descent: move each parameter a small step against its gradient
         scheduler.step()
-        total_loss += loss.item() * len(y)
-        seen += len(y)
-        bar.set_postfix(loss=f"{total_loss / seen:.3f}")
-    return total_loss / max(seen, 1)
+        totals["loss_sum"] += value * len(y)
+        totals["seen"] += len(y)
+        bar.set_postfix(loss=f"{totals['loss_sum'] / totals['seen']:.3f}")
+        if on_step is not None:
+            on_step(totals)
+    return totals["loss_sum"] / max(totals["seen"], 1)
 
 
 @torch.inference_mode()
@@ -93,7 +103,7 @@ def frozen_features(frozen: nn.Module, images: torch.Tensor, prep: Preprocessing
     """
     frozen.eval()
     out = []
-    bar = tqdm(total=views * len(images), desc=desc, unit="img", leave=False)
+    bar = tqdm(total=views * len(images), desc=desc, unit="img", leave=False, disable=not distributed.is_main())
     for v in range(views):
         chunks = []
         for i in range(0, len(images), batch_size):
@@ -144,13 +154,29 @@ def decode_split(split: Split, prep: Preprocessing, cfg: TrainConfig) -> tuple[t
 
 
 def fit(cfg: TrainConfig) -> dict:
-    """Train a model as the config says; returns the run's summary (accuracies, checkpoint path)."""
-    run_started = time.perf_counter()
+    """Train a model as the config says; returns the run's summary (accuracies, checkpoint path).
+
+    Under torchrun every process runs this: each trains on its share of every batch and rank 0 writes the files.
+    """
     cfg = cfg.resolved()
-    device = resolve_device(cfg.device)
+    if cfg.resume and not cfg.out:  # a resumed run continues its own folder and metrics.jsonl
+        cfg = replace(cfg, out=str(Path(cfg.resume).parent))
+    device, created = distributed.setup(resolve_device(cfg.device))
+    try:
+        with deterministic_mode(cfg.deterministic):
+            return run(cfg, device)
+    finally:
+        distributed.teardown(created)
+
+
+def run(cfg: TrainConfig, device: torch.device) -> dict:
+    """The body of `fit` on one process (one rank) with its device chosen."""
+    run_started = time.perf_counter()
+    log = print if distributed.is_main() else lambda *args, **kwargs: None
+    rank, world = distributed.rank(), distributed.world_size()
     torch.manual_seed(cfg.seed)
     data = load_data(cfg)
-    print(describe(data))
+    log(describe(data))
     prep = Preprocessing.for_model(cfg.model, cfg.image_size)
     model = build_model(cfg.model, len(data.class_names), cfg.pretrained).to(device, memory_format=torch.channels_last)
     frozen, trainable = model.split(cfg.trainable_stages)
@@ -158,8 +184,14 @@ def fit(cfg: TrainConfig) -> dict:
 
     train_images, train_labels = decode_split(data.train, prep, cfg)
     val_images, val_labels = decode_split(data.val, prep, cfg)
+    # Dropout masks: the same whether the photos were decoded or came from the cache (decoding draws from
+    # torch's generator), and each rank its own, after the same initial weights everywhere.
+    torch.manual_seed(cfg.seed + rank)
     generator = torch.Generator().manual_seed(cfg.seed)
+    augment = torch.Generator().manual_seed(cfg.seed + rank)  # each rank its own crops and flips
     if len(frozen):  # fast path: the frozen stages run once, not once per epoch
+        # Every rank computes every photo's views, with the same generator: the shuffled shares change each
+        # epoch, so each rank needs them all, and the views are the same whatever the number of ranks.
         views = frozen_features(frozen, train_images, prep, cfg.augment_views, generator, device, cfg.batch_size,
                                 "features of frozen stages (train)")
         val_inputs = frozen_features(frozen, val_images, prep, 1, generator, device, cfg.batch_size, "(val)")[0]
@@ -167,52 +199,106 @@ def fit(cfg: TrainConfig) -> dict:
     else:
         views = None
         val_inputs = val_images
-        train_prepare, eval_prepare = lambda x: prep.train_batch(x, generator), prep.eval_batch
+        train_prepare, eval_prepare = lambda x: prep.train_batch(x, augment), prep.eval_batch
 
-    def train_loader(epoch: int) -> DataLoader:
+    def train_loader(epoch: int, start: int = 0) -> distributed.ShardedBatches:
         inputs = train_images if views is None else views[epoch % len(views)]
-        return DataLoader(TensorDataset(inputs, train_labels), batch_size=cfg.batch_size, shuffle=True,
-                          generator=generator, drop_last=len(train_labels) > cfg.batch_size)
+        batches = distributed.ShardedBatches(inputs, train_labels, cfg.batch_size, cfg.seed)
+        batches.set_position(epoch, start)
+        return batches
 
-    val_loader = DataLoader(TensorDataset(val_inputs, val_labels), batch_size=cfg.batch_size * 2)
+    # each rank evaluates every world-th photo; the sums are reduced across ranks
+    val_loader = DataLoader(TensorDataset(val_inputs[rank::world], val_labels[rank::world]),
+                            batch_size=cfg.batch_size * 2)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     optimizer = torch.optim.AdamW(trainable.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = len(train_loader(0))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_cosine(round(cfg.warmup_epochs * steps_per_epoch), cfg.epochs * steps_per_epoch))
+    trained = distributed.wrap(trainable, device)
 
-    run_dir = run_dir_for(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    cfg.save(run_dir / "config.json")
+    run_dir = Path(distributed.gather(str(run_dir_for(cfg)))[0])  # rank 0's name, in case the clock ticked
+    last, metrics_file = run_dir / "last.pt", run_dir / "metrics.jsonl"
+    if distributed.is_main():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        cfg.save(run_dir / "config.json")
     meta = {"model_name": cfg.model, "class_names": data.class_names, "task": cfg.task,
             "species_of": data.species_of, "preprocessing": prep.as_dict(), "config": asdict(cfg)}
-    start_epoch, best_accuracy = 0, -1.0
+    start_epoch, start_step, best_accuracy, totals, epoch_lr = 0, 0, -1.0, None, None
     if cfg.resume:
-        start_epoch, best_accuracy = resume_from(cfg.resume, model, optimizer, scheduler, generator, meta)
-        print(f"resumed from {cfg.resume} after epoch {start_epoch}")
-    print(f"training {cfg.model} ({sum(p.numel() for p in trainable.parameters()):,} trainable parameters) on "
-          f"{device} for {cfg.epochs} epochs; run folder {run_dir}")
+        ckpt = resume_from(cfg.resume, model, optimizer, scheduler, meta)
+        start_epoch, start_step, best_accuracy = ckpt["epoch"], ckpt["step"], ckpt["best_accuracy"]
+        mine = rank_state(ckpt, start_step)
+        set_rng_state(mine["rng"], augment, device)
+        if start_step:
+            totals, epoch_lr = dict(mine["totals"]), ckpt["epoch_lr"]
+        if distributed.is_main() and metrics_file.exists():  # rows after the checkpoint are redone below
+            rows = [line for line in metrics_file.read_text().splitlines()
+                    if line.strip() and json.loads(line)["epoch"] <= start_epoch]
+            metrics_file.write_text("".join(row + "\n" for row in rows))
+        log(f"resumed from {cfg.resume} after epoch {start_epoch}" + (f", step {start_step}" if start_step else ""))
+    log(f"training {cfg.model} ({sum(p.numel() for p in trainable.parameters()):,} trainable parameters) on "
+        f"{device}{f' x {world} processes' if world > 1 else ''} for {cfg.epochs} epochs; run folder {run_dir}")
 
-    for epoch in range(start_epoch, cfg.epochs):
-        started = time.perf_counter()
-        lr = optimizer.param_groups[0]["lr"]
-        train_loss = train_one_epoch(trainable, train_loader(epoch), train_prepare, criterion, optimizer, scheduler,
-                                     device, desc=f"epoch {epoch + 1}/{cfg.epochs}")
-        val = evaluate(trainable, val_loader, eval_prepare, criterion, device)
-        row = {"epoch": epoch + 1, "train_loss": round(train_loss, 5), "val_loss": round(val["loss"], 5),
-               "val_accuracy": round(val["accuracy"], 5), "lr": lr, "seconds": round(time.perf_counter() - started, 2),
-               "elapsed": round(time.perf_counter() - run_started, 1)}  # since the run started, setup included
-        print(f"epoch {row['epoch']:3d}  train loss {train_loss:.4f}  val loss {val['loss']:.4f}  "
-              f"val acc {val['accuracy']:.1%}  {row['seconds']:.1f}s")
-        with open(run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(row) + "\n")
-        if val["accuracy"] > best_accuracy:
-            best_accuracy = val["accuracy"]
-            save_checkpoint({**meta, "model_state": model.state_dict(), "metrics": row}, run_dir / "best.pt")
-        save_checkpoint({**meta, "model_state": model.state_dict(), "metrics": row, "epoch": epoch + 1,
-                         "best_accuracy": best_accuracy, "optimizer": optimizer.state_dict(),
-                         "scheduler": scheduler.state_dict(), "rng": rng_state(generator)}, run_dir / "last.pt")
+    def save_last(epoch: int, step: int, totals: dict, metrics: dict | None) -> None:
+        """last.pt: all it takes to go on exactly after `step` batches of epoch `epoch` (0-based); rank 0 writes."""
+        ranks = distributed.gather({"rng": rng_state(augment, device), "totals": dict(totals)})
+        if distributed.is_main():
+            save_checkpoint({**meta, "model_state": model.state_dict(), "metrics": metrics, "epoch": epoch,
+                             "step": step, "epoch_lr": epoch_lr, "best_accuracy": best_accuracy,
+                             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                             "ranks": ranks}, last)
 
+    def stop_here(epoch: int, step: int) -> None:
+        log(f"interrupted: saved {last} at epoch {epoch + 1}, step {step}; continue with --resume {last}")
+        raise KeyboardInterrupt
+
+    position = {"epoch": start_epoch, "step": start_step}
+
+    def on_step(totals: dict) -> None:
+        position["step"] += 1
+        epoch, step = position["epoch"], position["step"]
+        stopping = distributed.any_rank(stop.requested)
+        if stopping or (cfg.save_every and (epoch * steps_per_epoch + step) % cfg.save_every == 0
+                        and step < steps_per_epoch):  # the epoch's own save follows its last step
+            save_last(epoch, step, totals, None)
+        if stopping:
+            stop_here(epoch, step)
+
+    with StopRequest() as stop:
+        for epoch in range(start_epoch, cfg.epochs):
+            started = time.perf_counter()
+            skip, start_step = start_step, 0
+            position.update(epoch=epoch, step=skip)
+            if not skip:
+                totals, epoch_lr = {"loss_sum": 0.0, "seen": 0}, optimizer.param_groups[0]["lr"]
+            try:
+                train_one_epoch(trained, train_loader(epoch, skip), train_prepare, criterion, optimizer, scheduler,
+                                device, desc=f"epoch {epoch + 1}/{cfg.epochs}", totals=totals, on_step=on_step)
+            except FloatingPointError as e:
+                kept = f"; {last} holds the last good state" if last.is_file() else ""
+                raise FloatingPointError(f"{e}{kept}") from None
+            loss_sum, seen = distributed.sum_over_ranks([totals["loss_sum"], totals["seen"]])
+            train_loss = loss_sum / max(seen, 1)
+            val_loss, val_accuracy = reduced(evaluate(trainable, val_loader, eval_prepare, criterion, device))
+            row = {"epoch": epoch + 1, "train_loss": round(train_loss, 5), "val_loss": round(val_loss, 5),
+                   "val_accuracy": round(val_accuracy, 5), "lr": epoch_lr,
+                   "seconds": round(time.perf_counter() - started, 2),
+                   "elapsed": round(time.perf_counter() - run_started, 1)}  # since the run started, setup included
+            log(f"epoch {row['epoch']:3d}  train loss {train_loss:.4f}  val loss {val_loss:.4f}  "
+                f"val acc {val_accuracy:.1%}  {row['seconds']:.1f}s")
+            if distributed.is_main():
+                with open(metrics_file, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+            if val_accuracy > best_accuracy:
+                best_accuracy = val_accuracy
+                if distributed.is_main():
+                    save_checkpoint({**meta, "model_state": model.state_dict(), "metrics": row}, run_dir / "best.pt")
+            save_last(epoch + 1, 0, totals, row)
+            if distributed.any_rank(stop.requested) and epoch + 1 < cfg.epochs:
+                stop_here(epoch + 1, 0)
+
+    distributed.barrier()  # best.pt is written before any rank reads it
     summary = {"run_dir": str(run_dir), "checkpoint": str(run_dir / "best.pt"), "best_val_accuracy": best_accuracy}
     model.load_state_dict(load_checkpoint(run_dir / "best.pt")["model_state"])
     if data.test is not None:
@@ -220,31 +306,24 @@ def fit(cfg: TrainConfig) -> dict:
         test_inputs = test_images
         if len(frozen):
             test_inputs = frozen_features(frozen, test_images, prep, 1, generator, device, cfg.batch_size, "(test)")[0]
-        test_loader = DataLoader(TensorDataset(test_inputs, test_labels), batch_size=cfg.batch_size * 2)
-        summary["test_accuracy"] = evaluate(trainable, test_loader, eval_prepare, criterion, device)["accuracy"]
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        test_loader = DataLoader(TensorDataset(test_inputs[rank::world], test_labels[rank::world]),
+                                 batch_size=cfg.batch_size * 2)
+        summary["test_accuracy"] = reduced(evaluate(trainable, test_loader, eval_prepare, criterion, device))[1]
+    if distributed.is_main():
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     split_name, accuracy = ("test", summary["test_accuracy"]) if "test_accuracy" in summary else ("val", best_accuracy)
-    print(f"{split_name} accuracy {accuracy:.1%}; checkpoint {summary['checkpoint']}")
+    log(f"{split_name} accuracy {accuracy:.1%}; checkpoint {summary['checkpoint']}")
     return summary
 
 
-def rng_state(generator: torch.Generator) -> dict:
-    return {"torch": torch.get_rng_state(), "generator": generator.get_state()}
-
-
-def resume_from(path, model, optimizer, scheduler, generator, meta) -> tuple[int, float]:
-    """Load a last.pt into the live objects; returns (epochs done, best validation accuracy)."""
-    ckpt = load_checkpoint(path)
-    if "optimizer" not in ckpt:
-        raise UserError(f"{path} holds no training state; resume from a last.pt")
-    if ckpt["class_names"] != meta["class_names"] or ckpt["model_name"] != meta["model_name"]:
-        raise UserError(f"{path} was trained with another model or class list than this run")
-    model.load_state_dict(ckpt["model_state"])
-    optimizer.load_state_dict(ckpt["optimizer"])
-    scheduler.load_state_dict(ckpt["scheduler"])
-    torch.set_rng_state(ckpt["rng"]["torch"])
-    generator.set_state(ckpt["rng"]["generator"])
-    return ckpt["epoch"], ckpt["best_accuracy"]
+def reduced(result: dict) -> tuple[float, float]:
+    """(loss, accuracy) of an `evaluate` result over all ranks' shares of the split."""
+    if distributed.world_size() == 1:
+        return result["loss"], result["accuracy"]
+    n = len(result["labels"])
+    correct = (result["logits"].argmax(1) == result["labels"]).sum().item()
+    loss_sum, correct, n = distributed.sum_over_ranks([result["loss"] * n, correct, n])
+    return loss_sum / n, correct / n
 
 
 def train(**overrides) -> dict:

@@ -1,4 +1,7 @@
 import pickle
+import signal
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -7,6 +10,8 @@ from petclassifier.checkpoint import load_checkpoint, model_from_checkpoint, sav
 from petclassifier.errors import UserError
 from petclassifier.models import build_model
 from petclassifier.transforms import Preprocessing
+
+from .conftest import ROOT
 
 
 def payload(model_name="smallcnn", classes=("a", "b")):
@@ -57,3 +62,52 @@ def test_plain_pickle_is_not_a_checkpoint(tmp_path):
     path.write_bytes(pickle.dumps({"hello": 1}))
     with pytest.raises(UserError):
         load_checkpoint(path)
+
+
+def test_checkpoint_for_another_class_list_is_a_clear_error():
+    ckpt = payload(classes=("a", "b", "c"))
+    ckpt["class_names"] = ["a", "b"]
+    with pytest.raises(UserError, match="do not fit"):
+        model_from_checkpoint(ckpt)
+
+
+def test_an_error_in_the_middle_of_a_save_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    save_checkpoint({**payload(), "epoch": 1}, path)
+
+    def half_then_disk_full(obj, f):
+        f.write(b"PK\x03\x04 half a checkpoint")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(torch, "save", half_then_disk_full)
+    with pytest.raises(OSError, match="No space"):
+        save_checkpoint({**payload(), "epoch": 2}, path)
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # the temporary file is removed
+    assert load_checkpoint(path)["epoch"] == 1
+
+
+def test_a_process_killed_while_saving_leaves_the_previous_checkpoint(tmp_path):
+    path = tmp_path / "last.pt"
+    save_checkpoint({**payload(), "epoch": 1}, path)
+    # a second save writes half its bytes, then stalls until SIGKILL
+    code = f"""
+import sys, time, torch
+from petclassifier.checkpoint import save_checkpoint
+from tests.test_checkpoint import payload
+def half_then_stall(obj, f):
+    f.write(b"PK\\x03\\x04 half a checkpoint")
+    f.flush()
+    print("writing", flush=True)
+    time.sleep(600)
+torch.save = half_then_stall
+save_checkpoint({{**payload(), "epoch": 2}}, {str(path)!r})
+"""
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        assert proc.stdout.readline().strip() == "writing", proc.stderr.read()
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert load_checkpoint(path)["epoch"] == 1  # only a hidden .last.pt.*.tmp is left beside it

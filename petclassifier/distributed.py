@@ -1,0 +1,132 @@
+"""Multi-process training with PyTorch's own engine: `torchrun --nproc_per_node=N scripts/train.py ...`.
+
+Every other module stays single-process: they call these helpers, which do nothing when torchrun did not start
+the process. One process per GPU (NCCL), or CPU processes talking over gloo.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from .errors import UserError
+
+
+def launched_by_torchrun() -> bool:
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def setup(device: torch.device) -> tuple[torch.device, bool]:
+    """Join torchrun's process group; returns this rank's device and whether this call created the group."""
+    if not launched_by_torchrun():
+        return device, False
+    if device.type == "cuda":  # one GPU per process, picked by torchrun's LOCAL_RANK
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+    if dist.is_initialized():
+        return device, False
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device, True
+
+
+def teardown(created: bool) -> None:
+    if created and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def is_main() -> bool:
+    """Rank 0 alone writes checkpoints, logs and progress bars."""
+    return rank() == 0
+
+
+def barrier() -> None:
+    if world_size() > 1:
+        dist.barrier()
+
+
+def _device() -> torch.device:
+    # NCCL only moves CUDA tensors; gloo only CPU ones
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def sum_over_ranks(values: list[float]) -> list[float]:
+    """Element-wise sums over all ranks (float64, so the order of additions hardly matters)."""
+    if world_size() == 1:
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=_device())
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank when it is true on one: all ranks then stop at the same step instead of hanging."""
+    return sum_over_ranks([float(flag)])[0] > 0 if world_size() > 1 else flag
+
+
+def gather(obj) -> list:
+    """Every rank's picklable `obj`, in rank order, on every rank."""
+    if world_size() == 1:
+        return [obj]
+    out = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def wrap(module: nn.Module, device: torch.device) -> nn.Module:
+    """DistributedDataParallel around the trained part when there are several ranks; the module itself otherwise.
+
+    On GPUs BatchNorm becomes SyncBatchNorm, so batch statistics cover the global batch as in one process
+    (PyTorch's SyncBatchNorm runs on accelerators only; on CPU each rank normalises with its own share).
+    """
+    if world_size() == 1:
+        return module
+    if device.type == "cuda":
+        module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+class ShardedBatches:
+    """Shuffled batches of this rank's share of (inputs, labels), resumable at any step of any epoch.
+
+    Each epoch's order is a permutation seeded by (seed, epoch) alone, so a resumed run, or a run on another
+    number of ranks, sees the same global batches: global batch i is permutation[i*B : (i+1)*B], and rank r
+    takes every world-th photo of it. Photos that do not fill a last global batch are dropped.
+    """
+
+    def __init__(self, inputs: torch.Tensor, labels: torch.Tensor, batch_size: int, seed: int):
+        world = world_size()
+        if batch_size % world:
+            raise UserError(f"--batch-size {batch_size} (the global batch) must be a multiple of the {world} processes")
+        self.inputs, self.labels, self.seed = inputs, labels, seed
+        n = len(labels)
+        if n < world:
+            raise UserError(f"{n} training photos cannot be shared among {world} processes")
+        self.batch_size = min(batch_size, n - n % world)  # a set smaller than one batch: one (smaller) batch
+        self.epoch, self.start = 0, 0
+
+    def set_position(self, epoch: int, start: int = 0) -> None:
+        """Iterate `epoch`'s batches from batch number `start` on."""
+        self.epoch, self.start = epoch, start
+
+    def __len__(self) -> int:
+        return max(0, len(self.labels) // self.batch_size - self.start)
+
+    def __iter__(self):
+        seeded = torch.Generator().manual_seed(self.seed * 10007 + self.epoch)
+        order = torch.randperm(len(self.labels), generator=seeded)
+        world, r, b = world_size(), rank(), self.batch_size
+        for i in range(self.start, len(self.labels) // b):
+            idx = order[i * b : (i + 1) * b][r::world]
+            yield self.inputs[idx], self.labels[idx]

@@ -1,0 +1,94 @@
+"""Deployment: a checkpoint as a TorchScript or ONNX file plus a JSON sidecar, usable without this package.
+
+The exported network is the evaluation model with every BatchNorm folded into its convolution, followed by a
+softmax: it takes a normalised float32 batch [N, 3, crop, crop] (RGB, NCHW) and returns class probabilities
+[N, num_classes]. The sidecar says how to make that input from a photo and what the outputs mean.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .checkpoint import load_checkpoint, model_from_checkpoint
+from .errors import UserError
+from .models import fold_batchnorm
+
+FORMATS = {"torchscript": "model.pt", "onnx": "model.onnx"}
+
+
+class WithSoftmax(nn.Module):
+    """The classifier followed by a softmax over classes: probabilities out, as `PetClassifier` gives."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x).softmax(dim=1)
+
+
+def deployable(ckpt: dict) -> nn.Module:
+    """The checkpoint's network in evaluation mode, BatchNorm folded, softmax included, on the CPU."""
+    model, _ = model_from_checkpoint(ckpt)
+    return WithSoftmax(fold_batchnorm(model.eval())).eval()
+
+
+def sidecar(ckpt: dict, fmt: str) -> dict:
+    """What a program needs beside the model file: labels and the exact preprocessing."""
+    prep = ckpt["preprocessing"]
+    return {
+        "format": fmt,
+        "model_file": FORMATS[fmt],
+        "model_name": ckpt["model_name"],
+        "task": ckpt.get("task"),
+        "class_names": ckpt["class_names"],
+        "species_of": ckpt.get("species_of") or {},
+        "input": {"name": "image", "shape": ["batch", 3, prep["crop"], prep["crop"]], "dtype": "float32",
+                  "layout": "NCHW, RGB"},
+        "output": {"name": "probabilities", "shape": ["batch", len(ckpt["class_names"])], "softmax_included": True},
+        "input_size": prep["crop"],
+        "resize": prep["resize"],
+        "mean": list(prep["mean"]),
+        "std": list(prep["std"]),
+        "preprocessing": (f"resize the short side to {prep['resize']} px (bicubic), centre-crop {prep['crop']} x "
+                          f"{prep['crop']}, scale to [0, 1], subtract mean and divide by std per channel"),
+    }
+
+
+def export(checkpoint: str | Path, fmt: str, out_dir: str | Path) -> Path:
+    """Write `out_dir/model.pt` (TorchScript) or `model.onnx`, and `out_dir/model.json`; returns the model path."""
+    if fmt not in FORMATS:
+        raise UserError(f"unknown export format {fmt!r}; choose {' or '.join(FORMATS)}")
+    ckpt = load_checkpoint(checkpoint)
+    model = deployable(ckpt)
+    crop = ckpt["preprocessing"]["crop"]
+    example = torch.zeros(2, 3, crop, crop)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / FORMATS[fmt]
+    with torch.no_grad():
+        if fmt == "torchscript":
+            with warnings.catch_warnings():  # TorchScript's deprecation notice says nothing the user can act on
+                warnings.simplefilter("ignore")
+                torch.jit.save(torch.jit.trace(model, example), str(path))
+        else:
+            to_onnx(model, example, path)
+    (out_dir / "model.json").write_text(json.dumps(sidecar(ckpt, fmt), indent=2) + "\n")
+    return path
+
+
+def to_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> None:
+    """ONNX through torch.export, with a dynamic batch size; one self-contained file."""
+    try:
+        import onnxscript  # noqa: F401  (the exporter needs it)
+    except ImportError:
+        raise UserError('ONNX export needs the onnx extra: pip install "petclassifier[onnx]"') from None
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    program = torch.onnx.export(model, (example,), dynamo=True, input_names=["image"],
+                                output_names=["probabilities"], dynamic_shapes=({0: batch},), verbose=False)
+    program.save(str(path), external_data=False)

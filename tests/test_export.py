@@ -1,0 +1,87 @@
+"""Exported models (TorchScript, ONNX) give the PyTorch model's probabilities on real photos, without this package."""
+
+import json
+
+import pytest
+import torch
+
+from petclassifier import PetClassifier
+from petclassifier.checkpoint import save_checkpoint
+from petclassifier.cli import main
+from petclassifier.images import load_image
+from petclassifier.models import build_model
+from petclassifier.transforms import Preprocessing
+
+from .conftest import SAMPLE
+
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
+PHOTOS = sorted((SAMPLE / "oxford-iiit-pet" / "images").glob("*.jpg"))[:6]
+CLASSES = ["abyssinian", "beagle", "pug"]
+
+
+def checkpoint(tmp_path, name="smallcnn", size=64, pretrained=False):
+    """A checkpoint whose BatchNorm layers hold non-trivial statistics, so that folding them is put to the test."""
+    torch.manual_seed(0)
+    model = build_model(name, len(CLASSES), pretrained)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d) and not pretrained:
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+    path = tmp_path / "best.pt"
+    save_checkpoint({"model_name": name, "class_names": CLASSES, "preprocessing":
+                     Preprocessing.for_model(name, size).as_dict(), "model_state": model.state_dict(),
+                     "species_of": {"abyssinian": "cat", "beagle": "dog", "pug": "dog"}}, path)
+    return path
+
+
+def reference_and_inputs(ckpt_path):
+    """PyTorch probabilities from PetClassifier, and the inputs the sidecar describes (resize, crop, normalise)."""
+    clf = PetClassifier.from_checkpoint(ckpt_path, device="cpu")
+    images = [load_image(p) for p in PHOTOS]
+    prep = clf.preprocessing
+    x = prep.eval_batch(torch.stack([prep.square(img) for img in images])).contiguous()
+    return clf.probabilities(images), x
+
+
+def check_sidecar(out, model_file):
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["class_names"] == CLASSES and meta["model_file"] == model_file
+    assert meta["output"]["softmax_included"] and meta["species_of"]["pug"] == "dog"
+    assert {"input_size", "resize", "mean", "std"} <= set(meta)
+    return meta
+
+
+def test_torchscript_export_matches_pytorch(tmp_path):
+    ckpt = checkpoint(tmp_path)
+    assert main(["export", "--checkpoint", str(ckpt), "--format", "torchscript", "--out", str(tmp_path / "ts")]) == 0
+    meta = check_sidecar(tmp_path / "ts", "model.pt")
+    assert meta["input_size"] == 64
+    expected, x = reference_and_inputs(ckpt)
+    scripted = torch.jit.load(str(tmp_path / "ts" / "model.pt"))
+    assert "BatchNorm2d" not in {m.original_name for m in scripted.modules()}  # folded into the convolutions
+    with torch.no_grad():
+        got = scripted(x)
+    assert (got - expected).abs().max().item() < 1e-4
+    assert torch.allclose(got.sum(1), torch.ones(len(PHOTOS)), atol=1e-5)  # probabilities, softmax included
+
+
+def test_onnx_export_matches_pytorch_in_onnxruntime(tmp_path):
+    ort = pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
+    pytest.importorskip("onnxscript", reason="the onnx extra is not installed")
+    ckpt = checkpoint(tmp_path)
+    assert main(["export", "--checkpoint", str(ckpt), "--format", "onnx", "--out", str(tmp_path / "onnx")]) == 0
+    check_sidecar(tmp_path / "onnx", "model.onnx")
+    expected, x = reference_and_inputs(ckpt)
+    session = ort.InferenceSession(str(tmp_path / "onnx" / "model.onnx"), providers=["CPUExecutionProvider"])
+    (got,) = session.run(["probabilities"], {"image": x.numpy()})  # a batch of 6, though exported with 2
+    assert abs(got - expected.numpy()).max() < 1e-4
+
+
+def test_pretrained_efficientnet_lite0_torchscript_export(tmp_path):
+    ckpt = checkpoint(tmp_path, "efficientnet_lite0", size=64, pretrained=True)
+    assert main(["export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "ts")]) == 0
+    expected, x = reference_and_inputs(ckpt)
+    with torch.no_grad():
+        got = torch.jit.load(str(tmp_path / "ts" / "model.pt"))(x)
+    assert (got - expected).abs().max().item() < 1e-4

@@ -1,0 +1,148 @@
+"""A long run loses nothing: exact resume after SIGKILL, Ctrl-C saves last.pt, a bad loss keeps the last good one."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from petclassifier import train
+from petclassifier.checkpoint import load_checkpoint
+from petclassifier.errors import UserError
+
+from .conftest import ROOT, make_folder
+
+# 22 training photos in batches of 4: 5 steps per epoch, last.pt also after step 7 (batch 2 of epoch 2);
+# deterministic, so two runs give identical weights
+CFG = dict(dataset="folder", model="smallcnn", image_size=32, epochs=2, batch_size=4, lr=3e-3, workers=0,
+           save_every=7, deterministic=True)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run faster on one thread, and killed and resumed runs must sum in the same order."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def launch(tmp_path, patch: str, args: dict) -> subprocess.Popen:
+    """`petclassifier train` in a subprocess, after running `patch` (test instrumentation) in it."""
+    script = tmp_path / "launch.py"
+    script.write_text(textwrap.dedent(patch) + "\nimport sys\nfrom petclassifier.cli import main\n"
+                      "sys.exit(main(['train', *sys.argv[1:]]))\n")
+    flags = []
+    for key, value in args.items():
+        flag = "--" + key.replace("_", "-")
+        flags += [flag] if value is True else [flag, str(value)]
+    return subprocess.Popen([sys.executable, str(script), *flags], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def rows(run_dir):
+    """metrics.jsonl without the wall-clock seconds."""
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in lines]
+
+
+def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(shapes_dir, cache_dir, tmp_path):
+    killed = tmp_path / "killed"
+    # step 7 is batch 2 of epoch 2: once its last.pt is written the process waits there to be killed
+    patch = """
+        import sys, time
+        import petclassifier.train
+        t = sys.modules["petclassifier.train"]  # the package's train() function shadows the module's name
+        save = t.save_checkpoint
+        def save_then_wait(payload, path):
+            save(payload, path)
+            if path.name == "last.pt" and (payload["epoch"], payload["step"]) == (1, 2):
+                print("saved step 7", flush=True)
+                time.sleep(600)
+        t.save_checkpoint = save_then_wait
+    """
+    proc = launch(tmp_path, patch, {**CFG, "data_dir": shapes_dir, "cache_dir": cache_dir, "out": killed})
+    try:
+        line = proc.stdout.readline()
+        while line and "saved step 7" not in line:
+            line = proc.stdout.readline()
+        assert "saved step 7" in line, proc.stderr.read()
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert [r["epoch"] for r in rows(killed)] == [1]
+    ckpt = load_checkpoint(killed / "last.pt")
+    assert (ckpt["epoch"], ckpt["step"]) == (1, 2)
+
+    train(**CFG, data_dir=str(shapes_dir), cache_dir=cache_dir, resume=str(killed / "last.pt"))  # --out: its own
+    train(**CFG, data_dir=str(shapes_dir), cache_dir=cache_dir, out=str(tmp_path / "whole"))
+    assert rows(killed) == rows(tmp_path / "whole")  # epochs 1 and 2: none lost, none repeated
+    assert [r["epoch"] for r in rows(killed)] == [1, 2]
+    for name in ("best.pt", "last.pt"):
+        resumed, whole = load_checkpoint(killed / name), load_checkpoint(tmp_path / "whole" / name)
+        for key, value in whole["model_state"].items():
+            assert torch.equal(resumed["model_state"][key], value), (name, key)
+    assert resumed["optimizer"]["state"][0]["step"] == whole["optimizer"]["state"][0]["step"] == 10
+    assert torch.equal(resumed["optimizer"]["state"][0]["exp_avg_sq"], whole["optimizer"]["state"][0]["exp_avg_sq"])
+
+
+def test_ctrl_c_saves_last_pt_and_exits_cleanly(shapes_dir, cache_dir, tmp_path):
+    # the process presses Ctrl-C on itself while the third training batch is being prepared
+    patch = """
+        import os, signal
+        from petclassifier.transforms import Preprocessing
+        crop, calls = Preprocessing.train_batch, []
+        def crop_then_interrupt(self, x, generator):
+            calls.append(1)
+            if len(calls) == 3:
+                os.kill(os.getpid(), signal.SIGINT)
+            return crop(self, x, generator)
+        Preprocessing.train_batch = crop_then_interrupt
+    """
+    out = tmp_path / "run"
+    proc = launch(tmp_path, patch, {**CFG, "save_every": 0, "data_dir": shapes_dir, "cache_dir": cache_dir,
+                                    "out": out})
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr and "interrupted" in stderr
+    assert f"continue with --resume {out / 'last.pt'}" in stdout
+    ckpt = load_checkpoint(out / "last.pt")
+    assert (ckpt["epoch"], ckpt["step"]) == (0, 3)  # the interrupted step was finished, then saved
+    assert not (out / "metrics.jsonl").exists()
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(shapes_dir, cache_dir, tmp_path, monkeypatch):
+    forward, calls = torch.nn.CrossEntropyLoss.forward, []
+
+    def nan_at_training_step_8(self, logits, labels):
+        loss = forward(self, logits, labels)
+        if torch.is_grad_enabled():
+            calls.append(1)
+            if len(calls) == 8:
+                return loss * float("nan")
+        return loss
+
+    monkeypatch.setattr(torch.nn.CrossEntropyLoss, "forward", nan_at_training_step_8)
+    out = tmp_path / "run"
+    with pytest.raises(FloatingPointError, match="last good state"):
+        train(**CFG, data_dir=str(shapes_dir), cache_dir=cache_dir, out=str(out))
+    ckpt = load_checkpoint(out / "last.pt")
+    assert (ckpt["epoch"], ckpt["step"]) == (1, 2)  # saved after step 7; step 8 was never taken
+    assert all(v.isfinite().all() for v in ckpt["model_state"].values() if v.is_floating_point())
+    assert [r["epoch"] for r in rows(out)] == [1]
+
+
+def test_resume_with_another_dataset_is_a_clear_error(shapes_dir, cache_dir, tmp_path):
+    out = tmp_path / "run"
+    train(**{**CFG, "epochs": 1, "save_every": 0}, data_dir=str(shapes_dir), cache_dir=cache_dir, out=str(out))
+    other = make_folder(tmp_path / "other", per_class=4)
+    (other / "disc").rename(other / "circle")
+    with pytest.raises(UserError, match="another class list"):
+        train(**CFG, data_dir=str(other), cache_dir=cache_dir, resume=str(out / "last.pt"), out=str(tmp_path / "b"))
+    with pytest.raises(UserError, match="holds no training state"):
+        train(**CFG, data_dir=str(shapes_dir), cache_dir=cache_dir, resume=str(out / "best.pt"))
