@@ -38,6 +38,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="run folder (default runs/<date-time>-<model>-<task>)")
     p.add_argument("--resume", help="continue from a last.pt, exactly where it stopped (default run folder: its own)")
     p.add_argument("--save-every", type=int, help="also save last.pt every N steps (default: each epoch's end)")
+    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the trained layers")
     p.add_argument("--deterministic", action="store_true", default=None,
                    help="deterministic algorithms only, for bit-identical reruns and resumes (slower on GPUs)")
 

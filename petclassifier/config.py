@@ -40,6 +40,7 @@ class TrainConfig:
     out: str | None = None  # run folder; None means runs/<date-time>-<model>-<task>
     resume: str | None = None  # a last.pt to continue from (exactly where it stopped, mid-epoch included)
     save_every: int = 0  # also write last.pt every N gradient steps (0: at the end of each epoch only)
+    compile: bool = False  # torch.compile the trained part: slower start, faster steps on a GPU
     deterministic: bool = False  # deterministic algorithms only: bit-identical reruns and resumes, slower on GPUs
 
     def resolved(self) -> TrainConfig:

@@ -110,7 +110,7 @@ def frozen_features(frozen: nn.Module, images: torch.Tensor, prep: Preprocessing
             x = images[i : i + batch_size].to(device)
             x = prep.eval_batch(x) if v == 0 else prep.train_batch(x, generator)
             with autocast(device):
-                chunks.append(frozen(x).float().cpu())
+                chunks.append(frozen(x).float())  # stays on the device: the epochs read it from there
             bar.update(len(x))
         out.append(torch.cat(chunks))
     bar.close()
@@ -184,6 +184,8 @@ def run(cfg: TrainConfig, device: torch.device) -> dict:
 
     train_images, train_labels = decode_split(data.train, prep, cfg)
     val_images, val_labels = decode_split(data.val, prep, cfg)
+    if device.type == "cuda":  # uint8 photos fit in GPU memory: whole epochs then run there, batch by batch
+        train_images, train_labels, val_images = train_images.to(device), train_labels.to(device), val_images.to(device)
     # Dropout masks: the same whether the photos were decoded or came from the cache (decoding draws from
     # torch's generator), and each rank its own, after the same initial weights everywhere.
     torch.manual_seed(cfg.seed + rank)
@@ -216,6 +218,8 @@ def run(cfg: TrainConfig, device: torch.device) -> dict:
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_cosine(round(cfg.warmup_epochs * steps_per_epoch), cfg.epochs * steps_per_epoch))
     trained = distributed.wrap(trainable, device)
+    if cfg.compile:
+        trained = torch.compile(trained)
 
     run_dir = Path(distributed.gather(str(run_dir_for(cfg)))[0])  # rank 0's name, in case the clock ticked
     last, metrics_file = run_dir / "last.pt", run_dir / "metrics.jsonl"
