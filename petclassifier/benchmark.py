@@ -122,18 +122,17 @@ def run_tutorial(cfg: TrainConfig, epochs: int, steps: int, repeats: int) -> dic
             best, reached_best_at = accuracy, time.perf_counter() - started
     model.eval()
     with torch.inference_mode():  # batched prediction as the tutorial does it: decoding included
-        infer_loader = DataLoader(PathDataset(data.val.paths, data.val.labels, eval_tf), batch_size=cfg.batch_size,
-                                  num_workers=cfg.workers, persistent_workers=cfg.workers > 0)
-        for x, _ in list_batches(infer_loader, 1):  # warm-up: workers started, kernels chosen
-            model(x.to(device))
-        passes = max(1, 2048 // len(data.val.paths)) if device.type == "cuda" else 1
+        passes = max(1, 2048 // len(data.val.paths)) if device.type == "cuda" else 1  # enough work for every worker
+        paths, labels = data.val.paths * passes, data.val.labels * passes
+        infer_loader = DataLoader(PathDataset(paths, labels, eval_tf), batch_size=cfg.batch_size,
+                                  num_workers=cfg.workers)
+        model(eval_tf(Image.open(paths[0]).convert("RGB"))[None].to(device))  # warm-up
         sync(device)
-        infer_started, n = time.perf_counter(), 0
-        for x, _ in list_batches(infer_loader, passes * len(infer_loader)):
+        infer_started = time.perf_counter()
+        for x, _ in infer_loader:
             model(x.to(device))
-            n += len(x)
         sync(device)
-        infer_rate = n / (time.perf_counter() - infer_started)
+        infer_rate = len(paths) / (time.perf_counter() - infer_started)
 
         def predict_one(path):
             return model(eval_tf(Image.open(path).convert("RGB"))[None].to(device)).softmax(1).cpu()
