@@ -119,7 +119,7 @@ def oxford_data(root: Path, task: str, download: bool, val_fraction: float, seed
     else:
         class_names, train_labels, test_labels = breeds, trainval._labels, test._labels
     full = Split([str(p) for p in trainval._images], list(train_labels))
-    train_idx, val_idx = stratified_split(full.labels, val_fraction, seed)
+    train_idx, val_idx = stratified_split(full.labels, val_fraction, seed, class_names)
     test_split = Split([str(p) for p in test._images], list(test_labels))
     return PetData(class_names, full.subset(train_idx), full.subset(val_idx), test_split, species_of)
 
