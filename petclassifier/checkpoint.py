@@ -73,3 +73,21 @@ def model_from_checkpoint(ckpt: dict) -> tuple[PetNet, Preprocessing]:
     except RuntimeError as e:
         raise UserError(f"checkpoint weights do not fit {ckpt['model_name']}: {str(e).splitlines()[0]}") from None
     return model.eval(), Preprocessing.from_dict(ckpt["preprocessing"])
+
+
+def check_class_names(ckpt: dict, class_names: list[str], source: str) -> None:
+    """UserError unless the checkpoint was trained on exactly these classes, in this order (`source` names them)."""
+    trained = list(ckpt["class_names"])
+    if trained == list(class_names):
+        return
+    unknown, unseen = sorted(set(class_names) - set(trained)), sorted(set(trained) - set(class_names))
+    if unknown or unseen:
+        detail = "; ".join(part for part in (
+            f"{len(unknown)} class(es) it never learned ({', '.join(unknown[:3])}{', ...' if len(unknown) > 3 else ''})"
+            if unknown else "",
+            f"{len(unseen)} it learned are missing ({', '.join(unseen[:3])}{', ...' if len(unseen) > 3 else ''})"
+            if unseen else "") if part)
+    else:
+        detail = "the same classes in another order"
+    raise UserError(f"the checkpoint was trained on other classes than {source}: {detail}; use a checkpoint "
+                    "trained on this dataset (and --task)")

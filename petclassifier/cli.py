@@ -20,6 +20,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--download", action="store_true", default=None, help="download Oxford-IIIT Pet if missing")
     p.add_argument("--task", choices=("breed", "species"), help=f"37 breeds or cat/dog (default {d.task})")
     p.add_argument("--val-fraction", type=float, help=f"share of training photos held out (default {d.val_fraction})")
+    p.add_argument("--strict-images", action="store_true", default=None,
+                   help="stop at an unreadable photo instead of skipping it with a warning")
     p.add_argument("--cache-dir", help="where decoded photos are cached (default ~/.cache/petclassifier)")
     p.add_argument("--model", help=f"efficientnet_lite0, smallcnn or a torchvision model name (default {d.model})")
     p.add_argument("--pretrained", action=argparse.BooleanOptionalAction, help="start from ImageNet weights")
@@ -31,6 +33,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weight-decay", type=float, help=f"AdamW weight decay (default {d.weight_decay})")
     p.add_argument("--warmup-epochs", type=float, help=f"linear warm-up length (default {d.warmup_epochs})")
     p.add_argument("--label-smoothing", type=float, help=f"(default {d.label_smoothing})")
+    p.add_argument("--balance", action="store_true", default=None,
+                   help="weight the loss by inverse class frequency (for unbalanced classes)")
     p.add_argument("--augment-views", type=int, help=f"cached augmented views per photo (default {d.augment_views})")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help=f"(default {d.device})")
     p.add_argument("--workers", type=int, help=f"image-decoding processes (default {d.workers})")

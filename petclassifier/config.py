@@ -20,6 +20,7 @@ class TrainConfig:
     task: str = "breed"  # breed (37 classes) | species (cat or dog); Oxford-IIIT Pet only
     val_fraction: float = 0.1  # share of the training photos held out, stratified, for choosing the best epoch
     cache_dir: str | None = None  # decoded-image and feature cache; None means ~/.cache/petclassifier
+    strict_images: bool = False  # an unreadable photo stops the run instead of being skipped with a warning
     # model
     model: str = "efficientnet_lite0"  # a registry name: efficientnet_lite0, smallcnn or any torchvision model
     pretrained: bool = True  # start from ImageNet weights (always False for smallcnn)
@@ -32,6 +33,7 @@ class TrainConfig:
     weight_decay: float = 0.05  # AdamW decoupled weight decay
     warmup_epochs: float = 1.0  # linear warm-up before the cosine decay
     label_smoothing: float = 0.1  # soften one-hot targets: better calibrated, less over-confident
+    balance: bool = False  # weight the loss by inverse class frequency, so rare classes count as much as common
     augment_views: int = 4  # augmented views per photo pre-computed by the frozen body (fast path only)
     # runtime
     device: str = "auto"  # auto | cpu | cuda (auto picks CUDA when present)

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import os
 import random
+import shutil
+import tarfile
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,11 +20,13 @@ from tqdm import tqdm
 
 from .config import SAMPLE_DIR, TrainConfig
 from .errors import UserError
-from .images import ImageError, is_image_file, load_image
+from .images import ImageError, check_image, is_image_file, load_image
 from .transforms import Preprocessing
 
 DATASETS = ("sample", "oxford-iiit-pet", "folder")
 TASKS = ("breed", "species")
+OXFORD_URL = "https://www.robots.ox.ac.uk/~vgg/data/pets/"
+SKIPPED_FOLDERS = ("__MACOSX",)  # resource forks from zip files made on macOS, never a class
 
 
 @dataclass
@@ -43,6 +49,7 @@ class PetData:
     val: Split
     test: Split | None  # only for the final report, never for choosing epochs
     species_of: dict[str, str] = field(default_factory=dict)  # breed -> "cat" | "dog" (Oxford breeds only)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) of files that are not photos
 
 
 def load_data(cfg: TrainConfig) -> PetData:
@@ -54,20 +61,56 @@ def load_data(cfg: TrainConfig) -> PetData:
     if cfg.dataset == "folder":
         if cfg.data_dir is None:
             raise UserError("--dataset folder needs --data-dir DIR with one sub-folder of photos per class")
-        return folder_data(Path(cfg.data_dir), cfg.val_fraction, cfg.seed)
-    root = Path(cfg.data_dir) if cfg.data_dir else SAMPLE_DIR
-    return oxford_data(root, cfg.task, cfg.download, cfg.val_fraction, cfg.seed)
+        if cfg.task != "breed":
+            raise UserError(f"--task {cfg.task} is for Oxford-IIIT Pet; a folder dataset's classes are its "
+                            "sub-folders, so leave out --task")
+        data = folder_data(Path(cfg.data_dir), cfg.val_fraction, cfg.seed)
+    else:
+        root = Path(cfg.data_dir) if cfg.data_dir else SAMPLE_DIR
+        data = oxford_data(root, cfg.task, cfg.download, cfg.val_fraction, cfg.seed)
+    return screen_photos(data, cfg.strict_images)
+
+
+def screen_photos(data: PetData, strict: bool) -> PetData:
+    """The dataset without the files whose header is not a readable image, listed in `skipped`.
+
+    Run when the dataset is built, so a bad file is reported at the start rather than in the middle of training.
+    With `strict`, the first bad file is an error instead.
+    """
+    splits = {"train": data.train, "val": data.val, "test": data.test}
+    paths = [p for split in splits.values() if split for p in split.paths]
+    bad = {}
+    for path in tqdm(paths, desc="checking photos", unit="file", leave=False, disable=len(paths) < 1000):
+        try:
+            check_image(path)
+        except ImageError as e:
+            if strict:
+                raise UserError(f"unreadable photo {path}: {e}; remove it or leave out --strict-images to skip "
+                                "such files") from None
+            bad[path] = str(e)
+    if not bad:
+        return data
+    kept = {name: split.subset([i for i, p in enumerate(split.paths) if p not in bad]) if split else None
+            for name, split in splits.items()}
+    if missing := set(range(len(data.class_names))) - set(kept["train"].labels):
+        name = data.class_names[min(missing)]
+        raise UserError(f"class {name} has no readable training photo; add photos of it or remove the class")
+    return PetData(data.class_names, kept["train"], kept["val"], kept["test"], data.species_of,
+                   data.skipped + list(bad.items()))
 
 
 def oxford_data(root: Path, task: str, download: bool, val_fraction: float, seed: int) -> PetData:
     """Oxford-IIIT Pet through torchvision's loader; `root` holds (or receives) the oxford-iiit-pet folder."""
-    if not download and not (root / "oxford-iiit-pet" / "annotations").is_dir():
+    if download:
+        download_oxford(root)
+    elif not (root / "oxford-iiit-pet" / "annotations").is_dir():
         raise UserError(f"no Oxford-IIIT Pet in {root / 'oxford-iiit-pet'}; add --download to fetch it (800 MB)")
     try:
-        trainval = OxfordIIITPet(root, split="trainval", download=download)
+        trainval = OxfordIIITPet(root, split="trainval")
         test = OxfordIIITPet(root, split="test")
-    except (OSError, RuntimeError) as e:  # URLError is an OSError
-        raise UserError(f"could not download Oxford-IIIT Pet into {root}: {e}; check the connection") from None
+    except (OSError, RuntimeError, ValueError) as e:
+        raise UserError(f"{root / 'oxford-iiit-pet'} is incomplete or damaged ({e}); remove it and use --download "
+                        "again") from None
     breeds = [name.lower().replace(" ", "_") for name in trainval.classes]
     species = dict(zip(trainval._labels, trainval._bin_labels))  # torchvision keeps both targets privately
     species_of = {breeds[b]: ("cat", "dog")[s] for b, s in species.items()}
@@ -76,40 +119,83 @@ def oxford_data(root: Path, task: str, download: bool, val_fraction: float, seed
     else:
         class_names, train_labels, test_labels = breeds, trainval._labels, test._labels
     full = Split([str(p) for p in trainval._images], list(train_labels))
-    train_idx, val_idx = stratified_split(full.labels, val_fraction, seed)
+    train_idx, val_idx = stratified_split(full.labels, val_fraction, seed, class_names)
     test_split = Split([str(p) for p in test._images], list(test_labels))
     return PetData(class_names, full.subset(train_idx), full.subset(val_idx), test_split, species_of)
+
+
+def download_oxford(root: Path) -> None:
+    """Fetch Oxford-IIIT Pet with torchvision into a staging folder that becomes `root/oxford-iiit-pet` only
+    once both archives are downloaded, checksummed and extracted, so an interrupted run never looks complete."""
+    final = root / "oxford-iiit-pet"
+    if (final / "images").is_dir() and (final / "annotations").is_dir():
+        return
+    if final.exists():
+        raise UserError(f"{final} exists but is incomplete; remove it and run again with --download")
+    staging = root / "oxford-iiit-pet.download"
+    for folder in ("images", "annotations"):  # extracted by an interrupted run; checksummed archives are kept
+        shutil.rmtree(staging / "oxford-iiit-pet" / folder, ignore_errors=True)
+    try:
+        OxfordIIITPet(staging, split="trainval", download=True)
+    except (OSError, RuntimeError, EOFError, http.client.HTTPException, tarfile.TarError, zlib.error) as e:
+        cause = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "corrupted" in cause:  # torchvision's word for a checksum mismatch
+            cause = "a downloaded archive failed its checksum (damaged or interrupted download)"
+        raise UserError(f"could not download Oxford-IIIT Pet into {root}: {cause}; check the internet connection "
+                        f"and run again, or extract images.tar.gz and annotations.tar.gz from {OXFORD_URL} "
+                        f"into {final}") from None
+    os.replace(staging / "oxford-iiit-pet", final)
+    shutil.rmtree(staging, ignore_errors=True)
 
 
 def folder_data(root: Path, val_fraction: float, seed: int) -> PetData:
     """A user's photos, one sub-folder per class; train/ val/ test/ sub-folders are used as splits when present."""
     if not root.is_dir():
         raise UserError(f"no folder {root}")
-    if (root / "train").is_dir():
-        train = image_folder(root / "train")
-        class_names = train[0]
-        splits = {name: image_folder(root / name, class_names)[1] for name in ("val", "test") if (root / name).is_dir()}
-        train_split = train[1]
+    split_dirs = [name for name in ("train", "val", "test") if (root / name).is_dir()]
+    if split_dirs and "train" not in split_dirs:
+        raise UserError(f"{root} has {'/'.join(split_dirs)}/ but no train/ sub-folder; add train/ with one folder "
+                        "per class, or put the class folders directly in it")
+    if split_dirs:
+        class_names, train_split = image_folder(root / "train")
+        splits = {name: image_folder(root / name, class_names)[1] for name in ("val", "test") if name in split_dirs}
         val = splits.get("val")
         if val is None:
-            train_idx, val_idx = stratified_split(train_split.labels, val_fraction, seed)
+            train_idx, val_idx = stratified_split(train_split.labels, val_fraction, seed,
+                                                  [str(root / "train" / n) for n in class_names])
             train_split, val = train_split.subset(train_idx), train_split.subset(val_idx)
         return PetData(class_names, train_split, val, splits.get("test"))
     class_names, full = image_folder(root)
-    train_idx, val_idx = stratified_split(full.labels, val_fraction, seed)
+    train_idx, val_idx = stratified_split(full.labels, val_fraction, seed, [str(root / n) for n in class_names])
     return PetData(class_names, full.subset(train_idx), full.subset(val_idx), None)
 
 
+class _PhotoFolder(ImageFolder):
+    """ImageFolder that ignores hidden folders (.git, .ipynb_checkpoints) and __MACOSX as classes."""
+
+    def find_classes(self, directory):
+        classes = sorted(e.name for e in os.scandir(directory)
+                         if e.is_dir() and not e.name.startswith(".") and e.name not in SKIPPED_FOLDERS)
+        return classes, {name: i for i, name in enumerate(classes)}
+
+
 def image_folder(root: Path, class_names: list[str] | None = None) -> tuple[list[str], Split]:
-    """Class names and photos of an ImageFolder tree; `class_names` pins the label order to the training split's."""
+    """Class names and photos of an ImageFolder tree; `class_names` pins the label order to the training split's.
+
+    Photos in nested folders of a class belong to it; files inside hidden folders are left out.
+    """
+    def is_photo(path: str) -> bool:
+        return is_image_file(path) and not any(part.startswith(".") for part in Path(path).relative_to(root).parts)
+
     try:
-        folder = ImageFolder(str(root), is_valid_file=is_image_file, allow_empty=True)
+        folder = _PhotoFolder(str(root), is_valid_file=is_photo, allow_empty=True)
     except FileNotFoundError as e:
         raise UserError(f"{root}: {e}") from None
     if class_names is None:
         class_names = folder.classes
         if len(class_names) < 2:
-            raise UserError(f"{root} has {len(class_names)} class folder(s); a classifier needs at least two")
+            raise UserError(f"{root} has {len(class_names)} class folder(s); a classifier needs at least two: "
+                            "put each class's photos in its own sub-folder")
     elif missing := set(folder.classes) - set(class_names):
         raise UserError(f"{root} has classes that training does not: {', '.join(sorted(missing))}")
     counts = Counter(folder.classes[label] for _, label in folder.samples)
@@ -119,8 +205,12 @@ def image_folder(root: Path, class_names: list[str] | None = None) -> tuple[list
     return class_names, Split([p for p, _ in folder.samples], [index[folder.classes[y]] for _, y in folder.samples])
 
 
-def stratified_split(labels: list[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """Indices (train, held-out): `fraction` of every class, at least one photo, chosen reproducibly."""
+def stratified_split(labels: list[int], fraction: float, seed: int,
+                     names: list[str] | None = None) -> tuple[list[int], list[int]]:
+    """Indices (train, held-out): `fraction` of every class, at least one photo, chosen reproducibly.
+
+    `names` (a class's folder, say) name the classes in the error for a class with too few photos.
+    """
     by_class: dict[int, list[int]] = {}
     for i, y in enumerate(labels):
         by_class.setdefault(y, []).append(i)
@@ -128,7 +218,8 @@ def stratified_split(labels: list[int], fraction: float, seed: int) -> tuple[lis
     train, held = [], []
     for y, idx in sorted(by_class.items()):
         if len(idx) < 2:
-            raise UserError(f"class {y} has {len(idx)} photo; a train/validation split needs at least two per class")
+            raise UserError(f"class {names[y] if names else y} has {len(idx)} photo; a train/validation split needs "
+                            "at least two per class: add photos, or give train/ and val/ sub-folders")
         rng.shuffle(idx)
         k = max(1, round(len(idx) * fraction))
         held += idx[:k]

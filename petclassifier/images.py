@@ -6,7 +6,7 @@ import warnings
 from pathlib import Path
 
 import torch
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torchvision.transforms.v2 import functional as TF
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -24,27 +24,61 @@ def is_image_file(path: str | Path) -> bool:
     return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
 
 
+def open_checked(path: str | Path) -> Image.Image:
+    """Open a photo's header (no pixels decoded yet), refusing decompression bombs before they use memory."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        img = Image.open(path)
+    if img.width * img.height > MAX_PIXELS:
+        img.close()
+        raise ImageError(f"{img.width}x{img.height} pixels is over the {MAX_PIXELS:,} pixel limit")
+    return img
+
+
+def check_image(path: str | Path) -> None:
+    """The fast check run over a whole dataset: the header names a known format and a sane size, or ImageError."""
+    try:
+        open_checked(path).close()
+    except ImageError:
+        raise
+    except Exception as e:  # Pillow's format plugins raise many exception types on malformed files
+        raise ImageError(reason(e)) from None
+
+
 def load_image(path: str | Path, min_size: int | None = None) -> Image.Image:
     """Open a photo whatever its real format, rotate it upright from EXIF and return it as 8-bit RGB.
 
     With `min_size`, a large JPEG is decoded at a reduced scale whose short side stays at least that big.
+    Anything unreadable (corrupt, truncated, not an image, too many pixels) raises ImageError with the reason.
     """
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                if img.width * img.height > MAX_PIXELS:
-                    raise ImageError(f"{img.width}x{img.height} pixels is over the {MAX_PIXELS:,} pixel limit")
-                img.seek(0)  # first frame of an animated GIF
-                if min_size and img.format == "JPEG":
-                    scale = min_size / min(img.size)
-                    img.draft("RGB", (round(img.width * scale), round(img.height * scale)))
-                img.load()
-                return to_rgb(ImageOps.exif_transpose(img))
+        with open_checked(path) as img:
+            img.seek(0)  # first frame of an animated GIF
+            if min_size and img.format == "JPEG":
+                scale = min_size / min(img.size)
+                img.draft("RGB", (round(img.width * scale), round(img.height * scale)))
+            img.load()
+            return to_rgb(upright(img))
     except ImageError:
         raise
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageError(f"{path}: {e}") from None
+    except Exception as e:  # Pillow's format plugins raise many exception types on malformed files
+        raise ImageError(reason(e)) from None
+
+
+def upright(img: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation; a malformed EXIF block leaves the photo as stored rather than losing it."""
+    try:
+        return ImageOps.exif_transpose(img)
+    except Exception:
+        return img
+
+
+def reason(error: Exception) -> str:
+    """One line saying why a file could not be read."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    if isinstance(error, UnidentifiedImageError) or "cannot identify image file" in text:
+        return "not an image (unknown or damaged format)"
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -62,5 +96,8 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 def square_uint8(img: Image.Image, size: int) -> torch.Tensor:
     """Resize the short side to `size` (bicubic, antialiased) and centre-crop a square: uint8 [3, size, size]."""
+    if max(img.size) > 2 * min(img.size):  # a thin strip resized by its short side could need gigabytes
+        side = min(img.size)
+        img = TF.center_crop(img, [min(img.height, 2 * side), min(img.width, 2 * side)])
     img = TF.center_crop(TF.resize(img, size, interpolation=TF.InterpolationMode.BICUBIC), [size, size])
     return TF.pil_to_tensor(img)

@@ -143,14 +143,37 @@ def describe(data: PetData) -> str:
             f"{n_test} test photos\ntrain photos per class: {per_class}")
 
 
-def decode_split(split: Split, prep: Preprocessing, cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """A split's photos as a uint8 tensor and its labels, leaving out (and reporting) unreadable files."""
+def decode_split(split: Split, prep: Preprocessing, cfg: TrainConfig,
+                 skipped: list | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A split's photos as a uint8 tensor and its labels, leaving out (and reporting) unreadable files.
+
+    The header check has already removed most bad files; this catches those only a full decode reveals
+    (a truncated JPEG). Each is warned about and appended to `skipped`; with --strict-images it is an error.
+    """
     images, bad = decode_images(split.paths, prep, cfg.cache_dir, cfg.workers)
+    if bad and cfg.strict_images:
+        path, reason = bad[0]
+        raise UserError(f"unreadable photo {path}: {reason} ({len(bad)} in all); remove it or leave out "
+                        "--strict-images to skip such files")
     for path, reason in bad:
         print(f"warning: skipped unreadable photo {path}: {reason}")
+    if skipped is not None:
+        skipped += bad
     bad_paths = {p for p, _ in bad}
     labels = torch.tensor([y for p, y in zip(split.paths, split.labels) if p not in bad_paths])
     return images, labels
+
+
+def class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Inverse class frequency, scaled so a balanced set gets weight 1 everywhere (for --balance)."""
+    counts = torch.bincount(labels, minlength=num_classes).clamp(min=1).float()
+    return len(labels) / (num_classes * counts)
+
+
+def mean_class_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Accuracy of every class present, averaged: a rare class counts as much as a common one."""
+    hits = (logits.argmax(1) == labels).float()
+    return torch.stack([hits[labels == c].mean() for c in labels.unique()]).mean().item()
 
 
 def fit(cfg: TrainConfig) -> dict:
@@ -176,14 +199,17 @@ def run(cfg: TrainConfig, device: torch.device) -> dict:
     rank, world = distributed.rank(), distributed.world_size()
     torch.manual_seed(cfg.seed)
     data = load_data(cfg)
+    for path, reason in data.skipped:
+        log(f"warning: skipped unreadable photo {path}: {reason}")
     log(describe(data))
     prep = Preprocessing.for_model(cfg.model, cfg.image_size)
     model = build_model(cfg.model, len(data.class_names), cfg.pretrained).to(device, memory_format=torch.channels_last)
     frozen, trainable = model.split(cfg.trainable_stages)
     frozen.requires_grad_(False)
 
-    train_images, train_labels = decode_split(data.train, prep, cfg)
-    val_images, val_labels = decode_split(data.val, prep, cfg)
+    skipped = list(data.skipped)
+    train_images, train_labels = decode_split(data.train, prep, cfg, skipped)
+    val_images, val_labels = decode_split(data.val, prep, cfg, skipped)
     if device.type == "cuda":  # uint8 photos fit in GPU memory: whole epochs then run there, batch by batch
         train_images, train_labels, val_images = train_images.to(device), train_labels.to(device), val_images.to(device)
     # Dropout masks: the same whether the photos were decoded or came from the cache (decoding draws from
@@ -213,6 +239,10 @@ def run(cfg: TrainConfig, device: torch.device) -> dict:
     val_loader = DataLoader(TensorDataset(val_inputs[rank::world], val_labels[rank::world]),
                             batch_size=cfg.batch_size * 2)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    train_criterion = criterion
+    if cfg.balance:  # validation keeps the plain loss, so epochs stay comparable with and without --balance
+        weights = class_weights(train_labels, len(data.class_names)).to(device)
+        train_criterion = nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing)
     optimizer = torch.optim.AdamW(trainable.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = len(train_loader(0))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -277,8 +307,9 @@ def run(cfg: TrainConfig, device: torch.device) -> dict:
             if not skip:
                 totals, epoch_lr = {"loss_sum": 0.0, "seen": 0}, optimizer.param_groups[0]["lr"]
             try:
-                train_one_epoch(trained, train_loader(epoch, skip), train_prepare, criterion, optimizer, scheduler,
-                                device, desc=f"epoch {epoch + 1}/{cfg.epochs}", totals=totals, on_step=on_step)
+                train_one_epoch(trained, train_loader(epoch, skip), train_prepare, train_criterion, optimizer,
+                                scheduler, device, desc=f"epoch {epoch + 1}/{cfg.epochs}", totals=totals,
+                                on_step=on_step)
             except FloatingPointError as e:
                 kept = f"; {last} holds the last good state" if last.is_file() else ""
                 raise FloatingPointError(f"{e}{kept}") from None
@@ -303,16 +334,26 @@ def run(cfg: TrainConfig, device: torch.device) -> dict:
                 stop_here(epoch + 1, 0)
 
     distributed.barrier()  # best.pt is written before any rank reads it
-    summary = {"run_dir": str(run_dir), "checkpoint": str(run_dir / "best.pt"), "best_val_accuracy": best_accuracy}
+    summary = {"run_dir": str(run_dir), "checkpoint": str(run_dir / "best.pt"), "best_val_accuracy": best_accuracy,
+               "photos": {"train": len(train_labels), "val": len(val_labels)}}
     model.load_state_dict(load_checkpoint(run_dir / "best.pt")["model_state"])
     if data.test is not None:
-        test_images, test_labels = decode_split(data.test, prep, cfg)
+        test_images, test_labels = decode_split(data.test, prep, cfg, skipped)
+        summary["photos"]["test"] = len(test_labels)
         test_inputs = test_images
         if len(frozen):
             test_inputs = frozen_features(frozen, test_images, prep, 1, generator, device, cfg.batch_size, "(test)")[0]
         test_loader = DataLoader(TensorDataset(test_inputs[rank::world], test_labels[rank::world]),
                                  batch_size=cfg.batch_size * 2)
-        summary["test_accuracy"] = reduced(evaluate(trainable, test_loader, eval_prepare, criterion, device))[1]
+        test = evaluate(trainable, test_loader, eval_prepare, criterion, device)
+        summary["test_accuracy"] = reduced(test)[1]
+        shares = distributed.gather((test["logits"], test["labels"]))  # every rank's share, for per-class figures
+        summary["test_mean_class_accuracy"] = mean_class_accuracy(torch.cat([lg for lg, _ in shares]),
+                                                                  torch.cat([lb for _, lb in shares]))
+    summary["skipped"] = [{"path": path, "reason": reason} for path, reason in skipped]
+    if skipped:
+        log(f"warning: {len(skipped)} unreadable photo(s) were skipped (listed above); --strict-images stops "
+            "at the first instead")
     if distributed.is_main():
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     split_name, accuracy = ("test", summary["test_accuracy"]) if "test_accuracy" in summary else ("val", best_accuracy)
