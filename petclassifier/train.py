@@ -25,6 +25,7 @@ from .config import TrainConfig
 from .data import PetData, Split, decode_images, load_data
 from .errors import UserError
 from .models import build_model
+from .plots import write_curves
 from .transforms import Preprocessing
 
 
@@ -221,6 +222,7 @@ def fit(cfg: TrainConfig) -> dict:
         test_loader = DataLoader(TensorDataset(test_inputs, test_labels), batch_size=cfg.batch_size * 2)
         summary["test_accuracy"] = evaluate(trainable, test_loader, eval_prepare, criterion, device)["accuracy"]
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_curves(run_dir)  # loss and accuracy per epoch, for people to see the learning
     split_name, accuracy = ("test", summary["test_accuracy"]) if "test_accuracy" in summary else ("val", best_accuracy)
     print(f"{split_name} accuracy {accuracy:.1%}; checkpoint {summary['checkpoint']}")
     return summary
