@@ -149,23 +149,18 @@ def add_compare_arguments(p: argparse.ArgumentParser) -> None:
 def run_compare(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .compare import PRETRAINED_VIEWS, compare, table, write_outputs
+    from .compare import compare, plots_available, table, write_outputs
 
     tasks = [args.task] if args.task else (["breed", "species"] if args.dataset != "folder" else ["breed"])
     base = TrainConfig(dataset=args.dataset, data_dir=args.data_dir, cache_dir=args.cache_dir, workers=args.workers,
                        device=args.device)
-    print(f"smallcnn trains from scratch for {args.epochs} epochs (--epochs); efficientnet_lite0 uses its recipe "
-          f"with {PRETRAINED_VIEWS} cached views per photo, to keep the run to minutes on a CPU")
+    print(f"to keep the run to minutes on a CPU, smallcnn trains from scratch for only {args.epochs} epochs "
+          "(--epochs) and efficientnet_lite0 trains only its head on the frozen pretrained body")
     rows = compare(base, tasks, Path(args.out), epochs=args.epochs)
     print(table(rows))
-    chart = None
-    try:
-        from .plots import pyplot
-
-        pyplot()
-        chart = Path(args.out) / "comparison.png"
-    except UserError as e:
-        print(f"note: no chart drawn: {e}")
+    chart = Path(args.out) / "comparison.png" if plots_available() else None
+    if chart is None:
+        print('note: no chart drawn; pip install -e ".[plots]" to get one')
     write_outputs(rows, args.json, chart)
     if chart:
         print(f"wrote {chart}")
