@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import textwrap
 from pathlib import Path
 
 import torch
@@ -179,7 +180,7 @@ def plot_comparison(rows: list[dict], out: str | Path, title: str) -> Path:
                hatch="//", label="mean per-class accuracy")
         for xi, r in zip(x, mine):
             ax.text(xi - 0.2, 100 * r["accuracy"] + 1, f"{r['accuracy']:.0%}", ha="center", fontsize=8)
-        ax.set_xticks(x, [r["method"].replace(" + ", "\n+ ") for r in mine], fontsize=8)
+        ax.set_xticks(x, [textwrap.fill(r["method"], 16) for r in mine], fontsize=8)
         ax.set(title=f"task: {task}", ylabel="test accuracy (%)", ylim=(0, 105))
         ax.grid(axis="y", alpha=0.3)
         ax.legend(fontsize=7, loc="upper left")
