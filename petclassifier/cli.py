@@ -1,4 +1,4 @@
-"""Command line: `petclassifier train|predict|export ...`; scripts/*.py call the same parsers."""
+"""Command line: `petclassifier train|predict|evaluate|explain|compare|export ...`; scripts call the same parsers."""
 
 from __future__ import annotations
 
@@ -107,10 +107,96 @@ def run_predict(args: argparse.Namespace) -> int:
     return 0 if any(r.error is None for r in results) else 1
 
 
+def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", help="a best.pt (default: the newest runs/*/best.pt)")
+    p.add_argument("--dataset", choices=("sample", "oxford-iiit-pet", "folder"),
+                   help="dataset to evaluate on (default: the checkpoint's)")
+    p.add_argument("--data-dir", help="dataset root (default: the checkpoint's)")
+    p.add_argument("--task", choices=("breed", "species"), help="Oxford task (default: the checkpoint's)")
+    p.add_argument("--split", default="test", choices=("train", "val", "test"), help="(default test)")
+    p.add_argument("--json", help="write the full report (metrics, per-class, confusion matrix) to this file")
+    p.add_argument("--out", help="folder for confusion.png and mistakes.png")
+    p.add_argument("--cache-dir", help="decoded-photo cache (default: the checkpoint's)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate_checkpoint, summary_lines, write_outputs
+    from .predict import newest_checkpoint
+
+    checkpoint = args.checkpoint or newest_checkpoint()
+    result = evaluate_checkpoint(checkpoint, args.dataset, args.data_dir, args.task, args.split, args.cache_dir,
+                                 args.device)
+    print("\n".join(summary_lines(result["report"])))
+    for path in write_outputs(result, args.out, args.json):
+        print(f"wrote {path}")
+    return 0
+
+
+def add_explain_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("paths", nargs="+", metavar="PHOTO", help="photos, or folders searched recursively")
+    p.add_argument("--checkpoint", help="a best.pt (default: the newest runs/*/best.pt)")
+    p.add_argument("--out", default="explain", help="folder for the pictures (default explain/)")
+    p.add_argument("--class", dest="classes", action="append", default=[], metavar="NAME",
+                   help="also show the evidence for this class (repeatable)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+
+
+def run_explain(args: argparse.Namespace) -> int:
+    from .explain import explain_photos
+    from .plots import pyplot
+    from .predict import PetClassifier, expand_paths, newest_checkpoint
+
+    pyplot()  # fail early, before any work, when matplotlib is missing
+    classifier = PetClassifier.from_checkpoint(args.checkpoint or newest_checkpoint(), device=args.device)
+    paths = expand_paths(args.paths)
+    if not paths:
+        raise UserError(f"no image files found in {' '.join(args.paths)}")
+    for path in explain_photos(classifier, paths, args.out, args.classes):
+        print(f"wrote {path}")
+    return 0
+
+
+def add_compare_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", choices=("sample", "oxford-iiit-pet", "folder"), default="sample")
+    p.add_argument("--data-dir", help="dataset root (Oxford: the folder holding oxford-iiit-pet/)")
+    p.add_argument("--task", choices=("breed", "species"), help="Oxford task (default: both)")
+    p.add_argument("--epochs", type=int, default=10, help="epochs of the from-scratch smallcnn (default 10)")
+    p.add_argument("--json", help="write {'rows': [...]} to this file")
+    p.add_argument("--out", default="runs/compare", help="folder for the trained runs and comparison.png")
+    p.add_argument("--cache-dir", help="decoded-photo cache (default ~/.cache/petclassifier)")
+    p.add_argument("--workers", type=int, default=2, help="image-decoding processes (default 2)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .compare import compare, plots_available, table, write_outputs
+
+    tasks = [args.task] if args.task else (["breed", "species"] if args.dataset != "folder" else ["breed"])
+    base = TrainConfig(dataset=args.dataset, data_dir=args.data_dir, cache_dir=args.cache_dir, workers=args.workers,
+                       device=args.device)
+    print(f"to keep the run to minutes on a CPU, smallcnn trains from scratch for only {args.epochs} epochs "
+          "(--epochs) and efficientnet_lite0 trains only its head on the frozen pretrained body")
+    rows = compare(base, tasks, Path(args.out), epochs=args.epochs)
+    print(table(rows))
+    chart = Path(args.out) / "comparison.png" if plots_available() else None
+    if chart is None:
+        print('note: no chart drawn; pip install -e ".[plots]" to get one')
+    write_outputs(rows, args.json, chart)
+    if chart:
+        print(f"wrote {chart}")
+    return 0
+
+
 COMMANDS = {
     "train": (add_train_arguments, run_train, "train a classifier and save checkpoints in a run folder"),
     "predict": (add_predict_arguments, run_predict, "rank labels for photos with a trained checkpoint"),
     "export": (add_export_arguments, run_export, "write a checkpoint as TorchScript or ONNX, with a JSON sidecar"),
+    "evaluate": (add_evaluate_arguments, run_evaluate, "accuracy, per-class metrics and confusions on a split"),
+    "explain": (add_explain_arguments, run_explain, "Grad-CAM heat-maps, filters and feature maps for photos"),
+    "compare": (add_compare_arguments, run_compare, "hand-crafted features vs learned ones, on the same split"),
 }
 
 

@@ -26,6 +26,7 @@ from .config import TrainConfig
 from .data import PetData, Split, decode_images, load_data
 from .errors import UserError
 from .models import build_model
+from .plots import write_curves
 from .resilience import StopRequest, deterministic_mode, rank_state, resume_from, rng_state, set_rng_state
 from .transforms import Preprocessing
 
@@ -356,6 +357,7 @@ def run(cfg: TrainConfig, device: torch.device) -> dict:
             "at the first instead")
     if distributed.is_main():
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        write_curves(run_dir)  # loss and accuracy per epoch, for people to see the learning
     split_name, accuracy = ("test", summary["test_accuracy"]) if "test_accuracy" in summary else ("val", best_accuracy)
     log(f"{split_name} accuracy {accuracy:.1%}; checkpoint {summary['checkpoint']}")
     return summary

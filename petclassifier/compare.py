@@ -1,0 +1,120 @@
+"""Hand-crafted features and a linear classifier against learned features (a CNN from scratch, a pretrained one)."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from .config import TrainConfig
+from .data import load_data
+from .errors import UserError
+from .evaluate import evaluate_checkpoint, metrics_report
+from .evaluate import write_outputs as write_evaluation
+from .features import LinearClassifier, handcrafted_features
+from .train import decode_split, fit
+from .transforms import Preprocessing
+
+HANDCRAFTED = "colour hist + HOG + LBP, linear"
+SMALLCNN_EPOCHS = 10  # from scratch on a CPU: enough to see it learn, short enough for a few minutes per task
+# The pretrained model trains its head on features of the frozen ImageNet body (a "linear probe"), one view per
+# photo: the body's features are computed once, so the run stays within minutes on a busy CPU.
+PRETRAINED = {"trainable_stages": 0, "augment_views": 1}
+
+
+def eval_split_name(cfg: TrainConfig) -> str:
+    return "test" if load_data(cfg).test is not None else "val"
+
+
+def handcrafted_row(cfg: TrainConfig) -> dict:
+    """Features an expert designed, then the only learning is a linear classifier on top."""
+    data = load_data(cfg)
+    prep = Preprocessing.for_model("smallcnn", 128)
+    started = time.perf_counter()
+    feats = {}
+    for name in ("train", "val", eval_split_name(cfg)):
+        images, labels = decode_split(getattr(data, name), prep, cfg)
+        feats[name] = (handcrafted_features(centre(images, prep.crop)), labels)
+    classifier = LinearClassifier().fit(*feats["train"], *feats["val"], len(data.class_names))
+    seconds = time.perf_counter() - started
+    x_eval, y_eval = feats[eval_split_name(cfg)]
+    report = metrics_report(classifier.logits(x_eval), y_eval, data.class_names)
+    return row(task_label(cfg), HANDCRAFTED, "hand-crafted", report, seconds)
+
+
+def centre(images, crop: int):
+    top = (images.shape[-1] - crop) // 2
+    return images[..., top : top + crop, top : top + crop]
+
+
+def learned_row(cfg: TrainConfig, method: str, out: Path) -> dict:
+    """Train with the package's own loop, then evaluate the best checkpoint on the same split."""
+    started = time.perf_counter()
+    summary = fit(replace(cfg, out=str(out)))
+    seconds = time.perf_counter() - started
+    result = evaluate_checkpoint(summary["checkpoint"], split=eval_split_name(cfg), device=cfg.device)
+    # the pictures are a bonus here: without matplotlib only the JSON is written
+    write_evaluation(result, out if plots_available() else None, out / "evaluation.json")
+    report = result["report"]
+    return row(task_label(cfg), method, "learned", report, seconds)
+
+
+def plots_available() -> bool:
+    try:
+        from .plots import pyplot
+
+        pyplot()
+        return True
+    except UserError:
+        return False
+
+
+def task_label(cfg: TrainConfig) -> str:
+    """breed or species for Oxford; the folder's name for a user's own classes."""
+    return Path(cfg.data_dir).name if cfg.dataset == "folder" else cfg.task
+
+
+def row(task: str, method: str, features: str, report: dict, seconds: float) -> dict:
+    return {"task": task, "method": method, "features": features, "accuracy": round(report["top1"], 4),
+            "mean_per_class_accuracy": round(report["mean_per_class_accuracy"], 4),
+            "train_seconds": round(seconds, 1), "photos": report["photos"]}
+
+
+def compare(base: TrainConfig, tasks: list[str], out: Path, epochs: int = SMALLCNN_EPOCHS,
+            methods: tuple[str, ...] = ("handcrafted", "smallcnn", "efficientnet_lite0")) -> list[dict]:
+    """One row per (task, method), all evaluated on the same split of the same photos."""
+    rows = []
+    for task in tasks:
+        cfg = replace(base, task=task).resolved()
+        print(f"== task {task}: evaluating on the {eval_split_name(cfg)} split")
+        if "handcrafted" in methods:
+            rows.append(handcrafted_row(cfg))
+            print(table(rows[-1:], header=False))
+        if "smallcnn" in methods:
+            small = replace(base, task=task, model="smallcnn", epochs=epochs).resolved()  # image_size: recipe
+            rows.append(learned_row(small, f"smallcnn from scratch ({epochs} ep)", out / f"smallcnn-{task}"))
+        if "efficientnet_lite0" in methods:
+            pre = replace(base, task=task, model="efficientnet_lite0", pretrained=True, **PRETRAINED).resolved()
+            rows.append(learned_row(pre, "efficientnet_lite0 pretrained, head", out / f"efficientnet_lite0-{task}"))
+    return rows
+
+
+def table(rows: list[dict], header: bool = True) -> str:
+    """A plain-text table (also valid Markdown) of the comparison rows."""
+    lines = ["| task | method | features | accuracy | mean per-class acc. | train time |",
+             "|---|---|---|---|---|---|"] if header else []
+    for r in rows:
+        lines.append(f"| {r['task']} | {r['method']} | {r['features']} | {r['accuracy']:.1%} | "
+                     f"{r['mean_per_class_accuracy']:.1%} | {r['train_seconds']:.0f} s |")
+    return "\n".join(lines)
+
+
+def write_outputs(rows: list[dict], json_path: str | None, chart: Path | None) -> None:
+    if json_path:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps({"rows": rows}, indent=2) + "\n")
+    if chart:
+        from .plots import plot_comparison
+
+        plot_comparison(rows, chart, "Hand-crafted features (grey) vs learned features (blue)")

@@ -1,0 +1,165 @@
+"""Evaluate a checkpoint on a dataset split: top-1/top-5, mean per-class accuracy, precision/recall, confusions."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from .checkpoint import load_checkpoint, model_from_checkpoint
+from .config import TrainConfig
+from .data import Split, load_data
+from .errors import UserError
+from .train import decode_split, evaluate, resolve_device
+
+SPLITS = ("train", "val", "test")
+
+
+def confusion_matrix(labels: torch.Tensor, predictions: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Counts [num_classes, num_classes]: row = true class, column = predicted class."""
+    flat = labels.long() * num_classes + predictions.long()
+    return torch.bincount(flat, minlength=num_classes * num_classes).view(num_classes, num_classes)
+
+
+def per_class_metrics(matrix: torch.Tensor) -> tuple[list[float | None], list[float | None]]:
+    """(precision, recall) per class from a confusion matrix; None where a class was never predicted/present."""
+    hits = matrix.diag().double()
+    predicted, actual = matrix.sum(0).double(), matrix.sum(1).double()
+    precision = [h / p if p else None for h, p in zip(hits.tolist(), predicted.tolist())]
+    recall = [h / a if a else None for h, a in zip(hits.tolist(), actual.tolist())]
+    return precision, recall
+
+
+def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int) -> float:
+    """Share of photos whose true class is among the k highest scores."""
+    top = logits.topk(min(k, logits.shape[1]), dim=1).indices
+    return (top == labels.view(-1, 1)).any(1).float().mean().item()
+
+
+def metrics_report(logits: torch.Tensor, labels: torch.Tensor, class_names: list[str]) -> dict:
+    """Every number of the evaluation as plain JSON values."""
+    matrix = confusion_matrix(labels, logits.argmax(1), len(class_names))
+    precision, recall = per_class_metrics(matrix)
+    present = [r for r in recall if r is not None]  # classes with photos in this split
+    return {
+        "photos": len(labels),
+        "top1": topk_accuracy(logits, labels, 1),
+        "top5": topk_accuracy(logits, labels, 5),
+        "mean_per_class_accuracy": sum(present) / max(1, len(present)),
+        "class_names": class_names,
+        "per_class": {name: {"precision": p, "recall": r, "photos": int(n)}
+                      for name, p, r, n in zip(class_names, precision, recall, matrix.sum(1).tolist())},
+        "confusion_matrix": matrix.tolist(),
+    }
+
+
+def canonical(name: str) -> str:
+    """Class names compare case-, separator- and plural-insensitively: 'Cats' matches 'cat', 'Great Pyrenees'."""
+    name = re.sub(r"[\s\-]+", "_", name.strip().lower())
+    return name[:-1] if name.endswith("s") and not name.endswith("ss") and len(name) > 3 else name
+
+
+def match_classes(model_classes: list[str], data_classes: list[str]) -> list[int]:
+    """For each dataset class, the index of the model class of the same name; a UserError if any is unknown."""
+    index = {canonical(n): i for i, n in enumerate(model_classes)}
+    missing = [n for n in data_classes if canonical(n) not in index]
+    if missing:
+        shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+        raise UserError(f"the checkpoint does not know {len(missing)} class(es) of this dataset ({shown}); "
+                        f"it knows: {', '.join(model_classes[:8])}{' ...' if len(model_classes) > 8 else ''}")
+    return [index[canonical(n)] for n in data_classes]
+
+
+def eval_config(ckpt: dict, dataset=None, data_dir=None, task=None, cache_dir=None) -> TrainConfig:
+    """The checkpoint's own data settings, with the given ones replacing them."""
+    cfg = TrainConfig.from_dict(ckpt.get("config", {}))
+    given = {"dataset": dataset, "data_dir": data_dir, "task": task, "cache_dir": cache_dir}
+    cfg = replace(cfg, **{k: v for k, v in given.items() if v is not None})
+    if dataset is not None and data_dir is None and dataset != cfg.dataset:
+        cfg = replace(cfg, data_dir=None)
+    return replace(cfg, download=False, resume=None).resolved()
+
+
+def pick_split(cfg: TrainConfig, split: str) -> Split:
+    if split not in SPLITS:
+        raise UserError(f"unknown split {split!r}; choose train, val or test")
+    chosen = getattr(load_data(cfg), split)
+    if chosen is None:
+        raise UserError(f"dataset {cfg.data_dir or cfg.dataset} has no {split} split; use --split val")
+    return chosen
+
+
+def evaluate_checkpoint(checkpoint: str | Path, dataset=None, data_dir=None, task=None, split: str = "test",
+                        cache_dir=None, device: str = "auto") -> dict:
+    """Run a checkpoint over a split: the report, and the photos/labels/probabilities for pictures."""
+    ckpt = load_checkpoint(checkpoint)
+    model, prep = model_from_checkpoint(ckpt)
+    cfg = eval_config(ckpt, dataset, data_dir, task, cache_dir)
+    data = load_data(cfg)
+    to_model = match_classes(ckpt["class_names"], data.class_names)
+    chosen = pick_split(cfg, split)
+    images, labels = decode_split(chosen, prep, cfg)
+    labels = torch.tensor(to_model, dtype=torch.long)[labels] if len(labels) else labels
+    if not len(labels):
+        raise UserError(f"no readable photos in the {split} split")
+    dev = resolve_device(device)
+    model = model.to(dev, memory_format=torch.channels_last)
+    loader = DataLoader(TensorDataset(images, labels), batch_size=64)
+    result = evaluate(model, loader, prep.eval_batch, nn.CrossEntropyLoss(), dev)
+    report = metrics_report(result["logits"], result["labels"], ckpt["class_names"])
+    report.update(checkpoint=str(checkpoint), dataset=cfg.dataset, data_dir=cfg.data_dir, task=cfg.task, split=split)
+    return {"report": report, "images": images, "labels": labels, "probs": result["logits"].softmax(1),
+            "crop": prep.crop}
+
+
+def centre_crop(images: torch.Tensor, crop: int) -> torch.Tensor:
+    top = (images.shape[-1] - crop) // 2
+    return images[..., top : top + crop, top : top + crop]
+
+
+def confident_mistakes(probs: torch.Tensor, labels: torch.Tensor, count: int = 12) -> list[int]:
+    """Indices of the wrong predictions made with the highest probability, most confident first."""
+    confidence, predicted = probs.max(1)
+    wrong = (predicted != labels).nonzero().flatten()
+    return wrong[confidence[wrong].argsort(descending=True)][:count].tolist()
+
+
+def write_outputs(result: dict, out: str | Path | None, json_path: str | Path | None) -> list[Path]:
+    """The JSON report and the confusion-matrix and mistakes pictures; returns the files written."""
+    report, written = result["report"], []
+    if json_path:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps(report, indent=2) + "\n")
+        written.append(Path(json_path))
+    if out:
+        from .plots import plot_confusion, plot_image_grid
+
+        names, split = report["class_names"], report["split"]
+        title = f"Confusion matrix, {split} split ({report['photos']} photos, top-1 {report['top1']:.1%})"
+        written.append(plot_confusion(torch.tensor(report["confusion_matrix"]), names, Path(out) / "confusion.png",
+                                      title))
+        picks = confident_mistakes(result["probs"], result["labels"])
+        if picks:
+            probs, labels = result["probs"], result["labels"]
+            captions = [f"true: {names[labels[i]]}\npredicted: {names[probs[i].argmax()]} {probs[i].max():.0%}"
+                        for i in picks]
+            images = [centre_crop(result["images"][i], result["crop"]) for i in picks]
+            written.append(plot_image_grid(images, captions, Path(out) / "mistakes.png",
+                                           f"Most confident mistakes ({split} split)"))
+    return written
+
+
+def summary_lines(report: dict) -> list[str]:
+    """The headline numbers and the worst classes, for the terminal."""
+    lines = [f"{report['split']} split, {report['photos']} photos: top-1 {report['top1']:.1%}  "
+             f"top-5 {report['top5']:.1%}  mean per-class accuracy {report['mean_per_class_accuracy']:.1%}"]
+    scored = [(m["recall"], name, m) for name, m in report["per_class"].items() if m["recall"] is not None]
+    for recall, name, m in sorted(scored, key=lambda t: t[0])[:5]:
+        precision = "n/a" if m["precision"] is None else f"{m['precision']:.0%}"
+        lines.append(f"  hardest: {name:28s} recall {recall:.0%}  precision {precision}  ({m['photos']} photos)")
+    return lines

@@ -1,0 +1,189 @@
+"""Pictures a person wants to look at: training curves, confusion matrix, mistakes, Grad-CAM, filters, comparison.
+
+matplotlib is an optional extra, imported only when something is drawn.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import textwrap
+from pathlib import Path
+
+import torch
+
+from .errors import UserError
+
+PLOTS_HINT = 'plotting needs matplotlib: pip install -e ".[plots]"'
+
+
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend, or a UserError saying how to install it."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise UserError(PLOTS_HINT) from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def to_image(x: torch.Tensor):
+    """uint8 or float [3, H, W] -> an array imshow can draw ([H, W, 3], 0-1 floats)."""
+    x = x.detach().float().cpu()
+    if x.max() > 1.5:
+        x = x / 255
+    return x.clamp(0, 1).permute(1, 2, 0).numpy()
+
+
+def save(fig, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=fig.dpi, bbox_inches="tight")
+    pyplot().close(fig)
+    return path
+
+
+def plot_curves(metrics_path: str | Path, out: str | Path) -> Path:
+    """Train and validation loss, and validation accuracy, per epoch, from a run's metrics.jsonl."""
+    rows = [json.loads(line) for line in Path(metrics_path).read_text().splitlines() if line.strip()]
+    plt = pyplot()
+    epochs = [r["epoch"] for r in rows]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.4), dpi=90)
+    ax_loss.plot(epochs, [r["train_loss"] for r in rows], "o-", label="train")
+    ax_loss.plot(epochs, [r["val_loss"] for r in rows], "s-", label="validation")
+    ax_loss.set(title="Loss (cross-entropy)", xlabel="epoch", ylabel="loss")
+    ax_loss.legend()
+    ax_acc.plot(epochs, [100 * r["val_accuracy"] for r in rows], "o-", color="tab:green")
+    ax_acc.set(title="Validation accuracy", xlabel="epoch", ylabel="accuracy (%)")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    fig.suptitle(f"Training curves ({Path(metrics_path).parent.name})")
+    fig.tight_layout()
+    return save(fig, out)
+
+
+def write_curves(run_dir: str | Path) -> Path | None:
+    """curves.png in a run folder; without matplotlib, a one-line note instead (training does not need it)."""
+    try:
+        return plot_curves(Path(run_dir) / "metrics.jsonl", Path(run_dir) / "curves.png")
+    except UserError as e:
+        print(f"note: no curves.png: {e}")
+        return None
+
+
+def plot_confusion(matrix: torch.Tensor, class_names: list[str], out: str | Path, title: str) -> Path:
+    """Confusion matrix (rows true, columns predicted), each row as shares of its photos."""
+    plt = pyplot()
+    n = len(class_names)
+    side = max(4.0, 0.26 * n + 2)
+    fig, ax = plt.subplots(figsize=(side + 1, side), dpi=80)
+    totals = matrix.sum(1, keepdim=True).clamp(min=1)
+    image = ax.imshow((matrix / totals).numpy(), cmap="Blues", vmin=0, vmax=1)
+    ticks = range(n)
+    ax.set_xticks(ticks, class_names, rotation=90, fontsize=8 if n > 10 else 10)
+    ax.set_yticks(ticks, class_names, fontsize=8 if n > 10 else 10)
+    ax.set(xlabel="predicted class", ylabel="true class", title=title)
+    if n <= 12:  # counts are readable only on small matrices
+        for i in range(n):
+            for j in range(n):
+                ax.text(j, i, int(matrix[i, j]), ha="center", va="center", fontsize=9)
+    fig.colorbar(image, ax=ax, fraction=0.046, label="share of the true class's photos")
+    return save(fig, out)
+
+
+def plot_image_grid(images: list[torch.Tensor], captions: list[str], out: str | Path, title: str,
+                    columns: int = 4) -> Path:
+    """Photos in a grid, each with its caption."""
+    plt = pyplot()
+    rows = max(1, math.ceil(len(images) / columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 2.9 * rows), dpi=70, squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, img, caption in zip(axes.flat, images, captions):
+        ax.imshow(to_image(img))
+        ax.set_title(caption, fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return save(fig, out)
+
+
+def plot_gradcam(image: torch.Tensor, cams: list[tuple[str, torch.Tensor]], out: str | Path, title: str) -> Path:
+    """The photo, then one heat-map overlay per (caption, cam [H, W] in 0-1)."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 1 + len(cams), figsize=(3.2 * (1 + len(cams)), 3.5), dpi=72, squeeze=False)
+    axes[0, 0].imshow(to_image(image))
+    axes[0, 0].set_title("photo (what the network sees)", fontsize=9)
+    for ax, (caption, cam) in zip(axes[0, 1:], cams):
+        ax.imshow(to_image(image))
+        ax.imshow(cam.numpy(), cmap="jet", alpha=0.45, vmin=0, vmax=1)
+        ax.set_title(caption, fontsize=9)
+    for ax in axes.flat:
+        ax.axis("off")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return save(fig, out)
+
+
+def plot_filters(weight: torch.Tensor, out: str | Path, title: str) -> Path:
+    """First-layer convolution filters [C_out, 3, k, k] as small colour patches, each scaled to 0-1."""
+    plt = pyplot()
+    n = weight.shape[0]
+    columns = min(8, n)
+    rows = math.ceil(n / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(1.1 * columns, 1.1 * rows + 0.6), dpi=72, squeeze=False)
+    w = weight.detach().float()
+    low, high = w.amin(dim=(1, 2, 3), keepdim=True), w.amax(dim=(1, 2, 3), keepdim=True)
+    w = (w - low) / (high - low).clamp(min=1e-8)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, f in zip(axes.flat, w):
+        ax.imshow(to_image(f if f.shape[0] == 3 else f[:1].expand(3, -1, -1)), interpolation="nearest")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return save(fig, out)
+
+
+def plot_feature_maps(image: torch.Tensor, stages: list[tuple[str, torch.Tensor]], out: str | Path,
+                      title: str) -> Path:
+    """Per stage (caption, maps [K, h, w]), one row of its strongest feature maps beside the photo."""
+    plt = pyplot()
+    k = max(m.shape[0] for _, m in stages)
+    fig, axes = plt.subplots(len(stages), k + 1, figsize=(1.6 * (k + 1), 1.8 * len(stages)), dpi=72,
+                             squeeze=False)
+    for row, (caption, maps) in enumerate(stages):
+        axes[row, 0].imshow(to_image(image))
+        axes[row, 0].set_title(caption, fontsize=8)
+        for col, fmap in enumerate(maps, start=1):
+            axes[row, col].imshow(fmap.numpy(), cmap="viridis")
+            axes[row, col].set_title(f"{tuple(fmap.shape)[0]}x{tuple(fmap.shape)[1]}", fontsize=7)
+    for ax in axes.flat:
+        ax.axis("off")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return save(fig, out)
+
+
+def plot_comparison(rows: list[dict], out: str | Path, title: str) -> Path:
+    """Bars of accuracy and mean per-class accuracy per method, grouped by task, hand-crafted in grey."""
+    plt = pyplot()
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.8 * len(tasks), 3.8), dpi=80, squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        mine = [r for r in rows if r["task"] == task]
+        x = torch.arange(len(mine)).numpy()
+        colours = ["tab:gray" if r["features"] == "hand-crafted" else "tab:blue" for r in mine]
+        ax.bar(x - 0.2, [100 * r["accuracy"] for r in mine], 0.4, color=colours, label="accuracy")
+        ax.bar(x + 0.2, [100 * r["mean_per_class_accuracy"] for r in mine], 0.4, color=colours, alpha=0.55,
+               hatch="//", label="mean per-class accuracy")
+        for xi, r in zip(x, mine):
+            ax.text(xi - 0.2, 100 * r["accuracy"] + 1, f"{r['accuracy']:.0%}", ha="center", fontsize=8)
+        ax.set_xticks(x, [textwrap.fill(r["method"], 16) for r in mine], fontsize=8)
+        ax.set(title=f"task: {task}", ylabel="test accuracy (%)", ylim=(0, 105))
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return save(fig, out)

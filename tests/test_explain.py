@@ -1,0 +1,89 @@
+import pytest
+import torch
+from torch import nn
+
+from petclassifier import PetClassifier
+from petclassifier.cli import main
+from petclassifier.explain import GradCAM, centre_share, hottest_inside
+from petclassifier.images import load_image
+from petclassifier.models import PetNet, build_model
+from petclassifier.transforms import Preprocessing
+
+from .conftest import SAMPLE
+from .test_evaluate import PNG, trained  # noqa: F401  (module fixture: a tiny trained checkpoint)
+
+
+def test_gradcam_points_at_the_evidence_for_the_class():
+    # body: one 1x1 conv copying the input's first channel; head: class 0 likes it, class 1 dislikes it
+    conv = nn.Conv2d(3, 1, 1, bias=False)
+    model = PetNet([conv], num_features=1, num_classes=2, dropout=0.0)
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.weight[0, 0] = 1.0
+        model.head[-1].weight.copy_(torch.tensor([[1.0], [-1.0]]))
+        model.head[-1].bias.zero_()
+    x = torch.zeros(1, 3, 6, 6)
+    x[0, 0, 2, 3] = 1.0
+    cams, logits = GradCAM(model)(x)
+    assert logits.argmax().item() == 0 and cams.shape == (1, 6, 6)
+    assert cams[0, 2, 3] == 1.0 and cams.sum() == 1.0  # all the evidence sits on the bright pixel
+    against, _ = GradCAM(model)(x, torch.tensor([1]))
+    assert against.abs().sum() == 0  # nothing in the photo speaks for class 1
+
+
+def test_hottest_cell_inside_or_on_the_border():
+    cams = torch.zeros(3, 10, 10)
+    cams[0, 5, 4] = 1  # centre
+    cams[1, 0, 4] = 1  # top border
+    cams[2, 1, 1] = 1  # off the ring, but its centre (15% across) is outside the central 60% box
+    inside = hottest_inside(cams)
+    assert inside["off_ring"].tolist() == [True, False, True]
+    assert inside["central_box"].tolist() == [True, False, False]
+
+
+def test_gradcam_on_real_pet_photos_looks_at_the_pet():
+    """ImageNet knows many cat and dog breeds: the evidence for its prediction lies in the photo's middle."""
+    model = build_model("efficientnet_lite0", 1000, pretrained=True).eval()
+    prep = Preprocessing.for_model("efficientnet_lite0", 224)
+    paths = sorted((SAMPLE / "oxford-iiit-pet" / "images").glob("*.jpg"))[::31][:12]
+    images = torch.stack([prep.square(load_image(p, min_size=prep.resize)) for p in paths])
+    with torch.inference_mode():
+        predicted = model(prep.eval_batch(images)).argmax(1)
+    share = centre_share(model, images, predicted.clone(), prep)
+    assert share["correct_photos"] == len(paths)
+    assert share["off_ring_share"] >= 0.75, share
+
+
+def test_explain_command_writes_the_pictures(trained, tmp_path, capsys):  # noqa: F811
+    data, run = trained
+    photos = sorted((data / "test" / "disc").glob("*.png"))[:2]
+    out = tmp_path / "explain"
+    code = main(["explain", "--checkpoint", str(run / "best.pt"), "--out", str(out), "--class", "square",
+                 *map(str, photos)])
+    assert code == 0
+    names = {p.name for p in out.iterdir()}
+    assert names == {"filters.png", *(f"{p.stem}_gradcam.png" for p in photos),
+                     *(f"{p.stem}_features.png" for p in photos)}
+    assert all(p.read_bytes()[:8] == PNG for p in out.iterdir())
+    assert main(["explain", "--checkpoint", str(run / "best.pt"), "--out", str(out), "--class", "hamster",
+                 str(photos[0])]) == 2
+    assert "unknown class 'hamster'" in capsys.readouterr().err
+
+
+def test_feature_maps_come_from_early_middle_and_late_stages(trained):  # noqa: F811
+    from petclassifier.explain import stage_maps
+
+    _, run = trained
+    model = PetClassifier.from_checkpoint(run / "best.pt", device="cpu").model
+    maps = stage_maps(model, torch.rand(1, 3, 32, 32), per_stage=3)
+    assert [m.shape[0] for _, m in maps] == [3, 3, 3]
+    assert [caption.split(":")[0] for caption, _ in maps] == ["early", "middle", "late"]
+    assert maps[0][1].shape[-1] > maps[-1][1].shape[-1]  # later stages see coarser, larger parts
+    assert all(0 <= m.min() and m.max() <= 1 for _, m in maps)
+
+
+@pytest.mark.parametrize("size", [48])
+def test_first_conv_filters_have_the_stem_shape(size):
+    from petclassifier.explain import first_conv
+
+    assert first_conv(build_model("smallcnn", 2)).weight.shape == (32, 3, 3, 3)
