@@ -70,8 +70,9 @@ class TrainConfig:
 
 # The best recipes measured on a 2-core CPU (see README): the values a None field takes.
 RECIPES: dict[str, dict] = {
-    # Fine-tune the last two stages and the 1x1 head conv on features cached from the frozen ImageNet body.
-    "efficientnet_lite0": {"trainable_stages": 3, "image_size": 224, "epochs": 12, "lr": 1e-3},
+    # Fine-tune the 1x1 head conv (320 -> 1280 channels) and the linear head on features cached from the frozen
+    # ImageNet body; 288 px beat 224 px by about a point on Oxford-IIIT Pet breeds for a little more time.
+    "efficientnet_lite0": {"trainable_stages": 1, "image_size": 288, "epochs": 10, "lr": 1e-3},
     # From scratch: every layer learns, at a resolution a CPU can afford.
     "smallcnn": {"trainable_stages": -1, "image_size": 128, "epochs": 30, "lr": 3e-3},
     "default": {"trainable_stages": 0, "image_size": 224, "epochs": 10, "lr": 1e-3},

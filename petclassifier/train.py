@@ -6,6 +6,7 @@ Fast path for transfer learning: the frozen first stages of a pretrained body co
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import time
@@ -25,7 +26,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .data import PetData, Split, decode_images, load_data
 from .errors import UserError
-from .models import build_model
+from .models import build_model, fold_batchnorm
 from .plots import write_curves
 from .resilience import StopRequest, deterministic_mode, rank_state, resume_from, rng_state, set_rng_state
 from .transforms import Preprocessing
@@ -96,13 +97,14 @@ def evaluate(model, loader, prepare, criterion, device) -> dict:
 
 @torch.inference_mode()
 def frozen_features(frozen: nn.Module, images: torch.Tensor, prep: Preprocessing, views: int,
-                    generator: torch.Generator, device: torch.device, batch_size: int, desc: str) -> torch.Tensor:
+                    generator: torch.Generator, device: torch.device, desc: str) -> torch.Tensor:
     """Outputs of the frozen stages for `views` versions of every photo: [views, N, C, h, w].
 
     View 0 is the plain centre crop; the others are random augmentations, so the trained stages still see
-    a different crop and flip of each photo from epoch to epoch.
+    a different crop and flip of each photo from epoch to epoch. `frozen` should be BatchNorm-folded.
     """
     frozen.eval()
+    batch_size = 256 if device.type == "cuda" else 16  # on a CPU, small batches stay in cache: about 2x faster
     out = []
     bar = tqdm(total=views * len(images), desc=desc, unit="img", leave=False, disable=not distributed.is_main())
     for v in range(views):
@@ -221,9 +223,10 @@ def run(cfg: TrainConfig, device: torch.device) -> dict:
     if len(frozen):  # fast path: the frozen stages run once, not once per epoch
         # Every rank computes every photo's views, with the same generator: the shuffled shares change each
         # epoch, so each rank needs them all, and the views are the same whatever the number of ranks.
-        views = frozen_features(frozen, train_images, prep, cfg.augment_views, generator, device, cfg.batch_size,
+        frozen_fast = fold_batchnorm(copy.deepcopy(frozen))  # same function, a third fewer memory passes
+        views = frozen_features(frozen_fast, train_images, prep, cfg.augment_views, generator, device,
                                 "features of frozen stages (train)")
-        val_inputs = frozen_features(frozen, val_images, prep, 1, generator, device, cfg.batch_size, "(val)")[0]
+        val_inputs = frozen_features(frozen_fast, val_images, prep, 1, generator, device, "(val)")[0]
         train_prepare = eval_prepare = nn.Identity()
     else:
         views = None
@@ -343,7 +346,7 @@ def run(cfg: TrainConfig, device: torch.device) -> dict:
         summary["photos"]["test"] = len(test_labels)
         test_inputs = test_images
         if len(frozen):
-            test_inputs = frozen_features(frozen, test_images, prep, 1, generator, device, cfg.batch_size, "(test)")[0]
+            test_inputs = frozen_features(frozen_fast, test_images, prep, 1, generator, device, "(test)")[0]
         test_loader = DataLoader(TensorDataset(test_inputs[rank::world], test_labels[rank::world]),
                                  batch_size=cfg.batch_size * 2)
         test = evaluate(trainable, test_loader, eval_prepare, criterion, device)
