@@ -71,9 +71,9 @@ class TrainConfig:
 # The best recipes measured on a 2-core CPU (see README): the values a None field takes.
 RECIPES: dict[str, dict] = {
     # Fine-tune the 1x1 head conv (320 -> 1280 channels) and the linear head on features cached from the frozen
-    # ImageNet body; 288 px beat 224 px by about a point on Oxford-IIIT Pet breeds for a little more time.
-    "efficientnet_lite0": {"trainable_stages": 1, "image_size": 288, "epochs": 10, "lr": 1e-3},
+    # ImageNet body. On Oxford-IIIT Pet breeds: 89.8% in 2 min at 224 px; 288 px gave 90.0% in 6.5 min.
+    "efficientnet_lite0": {"trainable_stages": 1, "image_size": 224, "epochs": 10, "lr": 1e-3},
     # From scratch: every layer learns, at a resolution a CPU can afford.
-    "smallcnn": {"trainable_stages": -1, "image_size": 128, "epochs": 30, "lr": 3e-3},
+    "smallcnn": {"trainable_stages": -1, "image_size": 112, "epochs": 18, "lr": 3e-3},
     "default": {"trainable_stages": 0, "image_size": 224, "epochs": 10, "lr": 1e-3},
 }
