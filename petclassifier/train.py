@@ -223,7 +223,7 @@ def run(cfg: TrainConfig, device: torch.device) -> dict:
     if len(frozen):  # fast path: the frozen stages run once, not once per epoch
         # Every rank computes every photo's views, with the same generator: the shuffled shares change each
         # epoch, so each rank needs them all, and the views are the same whatever the number of ranks.
-        frozen_fast = fold_batchnorm(copy.deepcopy(frozen))  # same function, a third fewer memory passes
+        frozen_fast = fold_batchnorm(copy.deepcopy(frozen).eval())  # same function, fewer memory passes
         views = frozen_features(frozen_fast, train_images, prep, cfg.augment_views, generator, device,
                                 "features of frozen stages (train)")
         val_inputs = frozen_features(frozen_fast, val_images, prep, 1, generator, device, "(val)")[0]
