@@ -29,7 +29,7 @@ from .config import TrainConfig
 from .data import load_data
 from .models import build_model, fold_batchnorm
 from .predict import PetClassifier
-from .train import autocast, decode_split, fit, resolve_device, train_one_epoch, warmup_cosine
+from .train import autocast, decode_split, evaluate, fit, resolve_device, train_one_epoch, warmup_cosine
 from .transforms import Preprocessing
 
 
@@ -116,7 +116,7 @@ def run_tutorial(cfg: TrainConfig, epochs: int, steps: int, repeats: int) -> dic
         train_one_epoch(model, train_loader, nn.Identity(), nn.CrossEntropyLoss(), optimizer, scheduler, device,
                         desc=f"tutorial epoch {epoch + 1}/{epochs}")
         epoch_times.append(time.perf_counter() - epoch_start)
-        accuracy = accuracy_of(model, val_loader, device)
+        accuracy = evaluate(model, val_loader, nn.Identity(), nn.CrossEntropyLoss(), device)["accuracy"]
         print(f"tutorial epoch {epoch + 1}: val accuracy {accuracy:.1%}, {epoch_times[-1]:.0f}s", flush=True)
         if best is None or accuracy > best:
             best, reached_best_at = accuracy, time.perf_counter() - started
@@ -151,16 +151,6 @@ def list_batches(loader, n: int) -> list:
 
 def rounded(v, digits: int = 1):
     return None if v is None else round(v, digits)
-
-
-@torch.inference_mode()
-def accuracy_of(model, loader, device) -> float:
-    model.eval()
-    correct = total = 0
-    for x, y in loader:
-        correct += (model(x.to(device)).argmax(1).cpu() == y).sum().item()
-        total += len(y)
-    return correct / total
 
 
 def run_project(cfg: TrainConfig, target: float | None, steps: int, repeats: int, out: str) -> dict:
@@ -198,7 +188,7 @@ def run_project(cfg: TrainConfig, target: float | None, steps: int, repeats: int
                 infer_model(prep.eval_batch(val_images[i : i + infer_batch]))
         sync(device)
         infer_rate = reps * len(val_images) / (time.perf_counter() - started)
-    classifier = PetClassifier(infer_model, data.class_names, prep, device=cfg.device)
+    classifier = PetClassifier(model, data.class_names, prep, device=cfg.device)  # folds its own copy
     p50, p95 = latencies_ms(classifier.predict, data.val.paths, repeats)
     result = {"train_images_per_s": round(train_rate, 2), "compute_bound_images_per_s": round(compute_rate, 2),
               "infer_images_per_s": round(infer_rate, 2), "latency_ms_p50": p50, "latency_ms_p95": p95}
