@@ -54,10 +54,10 @@ def conv_bn_relu(c_in: int, c_out: int, stride: int = 1) -> list[nn.Module]:
 
 def small_cnn(num_classes: int) -> PetNet:
     """A from-scratch CNN: each stage doubles the channels and halves the resolution (edges -> textures -> parts)."""
-    widths = (3, 32, 64, 128, 256)
+    widths = (3, 16, 32, 64, 128)
     stages = [nn.Sequential(*conv_bn_relu(c_in, c_out), nn.MaxPool2d(2)) for c_in, c_out in zip(widths, widths[1:])]
-    stages.append(nn.Sequential(*conv_bn_relu(256, 256)))  # one more layer of combinations at H/16
-    return PetNet(stages, 256, num_classes, dropout=0.3)  # body output [B, 256, H/16, W/16]
+    stages.append(nn.Sequential(*conv_bn_relu(128, 128)))  # one more layer of combinations at H/16
+    return PetNet(stages, 128, num_classes, dropout=0.3)  # body output [B, 128, H/16, W/16]
 
 
 def efficientnet_lite0(num_classes: int, pretrained: bool) -> PetNet:

@@ -96,28 +96,20 @@ def evaluate(model, loader, prepare, criterion, device) -> dict:
 
 
 @torch.inference_mode()
-def frozen_features(frozen: nn.Module, images: torch.Tensor, prep: Preprocessing, views: int,
-                    generator: torch.Generator, device: torch.device, desc: str) -> torch.Tensor:
-    """Outputs of the frozen stages for `views` versions of every photo: [views, N, C, h, w].
+def frozen_features(frozen: nn.Module, images: torch.Tensor, transform, device: torch.device,
+                    desc: str) -> torch.Tensor:
+    """Outputs of the frozen stages for one view (`transform` of a uint8 batch) of every photo: [N, C, h, w].
 
-    View 0 is the plain centre crop; the others are random augmentations, so the trained stages still see
-    a different crop and flip of each photo from epoch to epoch. `frozen` should be BatchNorm-folded.
+    `frozen` should be BatchNorm-folded. The result stays on the device: the epochs read it from there.
     """
     frozen.eval()
     batch_size = 256 if device.type == "cuda" else 16  # on a CPU, small batches stay in cache: about 2x faster
-    out = []
-    bar = tqdm(total=views * len(images), desc=desc, unit="img", leave=False, disable=not distributed.is_main())
-    for v in range(views):
-        chunks = []
-        for i in range(0, len(images), batch_size):
-            x = images[i : i + batch_size].to(device)
-            x = prep.eval_batch(x) if v == 0 else prep.train_batch(x, generator)
-            with autocast(device):
-                chunks.append(frozen(x).float())  # stays on the device: the epochs read it from there
-            bar.update(len(x))
-        out.append(torch.cat(chunks))
-    bar.close()
-    return torch.stack(out)
+    chunks = []
+    for i in tqdm(range(0, len(images), batch_size), desc=desc, unit="batch", leave=False,
+                  disable=not distributed.is_main()):
+        with autocast(device):
+            chunks.append(frozen(transform(images[i : i + batch_size].to(device))).float())
+    return torch.cat(chunks)
 
 
 def warmup_cosine(warmup_steps: int, total_steps: int):
@@ -220,21 +212,29 @@ def run(cfg: TrainConfig, device: torch.device) -> dict:
     torch.manual_seed(cfg.seed + rank)
     generator = torch.Generator().manual_seed(cfg.seed)
     augment = torch.Generator().manual_seed(cfg.seed + rank)  # each rank its own crops and flips
-    if len(frozen):  # fast path: the frozen stages run once, not once per epoch
-        # Every rank computes every photo's views, with the same generator: the shuffled shares change each
-        # epoch, so each rank needs them all, and the views are the same whatever the number of ranks.
+    views = []  # fast path: the frozen stages' features of each view of the training photos, once
+    if len(frozen):  # the frozen stages run once per view, not once per epoch
         frozen_fast = fold_batchnorm(copy.deepcopy(frozen).eval())  # same function, fewer memory passes
-        views = frozen_features(frozen_fast, train_images, prep, cfg.augment_views, generator, device,
-                                "features of frozen stages (train)")
-        val_inputs = frozen_features(frozen_fast, val_images, prep, 1, generator, device, "(val)")[0]
+        val_inputs = frozen_features(frozen_fast, val_images, prep.eval_batch, device, "frozen features (val)")
         train_prepare = eval_prepare = nn.Identity()
     else:
-        views = None
         val_inputs = val_images
         train_prepare, eval_prepare = lambda x: prep.train_batch(x, augment), prep.eval_batch
 
+    def train_view(epoch: int) -> torch.Tensor:
+        """The frozen features epoch `epoch` trains on: view 0 is the plain centre crop, the others random crops
+        and flips. Each is computed when first needed, so the first epoch starts early; always in order and from
+        one generator, so the views are the same whatever epoch a run resumes at and however many ranks share it
+        (every rank needs every photo: the shuffled shares change each epoch)."""
+        while len(views) <= epoch % cfg.augment_views:
+            v = len(views)
+            transform = prep.eval_batch if v == 0 else lambda x: prep.train_batch(x, generator)
+            views.append(frozen_features(frozen_fast, train_images, transform, device,
+                                         f"frozen features (train, view {v + 1}/{cfg.augment_views})"))
+        return views[epoch % cfg.augment_views]
+
     def train_loader(epoch: int, start: int = 0) -> distributed.ShardedBatches:
-        inputs = train_images if views is None else views[epoch % len(views)]
+        inputs = train_view(epoch) if len(frozen) else train_images
         batches = distributed.ShardedBatches(inputs, train_labels, cfg.batch_size, cfg.seed)
         batches.set_position(epoch, start)
         return batches
@@ -248,7 +248,7 @@ def run(cfg: TrainConfig, device: torch.device) -> dict:
         weights = class_weights(train_labels, len(data.class_names)).to(device)
         train_criterion = nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing)
     optimizer = torch.optim.AdamW(trainable.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = len(train_loader(0))
+    steps_per_epoch = len(distributed.ShardedBatches(train_labels, train_labels, cfg.batch_size, cfg.seed))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_cosine(round(cfg.warmup_epochs * steps_per_epoch), cfg.epochs * steps_per_epoch))
     trained = distributed.wrap(trainable, device)
@@ -346,7 +346,7 @@ def run(cfg: TrainConfig, device: torch.device) -> dict:
         summary["photos"]["test"] = len(test_labels)
         test_inputs = test_images
         if len(frozen):
-            test_inputs = frozen_features(frozen_fast, test_images, prep, 1, generator, device, "(test)")[0]
+            test_inputs = frozen_features(frozen_fast, test_images, prep.eval_batch, device, "(test)")
         test_loader = DataLoader(TensorDataset(test_inputs[rank::world], test_labels[rank::world]),
                                  batch_size=cfg.batch_size * 2)
         test = evaluate(trainable, test_loader, eval_prepare, criterion, device)

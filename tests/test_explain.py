@@ -86,4 +86,4 @@ def test_feature_maps_come_from_early_middle_and_late_stages(trained):  # noqa: 
 def test_first_conv_filters_have_the_stem_shape(size):
     from petclassifier.explain import first_conv
 
-    assert first_conv(build_model("smallcnn", 2)).weight.shape == (32, 3, 3, 3)
+    assert first_conv(build_model("smallcnn", 2)).weight.shape == (16, 3, 3, 3)

@@ -146,3 +146,29 @@ def test_resume_with_another_dataset_is_a_clear_error(shapes_dir, cache_dir, tmp
         train(**CFG, data_dir=str(other), cache_dir=cache_dir, resume=str(out / "last.pt"), out=str(tmp_path / "b"))
     with pytest.raises(UserError, match="holds no training state"):
         train(**CFG, data_dir=str(shapes_dir), cache_dir=cache_dir, resume=str(out / "best.pt"))
+
+
+def test_fast_path_resumed_run_computes_the_same_views(shapes_dir, cache_dir, tmp_path, monkeypatch):
+    # Each augmented view of the frozen features is computed when an epoch first needs it: a run resumed at
+    # epoch 3 must compute views 1 and 2 in order, with the same random crops as the uninterrupted run.
+    cfg = {**CFG, "model": "efficientnet_lite0", "pretrained": True, "trainable_stages": 1, "augment_views": 3,
+           "image_size": 48, "epochs": 3, "save_every": 0}
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    train(**cfg, data_dir=str(shapes_dir), cache_dir=cache_dir, out=str(whole))
+    one_epoch, calls = sys.modules["petclassifier.train"].train_one_epoch, []
+
+    def interrupt_before_epoch_3(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return one_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(sys.modules["petclassifier.train"], "train_one_epoch", interrupt_before_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        train(**cfg, data_dir=str(shapes_dir), cache_dir=cache_dir, out=str(cut))
+    monkeypatch.undo()
+    train(**cfg, data_dir=str(shapes_dir), cache_dir=cache_dir, resume=str(cut / "last.pt"))
+    assert rows(cut) == rows(whole)
+    resumed, uninterrupted = load_checkpoint(cut / "last.pt"), load_checkpoint(whole / "last.pt")
+    for key, value in uninterrupted["model_state"].items():
+        assert torch.equal(resumed["model_state"][key], value), key
