@@ -10,9 +10,10 @@ from pathlib import Path
 from .config import TrainConfig
 from .data import load_data
 from .errors import UserError
-from .evaluate import evaluate_checkpoint, metrics_report
+from .evaluate import evaluate_checkpoint
 from .evaluate import write_outputs as write_evaluation
 from .features import LinearClassifier, handcrafted_features
+from .metrics import metrics_report
 from .train import decode_split, fit
 from .transforms import Preprocessing
 

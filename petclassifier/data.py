@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from .config import SAMPLE_DIR, TrainConfig
 from .errors import UserError
-from .images import ImageError, check_image, is_image_file, load_image
+from .images import ImageError, check_image, is_photo_under, load_image
 from .transforms import Preprocessing
 
 DATASETS = ("sample", "oxford-iiit-pet", "folder")
@@ -184,11 +184,8 @@ def image_folder(root: Path, class_names: list[str] | None = None) -> tuple[list
 
     Photos in nested folders of a class belong to it; files inside hidden folders are left out.
     """
-    def is_photo(path: str) -> bool:
-        return is_image_file(path) and not any(part.startswith(".") for part in Path(path).relative_to(root).parts)
-
     try:
-        folder = _PhotoFolder(str(root), is_valid_file=is_photo, allow_empty=True)
+        folder = _PhotoFolder(str(root), is_valid_file=lambda path: is_photo_under(path, root), allow_empty=True)
     except FileNotFoundError as e:
         raise UserError(f"{root}: {e}") from None
     if class_names is None:

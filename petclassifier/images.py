@@ -24,6 +24,11 @@ def is_image_file(path: str | Path) -> bool:
     return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
 
 
+def is_photo_under(path: str | Path, root: str | Path) -> bool:
+    """An image file under `root` and not inside a hidden folder (.git, .thumbnails) below it."""
+    return is_image_file(path) and not any(part.startswith(".") for part in Path(path).relative_to(root).parts)
+
+
 def open_checked(path: str | Path) -> Image.Image:
     """Open a photo's header (no pixels decoded yet), refusing decompression bombs before they use memory."""
     with warnings.catch_warnings():

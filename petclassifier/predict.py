@@ -11,7 +11,7 @@ from PIL import Image
 
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .errors import UserError
-from .images import ImageError, is_image_file, load_image
+from .images import ImageError, is_photo_under, load_image
 from .models import fold_batchnorm
 from .train import autocast, resolve_device
 
@@ -102,11 +102,11 @@ class PetClassifier:
 
 
 def expand_paths(paths: list[str]) -> list[Path]:
-    """Files as given, and the image files under each folder, recursively, in sorted order."""
+    """Files as given, and the image files under each folder (hidden folders left out), recursively, sorted."""
     out = []
     for p in map(Path, paths):
         if p.is_dir():
-            out += sorted(f for f in p.rglob("*") if f.is_file() and is_image_file(f))
+            out += sorted(f for f in p.rglob("*") if f.is_file() and is_photo_under(f, p))
         elif p.exists():
             out.append(p)
         else:

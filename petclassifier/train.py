@@ -26,6 +26,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .data import PetData, Split, decode_images, load_data
 from .errors import UserError
+from .metrics import mean_class_accuracy
 from .models import build_model, fold_batchnorm
 from .plots import write_curves
 from .resilience import StopRequest, deterministic_mode, rank_state, resume_from, rng_state, set_rng_state
@@ -163,12 +164,6 @@ def class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Inverse class frequency, scaled so a balanced set gets weight 1 everywhere (for --balance)."""
     counts = torch.bincount(labels, minlength=num_classes).clamp(min=1).float()
     return len(labels) / (num_classes * counts)
-
-
-def mean_class_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    """Accuracy of every class present, averaged: a rare class counts as much as a common one."""
-    hits = (logits.argmax(1) == labels).float()
-    return torch.stack([hits[labels == c].mean() for c in labels.unique()]).mean().item()
 
 
 def fit(cfg: TrainConfig) -> dict:

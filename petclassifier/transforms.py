@@ -70,8 +70,9 @@ class Preprocessing:
         x0 = torch.rand(n, generator=generator) * (side - w)
         y0 = torch.rand(n, generator=generator) * (side - h)
         boxes = torch.stack([torch.arange(n, dtype=torch.float), x0, y0, x0 + w, y0 + h], dim=1).to(x.device)
-        # roi_align resamples each box to crop x crop with bilinear sampling, averaging 2x2 points per pixel.
-        out = roi_align(x.float(), boxes, output_size=self.crop, sampling_ratio=2, aligned=True)
+        # roi_align resamples each box to crop x crop, one bilinear sample per output pixel: a box is at most
+        # resize/crop = 1.14x the output's side, so there is nothing to average (4 samples cost 4x the time).
+        out = roi_align(x.float(), boxes, output_size=self.crop, sampling_ratio=1, aligned=True)
         flip = (torch.rand(n, generator=generator) < 0.5).to(x.device)
-        out = torch.where(flip.view(n, 1, 1, 1), out.flip(-1), out)
+        out = torch.where(flip.view(n, 1, 1, 1), out.flip(-1), out)  # no boolean indexing: no GPU sync
         return self.normalize(out).contiguous(memory_format=torch.channels_last)

@@ -7,7 +7,8 @@ import torch
 from petclassifier import PetClassifier, train
 from petclassifier.cli import main
 from petclassifier.errors import UserError
-from petclassifier.evaluate import confusion_matrix, match_classes, metrics_report, per_class_metrics
+from petclassifier.evaluate import match_classes
+from petclassifier.metrics import confusion_matrix, mean_class_accuracy, metrics_report, per_class_metrics
 from petclassifier.plots import write_curves
 
 from .conftest import make_folder
@@ -46,6 +47,7 @@ def test_report_numbers_for_known_scores():
     assert report["top1"] == pytest.approx(4 / 6) and report["top5"] == 1.0
     # mean over the three classes that have photos: (2/3 + 1/2 + 1) / 3; absent classes do not count
     assert report["mean_per_class_accuracy"] == pytest.approx((2 / 3 + 0.5 + 1) / 3)
+    assert mean_class_accuracy(logits, labels) == pytest.approx((2 / 3 + 0.5 + 1) / 3)  # what training reports
     assert report["confusion_matrix"][0][:3] == [2, 1, 0] and report["per_class"]["b"]["precision"] == 0.5
 
 

@@ -39,6 +39,7 @@ def test_mixed_folder_gives_one_line_per_file_in_order(tmp_path, checkpoint, pre
     folder = tmp_path / "photos"
     files = write_all(folder, GOOD) + write_all(folder, BAD) + copy_misnamed(folder)
     write_junk(folder)
+    write_all(folder / ".thumbnails", {"dot.png": GOOD["dot.png"]})  # a hidden folder's files are not the user's photos
     expected = sorted(map(str, files))
     bad = {str(folder / name) for name in BAD}
 

@@ -1,0 +1,53 @@
+"""Classification metrics from logits and labels: confusion matrix, precision and recall, top-k accuracy."""
+
+from __future__ import annotations
+
+import torch
+
+
+def confusion_matrix(labels: torch.Tensor, predictions: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Counts [num_classes, num_classes]: row = true class, column = predicted class."""
+    flat = labels.long() * num_classes + predictions.long()
+    return torch.bincount(flat, minlength=num_classes * num_classes).view(num_classes, num_classes)
+
+
+def per_class_metrics(matrix: torch.Tensor) -> tuple[list[float | None], list[float | None]]:
+    """(precision, recall) per class from a confusion matrix; None where a class was never predicted/present."""
+    hits = matrix.diag().double()
+    predicted, actual = matrix.sum(0).double(), matrix.sum(1).double()
+    precision = [h / p if p else None for h, p in zip(hits.tolist(), predicted.tolist())]
+    recall = [h / a if a else None for h, a in zip(hits.tolist(), actual.tolist())]
+    return precision, recall
+
+
+def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int) -> float:
+    """Share of photos whose true class is among the k highest scores."""
+    top = logits.topk(min(k, logits.shape[1]), dim=1).indices
+    return (top == labels.view(-1, 1)).any(1).float().mean().item()
+
+
+def metrics_report(logits: torch.Tensor, labels: torch.Tensor, class_names: list[str]) -> dict:
+    """Every number of the evaluation as plain JSON values."""
+    matrix = confusion_matrix(labels, logits.argmax(1), len(class_names))
+    precision, recall = per_class_metrics(matrix)
+    return {
+        "photos": len(labels),
+        "top1": topk_accuracy(logits, labels, 1),
+        "top5": topk_accuracy(logits, labels, 5),
+        "mean_per_class_accuracy": mean_of_present(recall),
+        "class_names": class_names,
+        "per_class": {name: {"precision": p, "recall": r, "photos": int(n)}
+                      for name, p, r, n in zip(class_names, precision, recall, matrix.sum(1).tolist())},
+        "confusion_matrix": matrix.tolist(),
+    }
+
+
+def mean_of_present(recall: list[float | None]) -> float:
+    """Mean recall of the classes that have photos in the split: a rare class counts as much as a common one."""
+    present = [r for r in recall if r is not None]
+    return sum(present) / max(1, len(present))
+
+
+def mean_class_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Accuracy of every class present, averaged."""
+    return mean_of_present(per_class_metrics(confusion_matrix(labels, logits.argmax(1), logits.shape[1]))[1])
