@@ -18,6 +18,7 @@ import resource
 import statistics
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import torch
 from PIL import Image
@@ -27,6 +28,7 @@ from torchvision import transforms as T
 
 from .config import TrainConfig
 from .data import load_data
+from .errors import UserError
 from .models import build_model, fold_batchnorm
 from .predict import PetClassifier
 from .train import autocast, decode_split, evaluate, fit, resolve_device, train_one_epoch, warmup_cosine
@@ -225,6 +227,8 @@ def in_own_process(fn, *args) -> dict:
 def run_benchmark(cfg: TrainConfig, tutorial_epochs: int, steps: int, repeats: int, out: str) -> dict:
     """Both pipelines, each in its own process; with tutorial_epochs 0, throughput and latency only."""
     cfg = cfg.resolved()
+    if Path(out, "metrics.jsonl").exists():  # fit would append to it, and the times would mix two runs
+        raise UserError(f"{out} already holds a training run; give the benchmark a new --out folder")
     device = resolve_device(cfg.device)
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     tutorial = in_own_process(run_tutorial, cfg, tutorial_epochs, steps, repeats)

@@ -7,9 +7,11 @@
 import argparse
 import json
 import sys
+from datetime import datetime
 
 from petclassifier.benchmark import format_table, run_benchmark
 from petclassifier.cli import add_train_arguments, config_from_args
+from petclassifier.errors import UserError
 
 
 def main() -> int:
@@ -21,8 +23,12 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=40, help="single-photo predictions timed (40)")
     args = parser.parse_args()
     cfg = config_from_args(args)
-    out = cfg.out or "runs/benchmark"
-    result = run_benchmark(cfg, args.tutorial_epochs, args.steps, args.repeats, out)
+    out = cfg.out or f"runs/{datetime.now():%Y%m%d-%H%M%S}-benchmark"
+    try:
+        result = run_benchmark(cfg, args.tutorial_epochs, args.steps, args.repeats, out)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(format_table(result))
     if args.json:
         with open(args.json, "w") as f:
