@@ -243,6 +243,7 @@ def run(cfg: TrainConfig, device: torch.device) -> dict:
         weights = class_weights(train_labels, len(data.class_names)).to(device)
         train_criterion = nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing)
     optimizer = torch.optim.AdamW(trainable.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # batches per epoch, counted on the labels alone (train_loader(0) would compute the first view here)
     steps_per_epoch = len(distributed.ShardedBatches(train_labels, train_labels, cfg.batch_size, cfg.seed))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_cosine(round(cfg.warmup_epochs * steps_per_epoch), cfg.epochs * steps_per_epoch))
