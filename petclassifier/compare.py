@@ -15,7 +15,7 @@ from .evaluate import write_outputs as write_evaluation
 from .features import LinearClassifier, handcrafted_features
 from .metrics import metrics_report
 from .train import decode_split, fit
-from .transforms import Preprocessing
+from .transforms import Preprocessing, centre_crop
 
 HANDCRAFTED = "colour hist + HOG + LBP, linear"
 SMALLCNN_EPOCHS = 10  # from scratch on a CPU: enough to see it learn, short enough for a few minutes per task
@@ -24,37 +24,28 @@ SMALLCNN_EPOCHS = 10  # from scratch on a CPU: enough to see it learn, short eno
 PRETRAINED = {"trainable_stages": 0, "augment_views": 1}
 
 
-def eval_split_name(cfg: TrainConfig) -> str:
-    return "test" if load_data(cfg).test is not None else "val"
-
-
-def handcrafted_row(cfg: TrainConfig) -> dict:
+def handcrafted_row(cfg: TrainConfig, split: str) -> dict:
     """Features an expert designed, then the only learning is a linear classifier on top."""
     data = load_data(cfg)
     prep = Preprocessing.for_model("smallcnn", 128)
     started = time.perf_counter()
     feats = {}
-    for name in ("train", "val", eval_split_name(cfg)):
+    for name in ("train", "val", split):
         images, labels = decode_split(getattr(data, name), prep, cfg)
-        feats[name] = (handcrafted_features(centre(images, prep.crop)), labels)
+        feats[name] = (handcrafted_features(centre_crop(images, prep.crop)), labels)
     classifier = LinearClassifier().fit(*feats["train"], *feats["val"], len(data.class_names))
     seconds = time.perf_counter() - started
-    x_eval, y_eval = feats[eval_split_name(cfg)]
+    x_eval, y_eval = feats[split]
     report = metrics_report(classifier.logits(x_eval), y_eval, data.class_names)
     return row(task_label(cfg), HANDCRAFTED, "hand-crafted", report, seconds)
 
 
-def centre(images, crop: int):
-    top = (images.shape[-1] - crop) // 2
-    return images[..., top : top + crop, top : top + crop]
-
-
-def learned_row(cfg: TrainConfig, method: str, out: Path) -> dict:
+def learned_row(cfg: TrainConfig, method: str, out: Path, split: str) -> dict:
     """Train with the package's own loop, then evaluate the best checkpoint on the same split."""
     started = time.perf_counter()
     summary = fit(replace(cfg, out=str(out)))
     seconds = time.perf_counter() - started
-    result = evaluate_checkpoint(summary["checkpoint"], split=eval_split_name(cfg), device=cfg.device)
+    result = evaluate_checkpoint(summary["checkpoint"], split=split, device=cfg.device)
     # the pictures are a bonus here: without matplotlib only the JSON is written
     write_evaluation(result, out if plots_available() else None, out / "evaluation.json")
     report = result["report"]
@@ -88,16 +79,18 @@ def compare(base: TrainConfig, tasks: list[str], out: Path, epochs: int = SMALLC
     rows = []
     for task in tasks:
         cfg = replace(base, task=task).resolved()
-        print(f"== task {task}: evaluating on the {eval_split_name(cfg)} split")
+        split = "test" if load_data(cfg).test is not None else "val"
+        print(f"== task {task}: evaluating on the {split} split")
         if "handcrafted" in methods:
-            rows.append(handcrafted_row(cfg))
+            rows.append(handcrafted_row(cfg, split))
             print(table(rows[-1:], header=False))
         if "smallcnn" in methods:
             small = replace(base, task=task, model="smallcnn", epochs=epochs).resolved()  # image_size: recipe
-            rows.append(learned_row(small, f"smallcnn from scratch ({epochs} ep)", out / f"smallcnn-{task}"))
+            rows.append(learned_row(small, f"smallcnn from scratch ({epochs} ep)", out / f"smallcnn-{task}", split))
         if "efficientnet_lite0" in methods:
             pre = replace(base, task=task, model="efficientnet_lite0", pretrained=True, **PRETRAINED).resolved()
-            rows.append(learned_row(pre, "efficientnet_lite0 pretrained, head", out / f"efficientnet_lite0-{task}"))
+            rows.append(learned_row(pre, "efficientnet_lite0 pretrained, head", out / f"efficientnet_lite0-{task}",
+                                    split))
     return rows
 
 

@@ -13,10 +13,11 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .config import TrainConfig
-from .data import Split, load_data
+from .data import PetData, Split, load_data
 from .errors import UserError
 from .metrics import metrics_report
 from .train import decode_split, evaluate, resolve_device
+from .transforms import centre_crop
 
 SPLITS = ("train", "val", "test")
 
@@ -48,10 +49,10 @@ def eval_config(ckpt: dict, dataset=None, data_dir=None, task=None, cache_dir=No
     return replace(cfg, download=False, resume=None).resolved()
 
 
-def pick_split(cfg: TrainConfig, split: str) -> Split:
+def pick_split(data: PetData, cfg: TrainConfig, split: str) -> Split:
     if split not in SPLITS:
         raise UserError(f"unknown split {split!r}; choose train, val or test")
-    chosen = getattr(load_data(cfg), split)
+    chosen = getattr(data, split)
     if chosen is None:
         raise UserError(f"dataset {cfg.data_dir or cfg.dataset} has no {split} split; use --split val")
     return chosen
@@ -65,7 +66,7 @@ def evaluate_checkpoint(checkpoint: str | Path, dataset=None, data_dir=None, tas
     cfg = eval_config(ckpt, dataset, data_dir, task, cache_dir)
     data = load_data(cfg)
     to_model = match_classes(ckpt["class_names"], data.class_names)
-    chosen = pick_split(cfg, split)
+    chosen = pick_split(data, cfg, split)
     images, labels = decode_split(chosen, prep, cfg)
     labels = torch.tensor(to_model, dtype=torch.long)[labels] if len(labels) else labels
     if not len(labels):
@@ -78,11 +79,6 @@ def evaluate_checkpoint(checkpoint: str | Path, dataset=None, data_dir=None, tas
     report.update(checkpoint=str(checkpoint), dataset=cfg.dataset, data_dir=cfg.data_dir, task=cfg.task, split=split)
     return {"report": report, "images": images, "labels": labels, "probs": result["logits"].softmax(1),
             "crop": prep.crop}
-
-
-def centre_crop(images: torch.Tensor, crop: int) -> torch.Tensor:
-    top = (images.shape[-1] - crop) // 2
-    return images[..., top : top + crop, top : top + crop]
 
 
 def confident_mistakes(probs: torch.Tensor, labels: torch.Tensor, count: int = 12) -> list[int]:

@@ -10,6 +10,7 @@ from torch import nn
 
 from .errors import UserError
 from .models import PetNet
+from .transforms import centre_crop
 
 
 class GradCAM:
@@ -125,8 +126,7 @@ def explain_photos(classifier, paths: list[str | Path], out: str | Path, classes
     for path in paths:
         square = prep.square(classifier._load(path))
         x = prep.eval_batch(square[None].to(classifier.device)).contiguous()
-        crop = (square.shape[-1] - prep.crop) // 2
-        photo = square[:, crop : crop + prep.crop, crop : crop + prep.crop]
+        photo = centre_crop(square, prep.crop)
         cams, logits = gradcam(x)
         probs = logits.softmax(1)[0]
         predicted = int(probs.argmax())

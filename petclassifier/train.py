@@ -346,10 +346,10 @@ def run(cfg: TrainConfig, device: torch.device) -> dict:
         test_loader = DataLoader(TensorDataset(test_inputs[rank::world], test_labels[rank::world]),
                                  batch_size=cfg.batch_size * 2)
         test = evaluate(trainable, test_loader, eval_prepare, criterion, device)
-        summary["test_accuracy"] = reduced(test)[1]
-        shares = distributed.gather((test["logits"], test["labels"]))  # every rank's share, for per-class figures
-        summary["test_mean_class_accuracy"] = mean_class_accuracy(torch.cat([lg for lg, _ in shares]),
-                                                                  torch.cat([lb for _, lb in shares]))
+        shares = distributed.gather((test["logits"], test["labels"]))  # every rank's share of the test photos
+        logits, labels = torch.cat([lg for lg, _ in shares]), torch.cat([lb for _, lb in shares])
+        summary["test_accuracy"] = (logits.argmax(1) == labels).float().mean().item()
+        summary["test_mean_class_accuracy"] = mean_class_accuracy(logits, labels)
     summary["skipped"] = [{"path": path, "reason": reason} for path, reason in skipped]
     if skipped:
         log(f"warning: {len(skipped)} unreadable photo(s) were skipped (listed above); --strict-images stops "

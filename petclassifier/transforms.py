@@ -21,6 +21,12 @@ CROP_SCALE = (0.25, 1.0)  # random resized crop: share of the square's area kept
 CROP_RATIO = (3 / 4, 4 / 3)  # and its aspect-ratio range
 
 
+def centre_crop(x: torch.Tensor, size: int) -> torch.Tensor:
+    """The central size x size square of images [..., R, R] (the photo the network sees at evaluation)."""
+    top = (x.shape[-1] - size) // 2
+    return x[..., top : top + size, top : top + size]
+
+
 @dataclass(frozen=True)
 class Preprocessing:
     """How a photo becomes a network input; saved in every checkpoint so prediction matches training."""
@@ -56,9 +62,7 @@ class Preprocessing:
 
     def eval_batch(self, x: torch.Tensor) -> torch.Tensor:
         """Centre crop and normalise a uint8 batch [B, 3, R, R] -> [B, 3, crop, crop]."""
-        top = (x.shape[-1] - self.crop) // 2
-        x = x[..., top : top + self.crop, top : top + self.crop]
-        return self.normalize(x).contiguous(memory_format=torch.channels_last)
+        return self.normalize(centre_crop(x, self.crop)).contiguous(memory_format=torch.channels_last)
 
     def train_batch(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Random resized crop and horizontal flip of a uint8 batch, every photo its own crop, in one call."""
