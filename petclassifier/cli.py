@@ -174,7 +174,7 @@ def run_compare(args: argparse.Namespace) -> int:
 
     from .compare import compare, plots_available, table, write_outputs
 
-    tasks = [args.task] if args.task else (["breed", "species"] if args.dataset != "folder" else ["breed"])
+    tasks = [args.task] if args.task else (["breed", "species"] if args.dataset != "folder" else ["folder"])
     base = TrainConfig(dataset=args.dataset, data_dir=args.data_dir, cache_dir=args.cache_dir, workers=args.workers,
                        device=args.device)
     print(f"to keep the run to minutes on a CPU, smallcnn trains from scratch for only {args.epochs} epochs "
@@ -202,16 +202,23 @@ COMMANDS = {
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="petclassifier", description="Pet photo classifier (PyTorch).")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (add_arguments, _, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         add_arguments(p)
         p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+        p.set_defaults(command_parser=p)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if args.command is None:  # `petclassifier` alone: say what it can do
+        parser.print_help()
+        return 0
+    if unknown:  # the command's own usage, not the top-level one
+        args.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         return COMMANDS[args.command][1](args)
     except (UserError, FloatingPointError) as e:

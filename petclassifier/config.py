@@ -15,9 +15,9 @@ SAMPLE_DIR = PROJECT_ROOT / "data"  # the bundled photos, in the Oxford-IIIT Pet
 class TrainConfig:
     # data
     dataset: str = "sample"  # sample (bundled photos) | oxford-iiit-pet | folder (one sub-folder per class)
-    data_dir: str | None = None  # dataset root; None means the bundled sample
+    data_dir: str | None = None  # dataset root; None: the bundled sample, or Oxford in DEFAULT_DATA_DIR
     download: bool = False  # download Oxford-IIIT Pet into data_dir if it is missing (needs internet)
-    task: str = "breed"  # breed (37 classes) | species (cat or dog); Oxford-IIIT Pet only
+    task: str | None = None  # breed (37 classes) | species (cat or dog) for Oxford; None: breed, or "folder"
     val_fraction: float = 0.1  # share of the training photos held out, stratified, for choosing the best epoch
     cache_dir: str | None = None  # decoded-image and feature cache; None means ~/.cache/petclassifier
     strict_images: bool = False  # an unreadable photo stops the run instead of being skipped with a warning
@@ -46,10 +46,16 @@ class TrainConfig:
     deterministic: bool = False  # deterministic algorithms only: bit-identical reruns and resumes, slower on GPUs
 
     def resolved(self) -> TrainConfig:
-        """This config with every None filled in from the recipe of its model."""
+        """This config with every None filled in: from the recipe of its model, the dataset's defaults."""
         recipe = RECIPES.get(self.model, RECIPES["default"])
         filled = {k: v for k, v in recipe.items() if getattr(self, k) is None}
         cfg = replace(self, **filled)
+        if cfg.task is None:  # a folder dataset's classes are its sub-folders, whatever they are
+            cfg = replace(cfg, task="folder" if cfg.dataset == "folder" else "breed")
+        if cfg.data_dir is None and cfg.dataset == "oxford-iiit-pet":
+            cfg = replace(cfg, data_dir=str(default_data_dir()))
+        if cfg.data_dir is not None:  # absolute, so a resumed or evaluated run finds it from any folder
+            cfg = replace(cfg, data_dir=os.path.abspath(os.path.expanduser(cfg.data_dir)))
         if cfg.model == "smallcnn":  # nothing to start from: every layer learns from the user's photos
             cfg = replace(cfg, pretrained=False)
         if not cfg.pretrained:  # a frozen random body would be useless
@@ -66,6 +72,11 @@ class TrainConfig:
     def from_dict(cls, values: dict) -> TrainConfig:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in known})
+
+
+def default_data_dir() -> Path:
+    """Where Oxford-IIIT Pet is looked for (and --download puts it) when no --data-dir is given."""
+    return Path(os.environ.get("XDG_DATA_HOME", str(Path.home() / ".local" / "share"))) / "petclassifier"
 
 
 # The best recipes measured on a 2-core CPU (see README): the values a None field takes.

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import torch
 from torchvision.datasets import ImageFolder, OxfordIIITPet
-from tqdm import tqdm
 
 from .config import SAMPLE_DIR, TrainConfig
 from .errors import UserError
 from .images import ImageError, check_image, is_photo_under, load_image
+from .runtime import progress
 from .transforms import Preprocessing
 
 DATASETS = ("sample", "oxford-iiit-pet", "folder")
@@ -56,12 +56,12 @@ def load_data(cfg: TrainConfig) -> PetData:
     """The splits named by the config: trainval/test for Oxford, train/val[/test] sub-folders or a split folder."""
     if cfg.dataset not in DATASETS:
         raise UserError(f"unknown dataset {cfg.dataset!r}; choose one of {', '.join(DATASETS)}")
-    if cfg.task not in TASKS:
+    if cfg.dataset != "folder" and cfg.task not in TASKS:
         raise UserError(f"unknown task {cfg.task!r}; choose breed or species")
     if cfg.dataset == "folder":
         if cfg.data_dir is None:
             raise UserError("--dataset folder needs --data-dir DIR with one sub-folder of photos per class")
-        if cfg.task != "breed":
+        if cfg.task not in (None, "folder"):
             raise UserError(f"--task {cfg.task} is for Oxford-IIIT Pet; a folder dataset's classes are its "
                             "sub-folders, so leave out --task")
         data = folder_data(Path(cfg.data_dir), cfg.val_fraction, cfg.seed)
@@ -80,7 +80,7 @@ def screen_photos(data: PetData, strict: bool) -> PetData:
     splits = {"train": data.train, "val": data.val, "test": data.test}
     paths = [p for split in splits.values() if split for p in split.paths]
     bad = {}
-    for path in tqdm(paths, desc="checking photos", unit="file", leave=False, disable=len(paths) < 1000):
+    for path in progress(paths, desc="checking photos", unit="file", leave=False, disable=len(paths) < 1000):
         try:
             check_image(path)
         except ImageError as e:
@@ -104,7 +104,8 @@ def oxford_data(root: Path, task: str, download: bool, val_fraction: float, seed
     if download:
         download_oxford(root)
     elif not (root / "oxford-iiit-pet" / "annotations").is_dir():
-        raise UserError(f"no Oxford-IIIT Pet in {root / 'oxford-iiit-pet'}; add --download to fetch it (800 MB)")
+        raise UserError(f"no Oxford-IIIT Pet in {root / 'oxford-iiit-pet'}; give --data-dir DIR (the folder holding "
+                        "oxford-iiit-pet/), or add --download to fetch it there (800 MB)")
     try:
         trainval = OxfordIIITPet(root, split="trainval")
         test = OxfordIIITPet(root, split="test")
@@ -243,7 +244,7 @@ def decode_images(paths: list[str], prep: Preprocessing, cache_dir: str, workers
         out = out.view(len(paths), 3, side, side)
         bad, kept = [], 0
         loader = torch.utils.data.DataLoader(_Decoder(paths, prep), batch_size=None, num_workers=workers)
-        for path, x in tqdm(loader, total=len(paths), desc="decoding photos", unit="img", leave=False):
+        for path, x in progress(loader, total=len(paths), desc="decoding photos", unit="img", leave=False):
             if isinstance(x, str):
                 bad.append((path, x))
             else:

@@ -6,12 +6,20 @@ import os
 import signal
 import threading
 from contextlib import contextmanager
+from dataclasses import fields, replace
+from pathlib import Path
 
 import torch
 
 from . import distributed
-from .checkpoint import load_checkpoint
+from .checkpoint import check_class_names, load_checkpoint
+from .config import TrainConfig
 from .errors import UserError
+from .runtime import log
+
+# Settings of how a run is carried out, not of what it learns: a resumed run may change them.
+RUNTIME_FIELDS = ("device", "workers", "cache_dir", "out", "resume", "save_every", "compile", "deterministic",
+                  "strict_images", "download")
 
 
 @contextmanager
@@ -50,8 +58,7 @@ class StopRequest:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        if distributed.is_main():
-            print("\nstopping after this step to save last.pt (press Ctrl-C again to stop at once)", flush=True)
+        log("stopping after this step to save last.pt (press Ctrl-C again to stop at once)")
 
     def __exit__(self, *exc) -> None:
         for sig, handler in self.previous.items():
@@ -81,18 +88,52 @@ def rank_state(ckpt: dict, step: int) -> dict:
     return ranks[distributed.rank() % len(ranks)]
 
 
-def resume_from(path, model, optimizer, scheduler, meta) -> dict:
-    """Load a last.pt into the model, optimizer and scheduler; returns the checkpoint (epoch, step, RNG states)."""
+def describe_position(epoch: int, step: int) -> str:
+    """Where a run stands after `epoch` whole epochs and `step` batches of the next, as users count them."""
+    return f"after step {step} of epoch {epoch + 1}" if step else f"after epoch {epoch}"
+
+
+def training_state(path: str | Path) -> tuple[Path, dict]:
+    """The last.pt that `--resume` names (a file, or a run folder holding one) and its contents."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "last.pt"
     ckpt = load_checkpoint(path)
     if "optimizer" not in ckpt or "ranks" not in ckpt:
-        raise UserError(f"{path} holds no training state; resume from a last.pt")
-    for key, what in (("model_name", "model"), ("class_names", "class list"), ("preprocessing", "preprocessing")):
+        raise UserError(f"{path} holds no training state; resume from a last.pt (or its run folder)")
+    return path, ckpt
+
+
+def resume_config(cfg: TrainConfig) -> TrainConfig:
+    """The interrupted run's own configuration, with the runtime settings `cfg` changes; nothing else may differ.
+
+    A field counts as given when it differs from TrainConfig's default (the CLI leaves unset flags at the
+    default). --epochs may be raised: the learning-rate schedule then stretches to the new length.
+    """
+    path, ckpt = training_state(cfg.resume)
+    saved, defaults = TrainConfig.from_dict(ckpt.get("config", {})), TrainConfig()
+    for f in fields(TrainConfig):
+        given, was = getattr(cfg, f.name), getattr(saved, f.name)
+        if f.name in RUNTIME_FIELDS or given == getattr(defaults, f.name) or given == was:
+            continue
+        if f.name == "epochs" and given > was:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        hint = "it can only be raised" if f.name == "epochs" else "leave it out to go on as the run was"
+        raise UserError(f"{flag} {given} contradicts the run being resumed ({path} has {was}); {hint}")
+    runtime = {name: getattr(cfg, name) for name in RUNTIME_FIELDS if getattr(cfg, name) != getattr(defaults, name)}
+    runtime.update(resume=str(path), out=cfg.out or str(path.parent))  # the run goes on in its own folder
+    return replace(saved, **runtime, epochs=cfg.epochs if cfg.epochs is not None else saved.epochs)
+
+
+def resume_from(path, model, optimizer, scheduler, meta) -> dict:
+    """Load a last.pt into the model, optimizer and scheduler; returns the checkpoint (epoch, step, RNG states)."""
+    path, ckpt = training_state(path)
+    check_class_names(ckpt, meta["class_names"], "the photos found now")  # the dataset changed on disk
+    for key, what in (("model_name", "model"), ("preprocessing", "preprocessing")):
         if ckpt[key] != meta[key]:
-            mine, theirs = meta[key], ckpt[key]
-            if key == "class_names":
-                mine, theirs = f"{len(mine)} classes {mine[:3]}...", f"{len(theirs)} classes {theirs[:3]}..."
-            raise UserError(f"{path} was trained with another {what} ({theirs}) than this run ({mine}); "
-                            f"resume with the same dataset and model, or start a new run")
+            raise UserError(f"{path} was trained with another {what} ({ckpt[key]}) than this run ({meta[key]}); "
+                            f"resume with the same model, or start a new run")
     try:
         model.load_state_dict(ckpt["model_state"])
         optimizer.load_state_dict(ckpt["optimizer"])

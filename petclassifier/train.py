@@ -11,7 +11,6 @@ import json
 import math
 import time
 from collections import Counter
-from contextlib import nullcontext
 from dataclasses import asdict, replace
 from datetime import datetime
 from pathlib import Path
@@ -19,7 +18,6 @@ from pathlib import Path
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
-from tqdm import tqdm
 
 from . import distributed
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -29,24 +27,18 @@ from .errors import UserError
 from .metrics import mean_class_accuracy
 from .models import build_model, fold_batchnorm
 from .plots import write_curves
-from .resilience import StopRequest, deterministic_mode, rank_state, resume_from, rng_state, set_rng_state
+from .resilience import (
+    StopRequest,
+    describe_position,
+    deterministic_mode,
+    rank_state,
+    resume_config,
+    resume_from,
+    rng_state,
+    set_rng_state,
+)
+from .runtime import autocast, log, progress, resolve_device
 from .transforms import Preprocessing
-
-
-def resolve_device(name: str) -> torch.device:
-    """auto -> CUDA when present, else CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda asked for, but PyTorch sees no CUDA GPU; use --device cpu")
-    if name not in ("cpu", "cuda"):
-        raise UserError(f"unknown device {name!r}; choose auto, cpu or cuda")
-    return torch.device(name)
-
-
-def autocast(device: torch.device):
-    """bf16 mixed precision on CUDA; on CPU a context that does nothing."""
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
 
 
 def train_one_epoch(model, loader, prepare, criterion, optimizer, scheduler, device, desc="train", totals=None,
@@ -58,7 +50,7 @@ def train_one_epoch(model, loader, prepare, criterion, optimizer, scheduler, dev
     """
     model.train()
     totals = {"loss_sum": 0.0, "seen": 0} if totals is None else totals
-    bar = tqdm(loader, desc=desc, unit="batch", leave=False, disable=not distributed.is_main())
+    bar = progress(loader, desc=desc, unit="batch", leave=False)
     for x, y in bar:
         x, y = prepare(x.to(device, non_blocking=True)), y.to(device, non_blocking=True)
         with autocast(device):
@@ -106,8 +98,7 @@ def frozen_features(frozen: nn.Module, images: torch.Tensor, transform, device: 
     frozen.eval()
     batch_size = 256 if device.type == "cuda" else 16  # on a CPU, small batches stay in cache: about 2x faster
     chunks = []
-    for i in tqdm(range(0, len(images), batch_size), desc=desc, unit="batch", leave=False,
-                  disable=not distributed.is_main()):
+    for i in progress(range(0, len(images), batch_size), desc=desc, unit="batch", leave=False):
         with autocast(device):
             chunks.append(frozen(transform(images[i : i + batch_size].to(device))).float())
     return torch.cat(chunks)
@@ -126,9 +117,11 @@ def warmup_cosine(warmup_steps: int, total_steps: int):
 
 
 def run_dir_for(cfg: TrainConfig) -> Path:
+    """--out, or runs/<date-time>-<model>-<task> (a folder dataset's run is named after the folder)."""
     if cfg.out:
         return Path(cfg.out)
-    return Path("runs") / f"{datetime.now():%Y%m%d-%H%M%S}-{cfg.model}-{cfg.task}"
+    what = Path(cfg.data_dir).name if cfg.dataset == "folder" else cfg.task
+    return Path("runs") / f"{datetime.now():%Y%m%d-%H%M%S}-{cfg.model}-{what}"
 
 
 def describe(data: PetData) -> str:
@@ -152,7 +145,7 @@ def decode_split(split: Split, prep: Preprocessing, cfg: TrainConfig,
         raise UserError(f"unreadable photo {path}: {reason} ({len(bad)} in all); remove it or leave out "
                         "--strict-images to skip such files")
     for path, reason in bad:
-        print(f"warning: skipped unreadable photo {path}: {reason}")
+        log(f"warning: skipped unreadable photo {path}: {reason}")
     if skipped is not None:
         skipped += bad
     bad_paths = {p for p, _ in bad}
@@ -171,9 +164,7 @@ def fit(cfg: TrainConfig) -> dict:
 
     Under torchrun every process runs this: each trains on its share of every batch and rank 0 writes the files.
     """
-    cfg = cfg.resolved()
-    if cfg.resume and not cfg.out:  # a resumed run continues its own folder and metrics.jsonl
-        cfg = replace(cfg, out=str(Path(cfg.resume).parent))
+    cfg = (resume_config(cfg) if cfg.resume else cfg).resolved()
     device, created = distributed.setup(resolve_device(cfg.device))
     try:
         with deterministic_mode(cfg.deterministic):
@@ -185,7 +176,6 @@ def fit(cfg: TrainConfig) -> dict:
 def run(cfg: TrainConfig, device: torch.device) -> dict:
     """The body of `fit` on one process (one rank) with its device chosen."""
     run_started = time.perf_counter()
-    log = print if distributed.is_main() else lambda *args, **kwargs: None
     rank, world = distributed.rank(), distributed.world_size()
     torch.manual_seed(cfg.seed)
     data = load_data(cfg)
@@ -270,9 +260,13 @@ def run(cfg: TrainConfig, device: torch.device) -> dict:
             rows = [line for line in metrics_file.read_text().splitlines()
                     if line.strip() and json.loads(line)["epoch"] <= start_epoch]
             metrics_file.write_text("".join(row + "\n" for row in rows))
-        log(f"resumed from {cfg.resume} after epoch {start_epoch}" + (f", step {start_step}" if start_step else ""))
+        log(f"resumed from {cfg.resume} {describe_position(start_epoch, start_step)}")
+        if cfg.epochs != ckpt["config"]["epochs"]:
+            log(f"--epochs {cfg.epochs}: the learning-rate schedule is stretched from the run's "
+                f"{ckpt['config']['epochs']} epochs to {cfg.epochs}")
     log(f"training {cfg.model} ({sum(p.numel() for p in trainable.parameters()):,} trainable parameters) on "
-        f"{device}{f' x {world} processes' if world > 1 else ''} for {cfg.epochs} epochs; run folder {run_dir}")
+        f"{device}{f' x {world} processes' if world > 1 else ''} for {plural(cfg.epochs, 'epoch')}; "
+        f"run folder {run_dir}")
 
     def save_last(epoch: int, step: int, totals: dict, metrics: dict | None) -> None:
         """last.pt: all it takes to go on exactly after `step` batches of epoch `epoch` (0-based); rank 0 writes."""
@@ -284,7 +278,7 @@ def run(cfg: TrainConfig, device: torch.device) -> dict:
                              "ranks": ranks}, last)
 
     def stop_here(epoch: int, step: int) -> None:
-        log(f"interrupted: saved {last} at epoch {epoch + 1}, step {step}; continue with --resume {last}")
+        log(f"interrupted: saved {last} {describe_position(epoch, step)}; continue with --resume {run_dir}")
         raise KeyboardInterrupt
 
     position = {"epoch": start_epoch, "step": start_step}
@@ -370,6 +364,10 @@ def reduced(result: dict) -> tuple[float, float]:
     correct = (result["logits"].argmax(1) == result["labels"]).sum().item()
     loss_sum, correct, n = distributed.sum_over_ranks([result["loss"] * n, correct, n])
     return loss_sum / n, correct / n
+
+
+def plural(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def train(**overrides) -> dict:

@@ -1,10 +1,13 @@
 """The scripts end to end, in subprocesses, as a user runs them."""
 
 import json
+import os
 import subprocess
 import sys
 
-from .conftest import ROOT
+from petclassifier.checkpoint import load_checkpoint
+
+from .conftest import ROOT, make_folder
 
 
 def run(script, *args, cwd=ROOT):
@@ -52,6 +55,36 @@ def test_debug_shows_the_traceback(tmp_path):
     assert result.returncode != 0 and "Traceback" in result.stderr
 
 
-def test_module_entry_point_lists_the_commands():
-    result = subprocess.run([sys.executable, "-m", "petclassifier", "--help"], capture_output=True, text=True)
-    assert result.returncode == 0 and "train" in result.stdout and "predict" in result.stdout
+def test_module_entry_point_lists_the_commands_with_or_without_help():
+    for args in (["--help"], []):
+        result = subprocess.run([sys.executable, "-m", "petclassifier", *args], capture_output=True, text=True)
+        assert result.returncode == 0 and result.stderr == "", result.stderr
+        assert all(f"    {command} " in result.stdout for command in ("train", "predict", "evaluate", "export"))
+
+
+def test_an_unknown_flag_shows_the_usage_of_the_command_it_was_given_to():
+    result = run("train.py", "--no-such-flag")
+    assert result.returncode == 2 and "usage: petclassifier train" in result.stderr
+    assert "--image-size" in result.stderr and "unrecognized arguments: --no-such-flag" in result.stderr
+
+
+def test_oxford_without_a_data_dir_looks_in_one_documented_place_and_never_swaps_datasets(tmp_path):
+    env = {**os.environ, "XDG_DATA_HOME": str(tmp_path / "share")}
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "train.py"), "--dataset", "oxford-iiit-pet"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
+    expected = tmp_path / "share" / "petclassifier" / "oxford-iiit-pet"
+    assert result.returncode == 2 and f"no Oxford-IIIT Pet in {expected}" in result.stderr, result.stderr
+    assert "--data-dir" in result.stderr and "--download" in result.stderr and result.stdout == ""
+
+
+def test_a_folder_run_is_named_and_recorded_as_what_it_is(tmp_path):
+    photos = make_folder(tmp_path / "my_pets", per_class=4)
+    result = run("train.py", "--dataset", "folder", "--data-dir", photos, "--model", "smallcnn", "--image-size", "32",
+                 "--epochs", "1", "--batch-size", "8", "--workers", "0", "--cache-dir", tmp_path / "cache",
+                 cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "for 1 epoch;" in result.stdout
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert run_dir.name.endswith("-smallcnn-my_pets")
+    assert json.loads((run_dir / "config.json").read_text())["task"] == "folder"
+    assert load_checkpoint(run_dir / "best.pt")["task"] == "folder"

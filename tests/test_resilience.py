@@ -91,7 +91,7 @@ def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(shapes_dir, c
     assert torch.equal(resumed["optimizer"]["state"][0]["exp_avg_sq"], whole["optimizer"]["state"][0]["exp_avg_sq"])
 
 
-def test_ctrl_c_saves_last_pt_and_exits_cleanly(shapes_dir, cache_dir, tmp_path):
+def test_ctrl_c_saves_last_pt_and_the_suggested_resume_continues_the_run(shapes_dir, cache_dir, tmp_path):
     # the process presses Ctrl-C on itself while the third training batch is being prepared
     patch = """
         import os, signal
@@ -110,10 +110,48 @@ def test_ctrl_c_saves_last_pt_and_exits_cleanly(shapes_dir, cache_dir, tmp_path)
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 130, stderr
     assert "Traceback" not in stderr and "interrupted" in stderr
-    assert f"continue with --resume {out / 'last.pt'}" in stdout
+    assert "\r" not in stdout + stderr  # no progress bars in a log: output is not a terminal
+    said = f"interrupted: saved {out / 'last.pt'} after step 3 of epoch 1; continue with --resume {out}"
+    assert said in stdout.splitlines(), stdout  # a line of its own
     ckpt = load_checkpoint(out / "last.pt")
     assert (ckpt["epoch"], ckpt["step"]) == (0, 3)  # the interrupted step was finished, then saved
     assert not (out / "metrics.jsonl").exists()
+
+    # exactly what it suggests, from another folder and with no dataset flag: the run's own settings come back
+    resumed = subprocess.run([sys.executable, "-m", "petclassifier", "train", "--resume", str(out)], cwd=tmp_path,
+                             capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resumed from {out / 'last.pt'} after step 3 of epoch 1" in resumed.stdout.splitlines()
+    assert [r["epoch"] for r in rows(out)] == [1, 2]
+    assert json.loads((out / "config.json").read_text())["data_dir"] == str(shapes_dir)
+
+
+def test_resume_refuses_a_contradicting_flag_and_stretches_the_schedule_for_more_epochs(shapes_dir, cache_dir,
+                                                                                         tmp_path, capsys):
+    out = tmp_path / "run"
+    train(**{**CFG, "epochs": 2, "save_every": 0}, data_dir=str(shapes_dir), cache_dir=cache_dir, out=str(out))
+    other = make_folder(tmp_path / "other", per_class=4)
+    for flags, message in (({"data_dir": str(other)}, "--data-dir"), ({"lr": 0.1}, "--lr 0.1"),
+                           ({"model": "resnet18"}, "--model resnet18"), ({"epochs": 1}, "can only be raised")):
+        with pytest.raises(UserError, match=message):
+            train(resume=str(out), **flags)
+    capsys.readouterr()
+    train(resume=str(out), epochs=3)  # nothing else repeated: dataset, model and recipe come from the run
+    said = capsys.readouterr().out
+    assert "the learning-rate schedule is stretched from the run's 2 epochs to 3" in said
+    assert [r["epoch"] for r in rows(out)] == [1, 2, 3]
+    assert load_checkpoint(out / "last.pt")["config"]["epochs"] == 3
+
+
+def test_resume_of_a_dataset_changed_on_disk_or_of_a_best_pt_is_a_clear_error(shapes_dir, cache_dir, tmp_path):
+    data = make_folder(tmp_path / "photos", per_class=6)
+    out = tmp_path / "run"
+    train(**{**CFG, "epochs": 1, "save_every": 0}, data_dir=str(data), cache_dir=cache_dir, out=str(out))
+    (data / "disc").rename(data / "circle")
+    with pytest.raises(UserError, match="trained on other classes than the photos found now"):
+        train(resume=str(out / "last.pt"))
+    with pytest.raises(UserError, match="holds no training state"):
+        train(resume=str(out / "best.pt"))
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(shapes_dir, cache_dir, tmp_path, monkeypatch):
@@ -135,17 +173,6 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(shapes_dir, ca
     assert (ckpt["epoch"], ckpt["step"]) == (1, 2)  # saved after step 7; step 8 was never taken
     assert all(v.isfinite().all() for v in ckpt["model_state"].values() if v.is_floating_point())
     assert [r["epoch"] for r in rows(out)] == [1]
-
-
-def test_resume_with_another_dataset_is_a_clear_error(shapes_dir, cache_dir, tmp_path):
-    out = tmp_path / "run"
-    train(**{**CFG, "epochs": 1, "save_every": 0}, data_dir=str(shapes_dir), cache_dir=cache_dir, out=str(out))
-    other = make_folder(tmp_path / "other", per_class=4)
-    (other / "disc").rename(other / "circle")
-    with pytest.raises(UserError, match="another class list"):
-        train(**CFG, data_dir=str(other), cache_dir=cache_dir, resume=str(out / "last.pt"), out=str(tmp_path / "b"))
-    with pytest.raises(UserError, match="holds no training state"):
-        train(**CFG, data_dir=str(shapes_dir), cache_dir=cache_dir, resume=str(out / "best.pt"))
 
 
 def test_fast_path_resumed_run_computes_the_same_views(shapes_dir, cache_dir, tmp_path, monkeypatch):

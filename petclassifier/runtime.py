@@ -1,0 +1,44 @@
+"""Where and how the work runs: the one device, mixed precision as a context, and progress bars."""
+
+from __future__ import annotations
+
+import sys
+from contextlib import nullcontext
+
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from .errors import UserError
+
+
+def resolve_device(name: str) -> torch.device:
+    """auto -> CUDA when present, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda asked for, but PyTorch sees no CUDA GPU; use --device cpu")
+    if name not in ("cpu", "cuda"):
+        raise UserError(f"unknown device {name!r}; choose auto, cpu or cuda")
+    return torch.device(name)
+
+
+def autocast(device: torch.device):
+    """bf16 mixed precision on CUDA; on CPU a context that does nothing."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+
+
+def other_rank() -> bool:
+    """True in every process but the first of a torchrun launch: they draw and print nothing."""
+    return dist.is_available() and dist.is_initialized() and dist.get_rank() != 0
+
+
+def progress(iterable=None, disable: bool = False, **kwargs) -> tqdm:
+    """A tqdm bar in a terminal, on the first process only; none in logs (cluster jobs, nohup, CI) it would flood."""
+    return tqdm(iterable, disable=disable or other_rank() or not sys.stderr.isatty(), **kwargs)
+
+
+def log(message: str = "") -> None:
+    """Print a line on the first process; on a line of its own even while a progress bar is drawn."""
+    if not other_rank():
+        tqdm.write(message, file=sys.stdout)
