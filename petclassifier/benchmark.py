@@ -71,7 +71,7 @@ def latencies_ms(predict_one, paths, repeats: int) -> tuple[float, float]:
         predict_one(paths[i % len(paths)])
         times.append((time.perf_counter() - started) * 1000)
     q = statistics.quantiles(times, n=20)
-    return round(statistics.median(times), 1), round(q[18], 1)
+    return round(statistics.median(times), 2), round(q[18], 2)
 
 
 def timed_steps(model, batches, prepare, device, optimizer) -> float:
@@ -141,7 +141,7 @@ def run_tutorial(cfg: TrainConfig, epochs: int, steps: int, repeats: int) -> dic
 
         p50, p95 = latencies_ms(predict_one, data.val.paths, repeats)
     return {**result, "infer_images_per_s": round(infer_rate, 2), "latency_ms_p50": p50, "latency_ms_p95": p95,
-            "epoch_seconds": round(statistics.mean(epoch_times), 1) if epoch_times else None,
+            "epoch_seconds": round(statistics.mean(epoch_times), 3) if epoch_times else None,
             "peak_rss_mb": peak_rss_mb(), "seconds_to_target_accuracy": rounded(reached_best_at),
             "best_val_accuracy": rounded(best, 4)}
 
@@ -203,7 +203,7 @@ def run_project(cfg: TrainConfig, target: float | None, steps: int, repeats: int
     total = time.perf_counter() - started
     rows = [json.loads(line) for line in open(f"{out}/metrics.jsonl")]
     reached = next((r["elapsed"] for r in rows if r["val_accuracy"] >= target), None)
-    return {**result, "epoch_seconds": round(statistics.mean(r["seconds"] for r in rows), 1),
+    return {**result, "epoch_seconds": round(statistics.mean(r["seconds"] for r in rows), 3),
             "peak_rss_mb": peak_rss_mb(), "seconds_to_target_accuracy": reached, "recipe_seconds": round(total, 1),
             "recipe_images_per_s": round(len(rows) * len(labels) / total, 2),
             "best_val_accuracy": summary["best_val_accuracy"], "test_accuracy": summary.get("test_accuracy")}

@@ -41,16 +41,22 @@ def test_hottest_cell_inside_or_on_the_border():
     assert inside["central_box"].tolist() == [True, False, False]
 
 
+# Oxford-IIIT Pet breeds that are ImageNet classes too, with that class's index
+IMAGENET_CLASS = {"Persian": 283, "Siamese": 284, "Egyptian_Mau": 285, "pug": 254, "beagle": 162, "basset_hound": 161,
+                  "boxer": 242, "chihuahua": 151, "japanese_chin": 152, "pomeranian": 259, "samoyed": 258,
+                  "newfoundland": 256, "saint_bernard": 247, "yorkshire_terrier": 187, "keeshond": 261}
+
+
 def test_gradcam_on_real_pet_photos_looks_at_the_pet():
-    """ImageNet knows many cat and dog breeds: the evidence for its prediction lies in the photo's middle."""
+    """ImageNet knows many cat and dog breeds: where it recognises the breed, the evidence lies in the middle."""
     model = build_model("efficientnet_lite0", 1000, pretrained=True).eval()
     prep = Preprocessing.for_model("efficientnet_lite0", 224)
-    paths = sorted((SAMPLE / "oxford-iiit-pet" / "images").glob("*.jpg"))[::31][:12]
+    paths = [p for p in sorted((SAMPLE / "oxford-iiit-pet" / "images").glob("*.jpg"))
+             if p.stem.rsplit("_", 1)[0] in IMAGENET_CLASS][::11][:12]
+    labels = torch.tensor([IMAGENET_CLASS[p.stem.rsplit("_", 1)[0]] for p in paths])
     images = torch.stack([prep.square(load_image(p, min_size=prep.resize)) for p in paths])
-    with torch.inference_mode():
-        predicted = model(prep.eval_batch(images)).argmax(1)
-    share = centre_share(model, images, predicted.clone(), prep)
-    assert share["correct_photos"] == len(paths)
+    share = centre_share(model, images, labels, prep)
+    assert share["photos"] == 12 and share["correct_photos"] >= 9, share  # the breed itself, not any class
     assert share["off_ring_share"] >= 0.75, share
 
 
