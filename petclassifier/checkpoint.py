@@ -15,6 +15,7 @@ from .transforms import Preprocessing
 
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("format_version", "model_name", "class_names", "preprocessing", "model_state")
+ZIP_MAGIC = b"PK\x03\x04"
 
 
 def library_versions() -> dict[str, str]:
@@ -47,11 +48,26 @@ def save_checkpoint(payload: dict, path: str | Path) -> None:
         os.close(dir_fd)
 
 
+def checkpoint_file(path: str | Path) -> Path:
+    """The checkpoint a user means: a file as given, or a run folder's best.pt (its last.pt when it has no best.pt)."""
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    found = [path / name for name in ("best.pt", "last.pt") if (path / name).is_file()]
+    if not found:
+        raise UserError(f"no checkpoint file in {path} (no best.pt or last.pt)")
+    return found[0]
+
+
 def load_checkpoint(path: str | Path) -> dict:
     """A checkpoint as a dict; refuses anything that would need to run code to unpickle."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"no checkpoint file {path}")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head != ZIP_MAGIC:  # torch.save writes zip archives; anything else would reach the pickle loader
+        raise UserError(f"{path} is not a petclassifier checkpoint ({'not a PyTorch file' if head else 'empty file'})")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -60,9 +76,19 @@ def load_checkpoint(path: str | Path) -> dict:
         raise UserError(refused) from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         raise UserError(f"{path} is not a readable checkpoint (truncated or corrupt?): {e}") from None
-    if not isinstance(ckpt, dict) or any(k not in ckpt for k in REQUIRED_KEYS):
-        raise UserError(f"{path} is not a petclassifier checkpoint")
+    if not isinstance(ckpt, dict):
+        raise UserError(f"{path} is not a petclassifier checkpoint (a PyTorch file without its fields)")
+    if missing := [k for k in REQUIRED_KEYS if k not in ckpt]:
+        raise UserError(f"{path} is not a petclassifier checkpoint (no {', '.join(missing)})")
     return ckpt
+
+
+def describe(ckpt: dict) -> str:
+    """What a checkpoint tells apart: 'species: cat, dog' or 'breed: 37 classes: abyssinian, american_bulldog, ...'."""
+    names = ckpt["class_names"]
+    kind = ckpt.get("task", "breed") if ckpt.get("species_of") else "folder"  # only Oxford runs know species
+    shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+    return f"{kind}: {len(names)} classes: {shown}" if len(names) > 3 else f"{kind}: {shown}"
 
 
 def model_from_checkpoint(ckpt: dict) -> tuple[PetNet, Preprocessing]:

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from dataclasses import fields
+from pathlib import Path
 
 from .config import TrainConfig
 from .errors import UserError
@@ -54,23 +55,24 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def add_predict_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("paths", nargs="+", metavar="PATH", help="photos, or folders searched recursively")
-    p.add_argument("--checkpoint", help="a best.pt (default: the newest runs/*/best.pt)")
+    p.add_argument("--checkpoint", help="a best.pt, or a run folder (default: the newest runs/*/best.pt)")
     p.add_argument("--top-k", type=int, default=5, help="labels listed per photo (default 5)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
 
 
 def add_export_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True, help="a best.pt or last.pt")
+    p.add_argument("--checkpoint", required=True, help="a best.pt or last.pt, or a run folder (its best.pt)")
     p.add_argument("--format", default="torchscript", choices=("torchscript", "onnx"),
                    help="TorchScript (model.pt) or ONNX (model.onnx, needs the onnx extra); default torchscript")
     p.add_argument("--out", required=True, help="folder for the model file and its model.json sidecar")
 
 
 def run_export(args: argparse.Namespace) -> int:
+    from .checkpoint import checkpoint_file
     from .export import export
 
-    path = export(args.checkpoint, args.format, args.out)
+    path = export(checkpoint_file(args.checkpoint), args.format, args.out)
     print(f"wrote {path} and {path.with_name('model.json')}")
     return 0
 
@@ -82,15 +84,25 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_predict(args: argparse.Namespace) -> int:
-    from .predict import PetClassifier, expand_paths, newest_checkpoint
+def chosen_checkpoint(given: str | None) -> Path:
+    """--checkpoint (a file or a run folder), or else the newest runs/*/best.pt, named with its task and classes."""
+    from .checkpoint import checkpoint_file, describe, load_checkpoint
+    from .predict import newest_checkpoint
 
-    checkpoint = args.checkpoint
-    if checkpoint is None:
-        checkpoint = newest_checkpoint()
-        print(f"using the newest checkpoint, {checkpoint}", file=sys.stderr)
-    classifier = PetClassifier.from_checkpoint(checkpoint, device=args.device)
-    paths = expand_paths(args.paths)
+    if given is not None:
+        return checkpoint_file(given)
+    newest = newest_checkpoint()
+    print(f"using the newest checkpoint, {newest} ({describe(load_checkpoint(newest))})", file=sys.stderr)
+    return newest
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from .predict import PetClassifier, expand_paths
+
+    if args.top_k < 1:
+        raise UserError("--top-k must be at least 1")
+    classifier = PetClassifier.from_checkpoint(chosen_checkpoint(args.checkpoint), device=args.device)
+    paths = expand_paths(args.paths, missing_ok=True)  # each missing path gets its own error entry
     if not paths:
         raise UserError(f"no image files found in {' '.join(args.paths)}")
     results = classifier.predict_paths(paths, top_k=args.top_k)
@@ -108,7 +120,7 @@ def run_predict(args: argparse.Namespace) -> int:
 
 
 def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", help="a best.pt (default: the newest runs/*/best.pt)")
+    p.add_argument("--checkpoint", help="a best.pt, or a run folder (default: the newest runs/*/best.pt)")
     p.add_argument("--dataset", choices=("sample", "oxford-iiit-pet", "folder"),
                    help="dataset to evaluate on (default: the checkpoint's)")
     p.add_argument("--data-dir", help="dataset root (default: the checkpoint's)")
@@ -122,9 +134,8 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_checkpoint, summary_lines, write_outputs
-    from .predict import newest_checkpoint
 
-    checkpoint = args.checkpoint or newest_checkpoint()
+    checkpoint = chosen_checkpoint(args.checkpoint)
     result = evaluate_checkpoint(checkpoint, args.dataset, args.data_dir, args.task, args.split, args.cache_dir,
                                  args.device)
     print("\n".join(summary_lines(result["report"])))
@@ -135,7 +146,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 def add_explain_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("paths", nargs="+", metavar="PHOTO", help="photos, or folders searched recursively")
-    p.add_argument("--checkpoint", help="a best.pt (default: the newest runs/*/best.pt)")
+    p.add_argument("--checkpoint", help="a best.pt, or a run folder (default: the newest runs/*/best.pt)")
     p.add_argument("--out", default="explain", help="folder for the pictures (default explain/)")
     p.add_argument("--class", dest="classes", action="append", default=[], metavar="NAME",
                    help="also show the evidence for this class (repeatable)")
@@ -145,10 +156,10 @@ def add_explain_arguments(p: argparse.ArgumentParser) -> None:
 def run_explain(args: argparse.Namespace) -> int:
     from .explain import explain_photos
     from .plots import pyplot
-    from .predict import PetClassifier, expand_paths, newest_checkpoint
+    from .predict import PetClassifier, expand_paths
 
     pyplot()  # fail early, before any work, when matplotlib is missing
-    classifier = PetClassifier.from_checkpoint(args.checkpoint or newest_checkpoint(), device=args.device)
+    classifier = PetClassifier.from_checkpoint(chosen_checkpoint(args.checkpoint), device=args.device)
     paths = expand_paths(args.paths)
     if not paths:
         raise UserError(f"no image files found in {' '.join(args.paths)}")
@@ -170,8 +181,6 @@ def add_compare_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_compare(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from .compare import compare, plots_available, table, write_outputs
 
     tasks = [args.task] if args.task else (["breed", "species"] if args.dataset != "folder" else ["folder"])

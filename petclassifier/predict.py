@@ -9,16 +9,16 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from .checkpoint import load_checkpoint, model_from_checkpoint
+from .checkpoint import checkpoint_file, load_checkpoint, model_from_checkpoint
 from .errors import UserError
-from .images import ImageError, is_photo_under, load_image
+from .images import ImageError, is_photo_under, load_image, to_rgb, upright
 from .models import fold_batchnorm
 from .train import autocast, resolve_device
 
 
 @dataclass
 class Prediction:
-    """Ranked labels for one photo, with the species (cat or dog) when the model knows breeds."""
+    """Ranked labels for one photo, with the species (cat or dog) for Oxford-IIIT Pet models."""
 
     path: str
     labels: list[tuple[str, float]] = field(default_factory=list)
@@ -34,6 +34,10 @@ class Prediction:
         return out
 
 
+Photo = str | Path | Image.Image
+BATCH_SIZE = 32
+
+
 class PetClassifier:
     """`PetClassifier.from_checkpoint("runs/x/best.pt").predict("photo.jpg")` -> [(label, probability), ...]."""
 
@@ -45,10 +49,13 @@ class PetClassifier:
         self.class_names = class_names
         self.preprocessing = preprocessing
         self.species_of = species_of or {}
+        if self.species_of and set(class_names) <= set(self.species_of.values()):
+            self.species_of = {name: name for name in class_names}  # a species model: each class is its own species
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "auto") -> PetClassifier:
-        ckpt = load_checkpoint(path)
+        """A classifier from a checkpoint file, or from a run folder (its best.pt, else its last.pt)."""
+        ckpt = load_checkpoint(checkpoint_file(path))
         model, prep = model_from_checkpoint(ckpt)
         return cls(model, ckpt["class_names"], prep, ckpt.get("species_of"), device)
 
@@ -60,12 +67,19 @@ class PetClassifier:
             logits = self.fast_model(self.preprocessing.eval_batch(x))
         return logits.float().softmax(dim=1).cpu()
 
-    def predict(self, image: str | Path | Image.Image, top_k: int = 5) -> list[tuple[str, float]]:
-        """The `top_k` most likely labels for one photo (a path or a PIL image), most likely first."""
-        img = image if isinstance(image, Image.Image) else self._load(image)
-        return self.rank(self.probabilities([img])[0], top_k)
+    def predict(self, image: Photo | list[Photo], top_k: int = 5) -> list:
+        """The `top_k` most likely labels, most likely first, for a photo (path or PIL image); for a list, a list."""
+        if isinstance(image, (list, tuple)):
+            return [self.rank(probs, top_k) for probs in self._each_probabilities(image)]
+        return self.predict([image], top_k)[0]
 
-    def predict_paths(self, paths: list[str | Path], top_k: int = 5, batch_size: int = 32) -> list[Prediction]:
+    def species(self, image: Photo | list[Photo]) -> list:
+        """Cat or dog, most likely first, for a photo (path or PIL image); for a list, a list; [] for folder models."""
+        if isinstance(image, (list, tuple)):
+            return [self._species(probs) for probs in self._each_probabilities(image)]
+        return self.species([image])[0]
+
+    def predict_paths(self, paths: list[str | Path], top_k: int = 5, batch_size: int = BATCH_SIZE) -> list[Prediction]:
         """One Prediction per path, in order; a photo that cannot be read gets an error entry instead."""
         results = []
         for start in range(0, len(paths), batch_size):
@@ -80,7 +94,7 @@ class PetClassifier:
             if readable:
                 for pred, probs in zip(readable, self.probabilities(images)):
                     pred.labels = self.rank(probs, top_k)
-                    pred.species = self.species(probs)
+                    pred.species = self._species(probs)
             results += batch
         return results
 
@@ -88,8 +102,8 @@ class PetClassifier:
         values, indices = probs.topk(min(top_k, len(self.class_names)))
         return [(self.class_names[i], round(v, 6)) for v, i in zip(values.tolist(), indices.tolist())]
 
-    def species(self, probs: torch.Tensor) -> list[tuple[str, float]]:
-        """Cat or dog: the summed probability of their breeds (empty for models that do not know breeds)."""
+    def _species(self, probs: torch.Tensor) -> list[tuple[str, float]]:
+        """Cat or dog from one photo's class probabilities: the summed probability of each species' classes."""
         if not self.species_of:
             return []
         totals: dict[str, float] = {}
@@ -97,17 +111,31 @@ class PetClassifier:
             totals[self.species_of[name]] = totals.get(self.species_of[name], 0.0) + p
         return sorted(((k, round(v, 6)) for k, v in totals.items()), key=lambda kv: -kv[1])
 
+    def _each_probabilities(self, images: list[Photo]):
+        """Each photo's class probabilities, in order, computed BATCH_SIZE photos at a time."""
+        for start in range(0, len(images), BATCH_SIZE):
+            yield from self.probabilities([self._image(image) for image in images[start : start + BATCH_SIZE]])
+
+    def _image(self, image: Photo) -> Image.Image:
+        """A PIL image gets what the loader does to a file: turned upright from its EXIF, then made RGB."""
+        return to_rgb(upright(image)) if isinstance(image, Image.Image) else self._load(image)
+
     def _load(self, path: str | Path) -> Image.Image:
+        if not Path(path).exists():
+            raise ImageError("no such file or folder")
         return load_image(path, min_size=self.preprocessing.resize)
 
 
-def expand_paths(paths: list[str]) -> list[Path]:
-    """Files as given, and the image files under each folder (hidden folders left out), recursively, sorted."""
+def expand_paths(paths: list[str], missing_ok: bool = False) -> list[Path]:
+    """Files as given, and the image files under each folder (hidden folders left out), recursively, sorted.
+
+    A path that does not exist is an error, or with `missing_ok` kept in its place for the caller to report.
+    """
     out = []
     for p in map(Path, paths):
         if p.is_dir():
             out += sorted(f for f in p.rglob("*") if f.is_file() and is_photo_under(f, p))
-        elif p.exists():
+        elif p.exists() or missing_ok:
             out.append(p)
         else:
             raise UserError(f"no such file or folder: {p}")

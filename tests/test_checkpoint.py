@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-from petclassifier.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from petclassifier.checkpoint import checkpoint_file, describe, load_checkpoint, model_from_checkpoint, save_checkpoint
 from petclassifier.errors import UserError
 from petclassifier.models import build_model
 from petclassifier.transforms import Preprocessing
@@ -62,6 +62,44 @@ def test_plain_pickle_is_not_a_checkpoint(tmp_path):
     path.write_bytes(pickle.dumps({"hello": 1}))
     with pytest.raises(UserError):
         load_checkpoint(path)
+
+
+@pytest.mark.parametrize("name, content, reason", [
+    ("empty.pt", b"", "empty file"),
+    ("notes.txt", b"shopping list: cat food\n", "not a PyTorch file"),
+    ("config.json", b'{"model": "smallcnn", "epochs": 3}\n', "not a PyTorch file"),
+])
+def test_a_file_that_is_not_a_checkpoint_is_named_in_one_line(tmp_path, name, content, reason):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(UserError) as refused:
+        load_checkpoint(path)
+    assert str(refused.value) == f"{path} is not a petclassifier checkpoint ({reason})"
+
+
+def test_a_pytorch_file_without_the_checkpoint_fields_says_what_is_missing(tmp_path):
+    path = tmp_path / "weights.pt"
+    torch.save(build_model("smallcnn", 2).state_dict(), path)
+    with pytest.raises(UserError, match="weights.pt is not a petclassifier checkpoint \\(no format_version, "):
+        load_checkpoint(path)
+
+
+def test_a_run_folder_means_its_best_pt_else_its_last_pt(tmp_path):
+    with pytest.raises(UserError, match="no best.pt or last.pt"):
+        checkpoint_file(tmp_path)
+    save_checkpoint(payload(), tmp_path / "last.pt")
+    assert checkpoint_file(tmp_path) == tmp_path / "last.pt"
+    save_checkpoint(payload(), tmp_path / "best.pt")
+    assert checkpoint_file(tmp_path) == tmp_path / "best.pt"
+    assert checkpoint_file(tmp_path / "other.pt") == tmp_path / "other.pt"  # a file path is left to load_checkpoint
+
+
+def test_describe_names_the_task_and_the_classes():
+    species_of = {"abyssinian": "cat", "beagle": "dog"}
+    assert describe({"class_names": ["cat", "dog"], "task": "species", "species_of": species_of}) == "species: cat, dog"
+    breeds = {"class_names": [f"breed{i}" for i in range(37)], "task": "breed", "species_of": species_of}
+    assert describe(breeds) == "breed: 37 classes: breed0, breed1, breed2, ..."
+    assert describe({"class_names": ["disc", "square"], "task": "breed", "species_of": {}}) == "folder: disc, square"
 
 
 def test_checkpoint_for_another_class_list_is_a_clear_error():

@@ -4,6 +4,9 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
+
+from petclassifier import PetClassifier
 
 from petclassifier.checkpoint import load_checkpoint
 
@@ -33,9 +36,12 @@ def test_train_then_predict_from_the_command_line(shapes_dir, tmp_path):
     # with no --checkpoint, the newest runs/*/best.pt under the working directory is used, and named
     (tmp_path / "runs").mkdir()
     out.rename(tmp_path / "runs" / "run")
-    text = run("predict.py", next(shapes_dir.rglob("*.png")), cwd=tmp_path)
-    assert text.returncode == 0 and "using the newest checkpoint" in text.stderr
-    assert "disc" in text.stdout and "square" in text.stdout
+    photo = next(shapes_dir.rglob("*.png"))
+    text = run("predict.py", photo, cwd=tmp_path)
+    chosen = Path("runs") / "run" / "best.pt"
+    assert text.returncode == 0 and f"using the newest checkpoint, {chosen} (folder: disc, square)" in text.stderr
+    label, probability = PetClassifier.from_checkpoint(tmp_path / chosen, device="cpu").predict(photo)[0]
+    assert text.stdout.startswith(f"{photo}: {label} {probability:.1%}, ")  # the same answer as in Python
 
 
 def test_user_mistakes_exit_2_with_one_line_and_no_traceback(tmp_path, shapes_dir):
