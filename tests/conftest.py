@@ -43,6 +43,24 @@ def make_folder(root: Path, per_class: int = 12, splits: tuple[str, ...] = ()) -
     return root
 
 
+def make_tiny_oxford(root: Path, breeds=("Abyssinian", "Bengal", "beagle", "pug"), per_split=(5, 2),
+                     side: int = 96) -> Path:
+    """An Oxford-IIIT Pet copy (torchvision's layout) of a few bundled breeds, two cat and two dog, photos shrunk."""
+    source = SAMPLE / "oxford-iiit-pet"
+    (root / "oxford-iiit-pet" / "images").mkdir(parents=True)
+    (root / "oxford-iiit-pet" / "annotations").mkdir()
+    for split, count in zip(("trainval", "test"), per_split):
+        lines = (source / "annotations" / f"{split}.txt").read_text().splitlines()
+        chosen = [line for breed in breeds for line in [x for x in lines if x.split()[0].rsplit("_", 1)[0] == breed][:count]]
+        (root / "oxford-iiit-pet" / "annotations" / f"{split}.txt").write_text("\n".join(chosen) + "\n")
+        for line in chosen:
+            image_id = line.split()[0]
+            img = Image.open(source / "images" / f"{image_id}.jpg").convert("RGB")
+            img.thumbnail((side * 2, side * 2))
+            img.save(root / "oxford-iiit-pet" / "images" / f"{image_id}.jpg", quality=90)
+    return root
+
+
 @pytest.fixture
 def shapes_dir(tmp_path: Path) -> Path:
     return make_folder(tmp_path / "shapes")
