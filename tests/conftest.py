@@ -51,7 +51,8 @@ def make_tiny_oxford(root: Path, breeds=("Abyssinian", "Bengal", "beagle", "pug"
     (root / "oxford-iiit-pet" / "annotations").mkdir()
     for split, count in zip(("trainval", "test"), per_split):
         lines = (source / "annotations" / f"{split}.txt").read_text().splitlines()
-        chosen = [line for breed in breeds for line in [x for x in lines if x.split()[0].rsplit("_", 1)[0] == breed][:count]]
+        of_breed = {breed: [x for x in lines if x.split()[0].rsplit("_", 1)[0] == breed] for breed in breeds}
+        chosen = [line for breed in breeds for line in of_breed[breed][:count]]
         (root / "oxford-iiit-pet" / "annotations" / f"{split}.txt").write_text("\n".join(chosen) + "\n")
         for line in chosen:
             image_id = line.split()[0]

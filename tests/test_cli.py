@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 from petclassifier import PetClassifier
-
 from petclassifier.checkpoint import load_checkpoint
 
 from .conftest import ROOT, make_folder

@@ -2,7 +2,6 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -39,12 +38,6 @@ t.build_model = build_without_dropout
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_sharded_batches_split_the_global_batch_and_resume_mid_epoch(monkeypatch):
     x, y = torch.arange(22), torch.arange(22)
     one = distributed.ShardedBatches(x, y, batch_size=4, seed=3)
@@ -70,8 +63,8 @@ def test_torchrun_two_gloo_processes_match_one_process(shapes_dir, cache_dir, tm
     flags = ["--dataset", "folder", "--model", "efficientnet_lite0", "--trainable-stages", "0", "--image-size", "32",
              "--augment-views", "2", "--epochs", "2", "--batch-size", "8", "--lr", "1e-2", "--workers", "0",
              "--data-dir", str(shapes_dir), "--cache-dir", cache_dir, "--out", str(tmp_path / "ddp")]
-    launched = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
-                               f"--master_port={free_port()}", str(script), *flags], cwd=ROOT, capture_output=True,
+    launched = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                               str(script), *flags], cwd=ROOT, capture_output=True,
                               text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert launched.returncode == 0, launched.stderr[-3000:]
     assert "x 2 processes" in launched.stdout and launched.stdout.count("epoch   1") == 1  # rank 0 alone logs
