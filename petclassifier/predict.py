@@ -13,7 +13,7 @@ from .checkpoint import checkpoint_file, load_checkpoint, model_from_checkpoint
 from .errors import UserError
 from .images import ImageError, is_photo_under, load_image, to_rgb, upright
 from .models import fold_batchnorm
-from .train import autocast, resolve_device
+from .runtime import autocast, resolve_device
 
 
 @dataclass
