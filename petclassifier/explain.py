@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import UserError
+from .images import ImageError
 from .models import PetNet
 from .transforms import centre_crop
 
@@ -124,7 +125,10 @@ def explain_photos(classifier, paths: list[str | Path], out: str | Path, classes
                                 f"{conv.kernel_size[1]} colour detectors (edges, colour blobs)"))
     gradcam = GradCAM(model)
     for path in paths:
-        square = prep.square(classifier._load(path))
+        try:
+            square = prep.square(classifier._load(path))
+        except ImageError as e:
+            raise UserError(f"cannot explain {path}: {e}") from None
         x = prep.eval_batch(square[None].to(classifier.device)).contiguous()
         photo = centre_crop(square, prep.crop)
         cams, logits = gradcam(x)

@@ -74,6 +74,10 @@ def test_explain_command_writes_the_pictures(trained, tmp_path, capsys):  # noqa
     assert main(["explain", "--checkpoint", str(run / "best.pt"), "--out", str(out), "--class", "hamster",
                  str(photos[0])]) == 2
     assert "unknown class 'hamster'" in capsys.readouterr().err
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8 not really a JPEG")
+    assert main(["explain", "--checkpoint", str(run / "best.pt"), "--out", str(out), str(broken)]) == 2
+    assert capsys.readouterr().err.startswith(f"error: cannot explain {broken}: not an image")
 
 
 def test_feature_maps_come_from_early_middle_and_late_stages(trained):  # noqa: F811
