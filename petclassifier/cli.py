@@ -24,10 +24,12 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strict-images", action="store_true", default=None,
                    help="stop at an unreadable photo instead of skipping it with a warning")
     p.add_argument("--cache-dir", help="where decoded photos are cached (default ~/.cache/petclassifier)")
-    p.add_argument("--model", help=f"efficientnet_lite0, smallcnn or a torchvision model name (default {d.model})")
+    p.add_argument("--model", help="efficientnet_lite0, smallcnn or a torchvision classifier such as resnet50 or "
+                   f"convnext_tiny (not vit_*, maxvit_t) (default {d.model})")
     p.add_argument("--pretrained", action=argparse.BooleanOptionalAction, help="start from ImageNet weights")
     p.add_argument("--trainable-stages", type=int, help="last body stages fine-tuned; 0 head only, -1 all")
-    p.add_argument("--image-size", type=int, help="side of the square the network sees")
+    p.add_argument("--image-size", type=int,
+                   help="side of the square the network sees (default: recipe; torchvision: its weights' crop)")
     p.add_argument("--epochs", type=int, help="passes over the training photos")
     p.add_argument("--batch-size", type=int, help=f"photos per step (default {d.batch_size})")
     p.add_argument("--lr", type=float, help="peak learning rate")

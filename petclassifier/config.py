@@ -22,10 +22,10 @@ class TrainConfig:
     cache_dir: str | None = None  # decoded-image and feature cache; None means ~/.cache/petclassifier
     strict_images: bool = False  # an unreadable photo stops the run instead of being skipped with a warning
     # model
-    model: str = "efficientnet_lite0"  # a registry name: efficientnet_lite0, smallcnn or any torchvision model
+    model: str = "efficientnet_lite0"  # a registry name: efficientnet_lite0, smallcnn or a torchvision classifier
     pretrained: bool = True  # start from ImageNet weights (always False for smallcnn)
     trainable_stages: int | None = None  # last body stages to fine-tune (0: head only, -1: all); None: recipe
-    image_size: int | None = None  # crop side fed to the network; None: recipe
+    image_size: int | None = None  # crop side fed to the network; None: recipe (torchvision: its weights' crop)
     # optimisation
     epochs: int | None = None  # passes over the training photos; None: recipe
     batch_size: int = 64  # photos per gradient step
@@ -56,6 +56,12 @@ class TrainConfig:
             cfg = replace(cfg, data_dir=str(default_data_dir()))
         if cfg.data_dir is not None:  # absolute, so a resumed or evaluated run finds it from any folder
             cfg = replace(cfg, data_dir=os.path.abspath(os.path.expanduser(cfg.data_dir)))
+        if cfg.image_size is None:  # a torchvision model: the crop its ImageNet weights were evaluated at
+            # imported here: it imports torchvision (seconds), which loading or saving a config never needs
+            from .transforms import weights_transforms
+
+            preset = weights_transforms(cfg.model)
+            cfg = replace(cfg, image_size=preset.crop_size[0] if preset else 224)
         if cfg.model == "smallcnn":  # nothing to start from: every layer learns from the user's photos
             cfg = replace(cfg, pretrained=False)
         if not cfg.pretrained:  # a frozen random body would be useless
@@ -88,5 +94,6 @@ RECIPES: dict[str, dict] = {
     # From scratch: every layer learns. Narrow layers (16-128 channels) run 3x faster than twice as wide ones,
     # which buys twice the epochs: 82.8% on cats-vs-dogs val in 12.5 min, against 77.6% for the wide net at 112 px.
     "smallcnn": {"trainable_stages": -1, "image_size": 128, "epochs": 36, "lr": 3e-3},
-    "default": {"trainable_stages": 0, "image_size": 224, "epochs": 10, "lr": 1e-3},
+    # torchvision models: the image size is their weights' crop (224 for most, 300 for efficientnet_b3, ...)
+    "default": {"trainable_stages": 0, "epochs": 10, "lr": 1e-3},
 }

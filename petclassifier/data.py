@@ -228,10 +228,12 @@ def stratified_split(labels: list[int], fraction: float, seed: int,
 def decode_images(paths: list[str], prep: Preprocessing, cache_dir: str, workers: int) -> tuple[torch.Tensor, list]:
     """All photos as one uint8 tensor [N, 3, R, R], decoded once and memory-mapped from the cache afterwards.
 
-    The cache key covers every file's bytes and the size, so a changed photo means a fresh decode. Returns the
+    The cache key covers every file's bytes and the resize, so a changed photo means a fresh decode. Returns the
     tensor of the readable photos and the list of (path, reason) of those that could not be read.
     """
-    digest = hashlib.sha256(str(prep.resize).encode())
+    # the resize's interpolation too, but bicubic squares keep the key they always had: existing caches stay valid
+    resampled = str(prep.resize) + ("" if prep.interpolation == "bicubic" else f" {prep.interpolation}")
+    digest = hashlib.sha256(resampled.encode())
     for p in paths:
         digest.update(hashlib.sha1(Path(p).read_bytes()).digest())
     key = digest.hexdigest()[:24]

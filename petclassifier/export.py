@@ -17,6 +17,7 @@ from torch import nn
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .errors import UserError
 from .models import fold_batchnorm
+from .transforms import Preprocessing
 
 FORMATS = {"torchscript": "model.pt", "onnx": "model.onnx"}
 
@@ -40,7 +41,7 @@ def deployable(ckpt: dict) -> nn.Module:
 
 def sidecar(ckpt: dict, fmt: str) -> dict:
     """What a program needs beside the model file: labels and the exact preprocessing."""
-    prep = ckpt["preprocessing"]
+    prep = Preprocessing.from_dict(ckpt["preprocessing"])  # bicubic where a checkpoint predates `interpolation`
     return {
         "format": fmt,
         "model_file": FORMATS[fmt],
@@ -48,15 +49,16 @@ def sidecar(ckpt: dict, fmt: str) -> dict:
         "task": ckpt.get("task"),
         "class_names": ckpt["class_names"],
         "species_of": ckpt.get("species_of") or {},
-        "input": {"name": "image", "shape": ["batch", 3, prep["crop"], prep["crop"]], "dtype": "float32",
+        "input": {"name": "image", "shape": ["batch", 3, prep.crop, prep.crop], "dtype": "float32",
                   "layout": "NCHW, RGB"},
         "output": {"name": "probabilities", "shape": ["batch", len(ckpt["class_names"])], "softmax_included": True},
-        "input_size": prep["crop"],
-        "resize": prep["resize"],
-        "mean": list(prep["mean"]),
-        "std": list(prep["std"]),
-        "preprocessing": (f"resize the short side to {prep['resize']} px (bicubic), centre-crop {prep['crop']} x "
-                          f"{prep['crop']}, scale to [0, 1], subtract mean and divide by std per channel"),
+        "input_size": prep.crop,
+        "resize": prep.resize,
+        "interpolation": prep.interpolation,
+        "mean": list(prep.mean),
+        "std": list(prep.std),
+        "preprocessing": (f"resize the short side to {prep.resize} px ({prep.interpolation}), centre-crop "
+                          f"{prep.crop} x {prep.crop}, scale to [0, 1], subtract mean and divide by std per channel"),
     }
 
 

@@ -99,10 +99,10 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def square_uint8(img: Image.Image, size: int) -> torch.Tensor:
-    """Resize the short side to `size` (bicubic, antialiased) and centre-crop a square: uint8 [3, size, size]."""
+def square_uint8(img: Image.Image, size: int, interpolation: str = "bicubic") -> torch.Tensor:
+    """Resize the short side to `size` (antialiased; bicubic or bilinear) and centre-crop a square: [3, size, size]."""
     if max(img.size) > 2 * min(img.size):  # a thin strip resized by its short side could need gigabytes
         side = min(img.size)
         img = TF.center_crop(img, [min(img.height, 2 * side), min(img.width, 2 * side)])
-    img = TF.center_crop(TF.resize(img, size, interpolation=TF.InterpolationMode.BICUBIC), [size, size])
+    img = TF.center_crop(TF.resize(img, size, interpolation=TF.InterpolationMode(interpolation)), [size, size])
     return TF.pil_to_tensor(img)

@@ -1,32 +1,51 @@
-"""The model registry: every network is a body of convolutional stages (learned features) and a linear head."""
+"""The model registry: every network is a body of feature stages (NCHW feature maps) and a head that classifies them."""
 
 from __future__ import annotations
 
+import difflib
 import os
 
 import torch
 import torchvision
 from torch import nn
+from torchvision.ops.misc import Permute
 
 from .errors import UserError
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, OWN_MODELS
 
 TORCHVISION_MODELS = sorted(torchvision.models.list_models(module=torchvision.models))
-OWN_MODELS = ("efficientnet_lite0", "smallcnn")
+# The torchvision families (name prefixes) that `torchvision_parts` cuts into body stages and head; mobilenet covers
+# v2 and v3, efficientnet b0-b7 and v2, swin v1 and v2.
+FAMILIES = ("alexnet", "convnext", "densenet", "efficientnet", "googlenet", "inception", "mnasnet", "mobilenet",
+            "regnet", "resnet", "resnext", "shufflenet", "squeezenet", "swin", "vgg", "wide_resnet")
+REFUSED = {
+    "vit_": "a vision transformer classifies its class token, not feature maps, and takes one input size only",
+    "maxvit": "its attention grid is laid out for 224 px inputs only",
+}
+DROPOUT = 0.2  # before the linear classifier, where a model has no layers of its own there
+EXAMPLES = "resnet50, convnext_tiny, efficientnet_b0, densenet121 or swin_t"
+
+
+def family(name: str) -> str | None:
+    """The torchvision family (name prefix) of a model this package can cut into stages and head, else None."""
+    return next((f for f in FAMILIES if name.startswith(f)), None)
 
 
 def model_names() -> list[str]:
-    return list(OWN_MODELS) + TORCHVISION_MODELS
+    """Every name `--model` accepts."""
+    return list(OWN_MODELS) + [name for name in TORCHVISION_MODELS if family(name)]
 
 
 class PetNet(nn.Module):
     """body: stages that turn pixels into feature maps; head: pool, dropout, linear layer to class scores."""
 
-    def __init__(self, stages: list[nn.Module], num_features: int, num_classes: int, dropout: float = 0.2):
+    def __init__(self, stages: list[nn.Module], num_features: int, num_classes: int, dropout: float = DROPOUT,
+                 head: list[nn.Module] | None = None):
         super().__init__()
         self.body = nn.Sequential(*stages)
-        self.head = nn.Sequential(
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(num_features, num_classes)
-        )
+        # `head` replaces the default one with a torchvision model's own head layers
+        self.head = nn.Sequential(*(head or [
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(num_features, num_classes)]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(x))  # [B, 3, H, W] -> [B, C, h, w] -> [B, num_classes]
@@ -44,8 +63,16 @@ def build_model(name: str, num_classes: int, pretrained: bool = False) -> PetNet
     if name == "efficientnet_lite0":
         return efficientnet_lite0(num_classes, pretrained)
     if name in TORCHVISION_MODELS:
-        return from_torchvision(name, num_classes, pretrained)
-    raise UserError(f"unknown model {name!r}; choose efficientnet_lite0, smallcnn or a torchvision classifier name")
+        why = next((why for prefix, why in REFUSED.items() if name.startswith(prefix)), None)
+        if why is None and family(name) is None:
+            why = "this package does not know how to cut it into feature stages and a head"
+        if why:
+            raise UserError(f"model {name} is not supported: {why}; use a model such as {EXAMPLES}")
+        return wrap_torchvision(name, torchvision_net(name, pretrained), num_classes)
+    close = difflib.get_close_matches(name, model_names(), n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    raise UserError(f"unknown model {name!r}{hint}; choose efficientnet_lite0, smallcnn or a torchvision model such "
+                    f"as {EXAMPLES}")
 
 
 def conv_bn_relu(c_in: int, c_out: int, stride: int = 1) -> list[nn.Module]:
@@ -77,43 +104,131 @@ def efficientnet_lite0(num_classes: int, pretrained: bool) -> PetNet:
     stem = nn.Sequential(net.conv_stem, net.bn1)
     head_conv = nn.Sequential(net.conv_head, net.bn2)  # 1x1 conv 320 -> 1280 channels
     model = PetNet([stem, *net.blocks, head_conv], net.num_features, num_classes)
-    _carry_classifier(model, net.classifier, num_classes)
+    if num_classes == net.classifier.out_features:
+        model.head[-1] = net.classifier
     return model
 
 
-def from_torchvision(name: str, num_classes: int, pretrained: bool) -> PetNet:
-    """A torchvision classifier cut into body stages and head; `pretrained` downloads its ImageNet weights."""
+def torchvision_net(name: str, pretrained: bool) -> nn.Module:
+    """The torchvision classifier itself; `pretrained` downloads its default ImageNet weights."""
     weights = torchvision.models.get_model_weights(name).DEFAULT if pretrained else None
+    kwargs = {}
+    if name in ("googlenet", "inception_v3"):
+        # their weights expect inputs normalised to [-1, 1]: transform_input converts the ImageNet-standardised ones
+        # this package feeds every torchvision model. The auxiliary classifiers only matter in their own training.
+        kwargs = {"transform_input": True} if weights else {"transform_input": True, "aux_logits": False,
+                                                            "init_weights": True}
     try:
-        net = torchvision.models.get_model(name, weights=weights)
+        return torchvision.models.get_model(name, weights=weights, **kwargs)
     except OSError as e:  # URLError and friends: no internet
         cache = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(weights.url))
         message = f"could not download {name} weights ({e}); put the file at {cache} or use --no-pretrained"
         raise UserError(message) from None
-    if hasattr(net, "fc") and hasattr(net, "avgpool"):  # ResNet, ResNeXt, RegNet, ...
-        children = dict(net.named_children())
-        stages = [m for n, m in children.items() if n not in ("avgpool", "fc")]
-        stages = [nn.Sequential(*stages[:4]), *stages[4:]] if name.startswith(("resnet", "resnext", "wide")) else stages
-        classifier, extra = net.fc, []
-    elif hasattr(net, "features") and isinstance(getattr(net, "classifier", None), nn.Sequential):
-        stages = list(net.features)  # EfficientNet, MobileNet, ConvNeXt, VGG, ...
-        classifier, extra = net.classifier[-1], list(net.classifier[:-1])
+
+
+class TransformInput(nn.Module):
+    """GoogLeNet's and Inception-v3's `transform_input`: ImageNet-standardised pixels re-normalised to [-1, 1]."""
+
+    def __init__(self):
+        super().__init__()
+        # the constants computed in double precision, as torchvision does: the same float32 numbers exactly
+        scale, shift = [s / 0.5 for s in IMAGENET_STD], [(m - 0.5) / 0.5 for m in IMAGENET_MEAN]
+        self.register_buffer("scale", torch.tensor(scale).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("shift", torch.tensor(shift).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale + self.shift
+
+
+def wrap_torchvision(name: str, net: nn.Module, num_classes: int) -> PetNet:
+    """A torchvision classifier as a PetNet computing the same function (with num_classes 1000, the same weights)."""
+    stages, pool, layers, classifier = torchvision_parts(name, net)
+    if isinstance(classifier, nn.Linear):
+        num_features = classifier.in_features
+        new = classifier if classifier.out_features == num_classes else nn.Linear(num_features, num_classes)
+        flatten = [] if any(isinstance(m, nn.Flatten) for m in layers) else [nn.Flatten()]
+        # the model's own layers between pooling and classifier (dropout, norm, hidden layers), else PetNet's dropout
+        head = [pool, *flatten, *(layers or [nn.Dropout(DROPOUT)]), new]
+    else:  # SqueezeNet: a 1x1 convolution to class maps, ReLU, then the pool; `layers` come before it
+        num_features = classifier.in_channels
+        new = classifier if classifier.out_channels == num_classes else nn.Conv2d(num_features, num_classes, 1)
+        head = [*layers, new, nn.ReLU(inplace=True), pool, nn.Flatten()]
+    return PetNet(stages, num_features, num_classes, head=head)
+
+
+def torchvision_parts(name: str, net: nn.Module) -> tuple[list[nn.Module], nn.Module, list[nn.Module], nn.Module]:
+    """(body stages taking and giving NCHW maps, pool, head layers before the classifier, classifier), as run."""
+    f = family(name)
+    # MobileNetV2, MnasNet and ShuffleNet take the mean in their forward: the same as this pool
+    pool = net.avgpool if hasattr(net, "avgpool") else nn.AdaptiveAvgPool2d(1)
+    if f in ("resnet", "resnext", "wide_resnet"):
+        stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
+        return [stem, net.layer1, net.layer2, net.layer3, net.layer4], pool, [], net.fc
+    if f == "regnet":  # its trunk's four blocks are the stages that --trainable-stages counts
+        return [net.stem, *net.trunk_output], pool, [], net.fc
+    if f == "densenet":
+        layers = list(net.features)  # stem (4 layers), then dense block and transition pairs, and the final norm
+        stages = [nn.Sequential(*layers[:4])] + [nn.Sequential(*layers[i : i + 2]) for i in range(4, len(layers), 2)]
+        stages[-1].append(nn.ReLU(inplace=True))  # DenseNet's forward applies it after `features`
+        return stages, pool, [], net.classifier
+    if f in ("mobilenet", "efficientnet", "convnext"):
+        return list(net.features), pool, list(net.classifier[:-1]), net.classifier[-1]
+    if f == "mnasnet":
+        return runs(net.layers), pool, list(net.classifier[:-1]), net.classifier[-1]
+    if f == "shufflenet":
+        return [nn.Sequential(net.conv1, net.maxpool), net.stage2, net.stage3, net.stage4, net.conv5], pool, [], net.fc
+    if f in ("vgg", "alexnet"):  # their own pool (7x7, 6x6): the first classifier layer expects its output
+        return up_to_pools(net.features), net.avgpool, list(net.classifier[:-1]), net.classifier[-1]
+    if f == "squeezenet":
+        return up_to_pools(net.features), net.classifier[3], [net.classifier[0]], net.classifier[1]
+    if f == "googlenet":
+        stages = [[TransformInput(), net.conv1, net.maxpool1, net.conv2, net.conv3, net.maxpool2],
+                  [net.inception3a, net.inception3b, net.maxpool3],
+                  [net.inception4a, net.inception4b, net.inception4c, net.inception4d, net.inception4e, net.maxpool4],
+                  [net.inception5a, net.inception5b]]
+    elif f == "inception":
+        stages = [[TransformInput(), net.Conv2d_1a_3x3, net.Conv2d_2a_3x3, net.Conv2d_2b_3x3, net.maxpool1,
+                   net.Conv2d_3b_1x1, net.Conv2d_4a_3x3, net.maxpool2],
+                  [net.Mixed_5b, net.Mixed_5c, net.Mixed_5d],
+                  [net.Mixed_6a, net.Mixed_6b, net.Mixed_6c, net.Mixed_6d, net.Mixed_6e],
+                  [net.Mixed_7a, net.Mixed_7b, net.Mixed_7c]]
+    elif f == "swin":  # features: patch embedding, stage, then (patch merging, stage) x 3, all channels-last
+        layers = list(net.features)
+        blocks = [layers[:2], *(layers[i : i + 2] for i in range(2, len(layers), 2))]
+        blocks[-1].append(net.norm)
+        # each stage between Permutes, so that every stage takes and gives NCHW maps (Grad-CAM, feature maps)
+        stages = [nn.Sequential(*([Permute([0, 2, 3, 1])] if i else []), *b, Permute([0, 3, 1, 2]))
+                  for i, b in enumerate(blocks)]
+        return stages, pool, [], net.head
     else:
-        raise UserError(f"model {name} has no body/head layout this package knows; try a ResNet or EfficientNet")
-    if not isinstance(classifier, nn.Linear):
-        raise UserError(f"model {name} does not end in a linear classifier")
-    model = PetNet(stages, classifier.in_features, num_classes)
-    if extra:  # keep the model's own pre-classifier layers (dropout, norm, hidden linear) in the head
-        flatten = [] if any(isinstance(m, nn.Flatten) for m in extra) else [nn.Flatten()]
-        model.head = nn.Sequential(model.head[0], *flatten, *extra, model.head[-1])
-    _carry_classifier(model, classifier, num_classes)
-    return model
+        raise ValueError(f"no body/head layout for {name}")
+    if not net.transform_input:
+        stages[0] = stages[0][1:]
+    return [nn.Sequential(*s) for s in stages], pool, [net.dropout], net.fc
 
 
-def _carry_classifier(model: PetNet, classifier: nn.Linear, num_classes: int) -> None:
-    """Keep the ImageNet classifier when asked for its 1000 classes; otherwise the head starts fresh."""
-    if num_classes == classifier.out_features:
-        model.head[-1].load_state_dict(classifier.state_dict())
+def up_to_pools(features: nn.Sequential) -> list[nn.Module]:
+    """Blocks that each end at a max-pool (VGG, AlexNet, SqueezeNet); the layers after the last pool, a final one."""
+    stages, block = [], []
+    for layer in features:
+        block.append(layer)
+        if isinstance(layer, nn.MaxPool2d):
+            stages.append(nn.Sequential(*block))
+            block = []
+    return stages + ([nn.Sequential(*block)] if block else [])
+
+
+def runs(layers: nn.Sequential) -> list[nn.Module]:
+    """MnasNet's flat layer list as stages: each block stack alone, the plain layers between stacks together."""
+    stages, plain = [], []
+    for layer in layers:
+        if isinstance(layer, nn.Sequential):
+            stages += [nn.Sequential(*plain)] if plain else []
+            stages.append(layer)
+            plain = []
+        else:
+            plain.append(layer)
+    return stages + ([nn.Sequential(*plain)] if plain else [])
 
 
 def fold_batchnorm(module: nn.Module) -> nn.Module:

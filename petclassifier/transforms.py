@@ -10,6 +10,7 @@ import math
 from dataclasses import asdict, dataclass
 
 import torch
+import torchvision
 from PIL import Image
 from torchvision.ops import roi_align
 
@@ -19,6 +20,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CROP_SCALE = (0.25, 1.0)  # random resized crop: share of the square's area kept
 CROP_RATIO = (3 / 4, 4 / 3)  # and its aspect-ratio range
+OWN_MODELS = ("efficientnet_lite0", "smallcnn")  # not torchvision's: resize = crop / 0.875, bicubic
 
 
 def centre_crop(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -27,32 +29,46 @@ def centre_crop(x: torch.Tensor, size: int) -> torch.Tensor:
     return x[..., top : top + size, top : top + size]
 
 
+def weights_transforms(model_name: str):
+    """How a torchvision model's default ImageNet weights were evaluated (resize, crop, interpolation, mean, std)."""
+    if model_name in OWN_MODELS:
+        return None
+    try:
+        return torchvision.models.get_model_weights(model_name).DEFAULT.transforms()
+    except ValueError:  # None for a name torchvision lacks: build_model says so in one line
+        return None
+
+
 @dataclass(frozen=True)
 class Preprocessing:
     """How a photo becomes a network input; saved in every checkpoint so prediction matches training."""
 
-    resize: int  # short side after resizing (bicubic), before the centre crop
+    resize: int  # short side after resizing, before the centre crop
     crop: int  # side of the square the network sees
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    interpolation: str = "bicubic"  # of the resize: bicubic or bilinear (checkpoints without it were bicubic)
 
     @classmethod
     def for_model(cls, model_name: str, image_size: int) -> Preprocessing:
-        # EfficientNet-Lite0's TensorFlow weights expect [-1, 1] inputs; torchvision's expect ImageNet statistics.
-        mean, std = ((0.5,) * 3, (0.5,) * 3) if model_name in ("efficientnet_lite0", "smallcnn") else (
-            IMAGENET_MEAN, IMAGENET_STD)
-        return cls(resize=round(image_size / 0.875), crop=image_size, mean=mean, std=std)
+        """A torchvision model's preprocessing is its weights' own, its resize scaled by image_size / their crop."""
+        preset = weights_transforms(model_name)
+        if preset is None:  # EfficientNet-Lite0's TensorFlow weights expect [-1, 1] inputs (and smallcnn learns them)
+            mean, std = ((0.5,) * 3, (0.5,) * 3) if model_name in OWN_MODELS else (IMAGENET_MEAN, IMAGENET_STD)
+            return cls(resize=round(image_size / 0.875), crop=image_size, mean=mean, std=std)
+        resize = round(image_size * preset.resize_size[0] / preset.crop_size[0])
+        return cls(resize, image_size, tuple(preset.mean), tuple(preset.std), preset.interpolation.value)
 
     @classmethod
     def from_dict(cls, d: dict) -> Preprocessing:
-        return cls(d["resize"], d["crop"], tuple(d["mean"]), tuple(d["std"]))
+        return cls(d["resize"], d["crop"], tuple(d["mean"]), tuple(d["std"]), d.get("interpolation", "bicubic"))
 
     def as_dict(self) -> dict:
         return asdict(self)
 
     def square(self, img: Image.Image) -> torch.Tensor:
         """A decoded photo as the uint8 square that the cache stores: [3, resize, resize]."""
-        return square_uint8(img, self.resize)
+        return square_uint8(img, self.resize, self.interpolation)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 (or float 0-255) [B, 3, H, W] -> float, standardised per channel."""

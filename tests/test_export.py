@@ -8,6 +8,7 @@ import torch
 from petclassifier import PetClassifier
 from petclassifier.checkpoint import save_checkpoint
 from petclassifier.cli import main
+from petclassifier.export import sidecar
 from petclassifier.images import load_image
 from petclassifier.models import build_model
 from petclassifier.transforms import Preprocessing
@@ -85,3 +86,12 @@ def test_pretrained_efficientnet_lite0_torchscript_export(tmp_path):
     with torch.no_grad():
         got = torch.jit.load(str(tmp_path / "ts" / "model.pt"))(x)
     assert (got - expected).abs().max().item() < 1e-4
+
+
+def test_sidecar_names_the_resize_interpolation():
+    ckpt = {"model_name": "resnet50", "class_names": CLASSES, "preprocessing":
+            Preprocessing.for_model("resnet50", 224).as_dict()}
+    meta = sidecar(ckpt, "onnx")
+    assert meta["interpolation"] == "bilinear" and meta["resize"] == 232 and "(bilinear)" in meta["preprocessing"]
+    old = {**ckpt, "preprocessing": {"resize": 256, "crop": 224, "mean": [0.5] * 3, "std": [0.5] * 3}}
+    assert sidecar(old, "onnx")["interpolation"] == "bicubic"  # written before the field: bicubic then

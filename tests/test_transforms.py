@@ -1,6 +1,16 @@
+import numpy as np
+import pytest
 import torch
+import torchvision
+from PIL import Image
+from torchvision.transforms.v2 import functional as TF
 
-from petclassifier.transforms import Preprocessing
+from petclassifier.config import TrainConfig
+from petclassifier.data import decode_images
+from petclassifier.images import load_image
+from petclassifier.transforms import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+
+from .conftest import SAMPLE
 
 
 def test_eval_batch_is_a_centre_crop_normalised():
@@ -22,3 +32,58 @@ def test_train_batch_crops_every_photo_differently_and_reproducibly():
     assert a.shape == (8, 3, 32, 32) and torch.isfinite(a).all()
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert a.min() >= -1.0 - 1e-5 and a.max() <= 1.0 + 1e-5
+
+
+def test_torchvision_preprocessing_is_its_weights_own():
+    """Resize side, crop, interpolation, mean and std as each model's ImageNet weights were evaluated."""
+    assert Preprocessing.for_model("resnet50", 224) == Preprocessing(232, 224, IMAGENET_MEAN, IMAGENET_STD, "bilinear")
+    assert Preprocessing.for_model("convnext_tiny", 224) == Preprocessing(236, 224, IMAGENET_MEAN, IMAGENET_STD,
+                                                                          "bilinear")
+    assert Preprocessing.for_model("efficientnet_b3", 300) == Preprocessing(320, 300, IMAGENET_MEAN, IMAGENET_STD,
+                                                                            "bicubic")
+    assert Preprocessing.for_model("efficientnet_v2_l", 480).mean == (0.5, 0.5, 0.5)
+    # another --image-size keeps the weights' resize / crop ratio
+    assert Preprocessing.for_model("resnet50", 112).resize == round(112 * 232 / 224)
+    assert Preprocessing.for_model("efficientnet_b3", 240).resize == 256
+    # the package's own models keep their 0.875 bicubic rule
+    assert Preprocessing.for_model("efficientnet_lite0", 224) == Preprocessing(256, 224, (0.5,) * 3, (0.5,) * 3)
+    assert Preprocessing.for_model("smallcnn", 128).interpolation == "bicubic"
+
+
+@pytest.mark.parametrize("name", ["resnet50", "efficientnet_b3"])
+def test_a_photo_becomes_the_input_the_weights_own_transforms_make(name):
+    weights_transforms = torchvision.models.get_model_weights(name).DEFAULT.transforms()
+    prep = Preprocessing.for_model(name, weights_transforms.crop_size[0])
+    for stem in ("Abyssinian_1", "Abyssinian_10"):  # a landscape and a portrait photo
+        img = load_image(SAMPLE / "oxford-iiit-pet" / "images" / f"{stem}.jpg")
+        torch.testing.assert_close(prep.eval_batch(prep.square(img)[None])[0], weights_transforms(img))
+
+
+def test_default_image_size_is_the_weights_crop():
+    assert TrainConfig(model="efficientnet_b3").resolved().image_size == 300
+    assert TrainConfig(model="inception_v3").resolved().image_size == 299
+    assert TrainConfig(model="resnet50").resolved().image_size == 224
+    assert TrainConfig(model="efficientnet_b3", image_size=256).resolved().image_size == 256
+    assert TrainConfig().resolved().image_size == 224 and TrainConfig(model="smallcnn").resolved().image_size == 128
+
+
+def test_a_checkpoint_without_interpolation_loads_as_bicubic():
+    old = {"resize": 256, "crop": 224, "mean": [0.5] * 3, "std": [0.5] * 3}
+    assert Preprocessing.from_dict(old).interpolation == "bicubic"
+    prep = Preprocessing.for_model("resnet50", 224)
+    assert Preprocessing.from_dict(prep.as_dict()) == prep
+
+
+def test_the_resize_uses_the_interpolation_and_the_cache_keeps_them_apart(tmp_path):
+    rng = np.random.default_rng(0)
+    path = tmp_path / "photo.png"
+    Image.fromarray(rng.integers(0, 256, (90, 120, 3), dtype=np.uint8)).save(path)
+    img = load_image(path)
+    bicubic = Preprocessing(48, 40, IMAGENET_MEAN, IMAGENET_STD)
+    bilinear = Preprocessing(48, 40, IMAGENET_MEAN, IMAGENET_STD, "bilinear")
+    expected = TF.pil_to_tensor(TF.center_crop(TF.resize(img, 48, interpolation=TF.InterpolationMode.BILINEAR), 48))
+    assert torch.equal(bilinear.square(img), expected) and not torch.equal(bicubic.square(img), expected)
+    cache = str(tmp_path / "cache")
+    a, _ = decode_images([str(path)], bicubic, cache, workers=0)
+    b, _ = decode_images([str(path)], bilinear, cache, workers=0)  # not the bicubic squares from the cache
+    assert torch.equal(b[0], expected) and not torch.equal(a[0], b[0])
