@@ -1,10 +1,8 @@
-"""Datasets (bundled sample, Oxford-IIIT Pet, a user's folders), stratified splits and the decoded-image cache."""
+"""Datasets (bundled sample, Oxford-IIIT Pet, a user's folders) and their splits."""
 
 from __future__ import annotations
 
-import hashlib
 import http.client
-import json
 import os
 import random
 import shutil
@@ -14,14 +12,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from torchvision.datasets import ImageFolder, OxfordIIITPet
 
+from .cache import decode_images as decode_images  # where training and the tests have always found it
 from .config import SAMPLE_DIR, TrainConfig
 from .errors import UserError
-from .images import ImageError, check_image, is_photo_under, load_image
+from .images import ImageError, check_image, is_photo_under
 from .runtime import progress
-from .transforms import Preprocessing
 
 DATASETS = ("sample", "oxford-iiit-pet", "folder")
 TASKS = ("breed", "species")
@@ -224,55 +221,3 @@ def stratified_split(labels: list[int], fraction: float, seed: int,
         train += idx[k:]
     return sorted(train), sorted(held)
 
-
-def decode_images(paths: list[str], prep: Preprocessing, cache_dir: str, workers: int) -> tuple[torch.Tensor, list]:
-    """All photos as one uint8 tensor [N, 3, R, R], decoded once and memory-mapped from the cache afterwards.
-
-    The cache key covers every file's bytes and the resize, so a changed photo means a fresh decode. Returns the
-    tensor of the readable photos and the list of (path, reason) of those that could not be read.
-    """
-    # the resize's interpolation too, but bicubic squares keep the key they always had: existing caches stay valid
-    resampled = str(prep.resize) + ("" if prep.interpolation == "bicubic" else f" {prep.interpolation}")
-    digest = hashlib.sha256(resampled.encode())
-    for p in paths:
-        digest.update(hashlib.sha1(Path(p).read_bytes()).digest())
-    key = digest.hexdigest()[:24]
-    store, meta = Path(cache_dir) / "images" / f"{key}.u8", Path(cache_dir) / "images" / f"{key}.json"
-    side = prep.resize
-    if not (store.exists() and meta.exists()):
-        store.parent.mkdir(parents=True, exist_ok=True)
-        tmp = store.with_suffix(f".tmp{os.getpid()}")
-        out = torch.from_file(str(tmp), shared=True, size=len(paths) * 3 * side * side, dtype=torch.uint8)
-        out = out.view(len(paths), 3, side, side)
-        bad, kept = [], 0
-        loader = torch.utils.data.DataLoader(_Decoder(paths, prep), batch_size=None, num_workers=workers)
-        for path, x in progress(loader, total=len(paths), desc="decoding photos", unit="img", leave=False):
-            if isinstance(x, str):
-                bad.append((path, x))
-            else:
-                out[kept] = x
-                kept += 1
-        del out
-        os.truncate(tmp, kept * 3 * side * side)
-        os.replace(tmp, store)
-        meta.write_text(json.dumps({"count": kept, "bad": bad}))
-    info = json.loads(meta.read_text())
-    n = info["count"]
-    images = torch.from_file(str(store), shared=False, size=n * 3 * side * side, dtype=torch.uint8)
-    return images.view(n, 3, side, side), [tuple(b) for b in info["bad"]]
-
-
-class _Decoder(torch.utils.data.Dataset):
-    """Decodes one photo per item in a worker process; an unreadable one yields its reason instead."""
-
-    def __init__(self, paths: list[str], prep: Preprocessing):
-        self.paths, self.prep = paths, prep
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int):
-        try:
-            return self.paths[i], self.prep.square(load_image(self.paths[i], min_size=self.prep.resize))
-        except ImageError as e:
-            return self.paths[i], str(e)
