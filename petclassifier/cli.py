@@ -126,8 +126,10 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", choices=("sample", "oxford-iiit-pet", "folder"),
                    help="dataset to evaluate on (default: the checkpoint's)")
     p.add_argument("--data-dir", help="dataset root (default: the checkpoint's)")
-    p.add_argument("--task", choices=("breed", "species"), help="Oxford task (default: the checkpoint's)")
-    p.add_argument("--split", default="test", choices=("train", "val", "test"), help="(default test)")
+    p.add_argument("--task", choices=("breed", "species"),
+                   help="Oxford task (default: the checkpoint's; breed for a model trained on a folder)")
+    p.add_argument("--split", default="test", choices=("train", "val", "test", "all"),
+                   help="all: every photo of the dataset, whatever its split (default test)")
     p.add_argument("--json", help="write the full report (metrics, per-class, confusion matrix) to this file")
     p.add_argument("--out", help="folder for confusion.png and mistakes.png")
     p.add_argument("--cache-dir", help="decoded-photo cache (default: the checkpoint's)")

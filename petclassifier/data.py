@@ -1,4 +1,4 @@
-"""Datasets (bundled sample, Oxford-IIIT Pet, a user's folders) and their splits."""
+"""Datasets (bundled sample, Oxford-IIIT Pet, a user's folders), their splits and the photos of one split."""
 
 from __future__ import annotations
 
@@ -17,11 +17,12 @@ from torchvision.datasets import ImageFolder, OxfordIIITPet
 from .cache import decode_images as decode_images  # where training and the tests have always found it
 from .config import SAMPLE_DIR, TrainConfig
 from .errors import UserError
-from .images import ImageError, check_image, is_photo_under
+from .images import ImageError, check_image, is_image_file, is_photo_under
 from .runtime import progress
 
 DATASETS = ("sample", "oxford-iiit-pet", "folder")
 TASKS = ("breed", "species")
+SPLIT_DIRS = ("train", "val", "test")
 OXFORD_URL = "https://www.robots.ox.ac.uk/~vgg/data/pets/"
 SKIPPED_FOLDERS = ("__MACOSX",)  # resource forks from zip files made on macOS, never a class
 
@@ -49,8 +50,18 @@ class PetData:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) of files that are not photos
 
 
-def load_data(cfg: TrainConfig) -> PetData:
-    """The splits named by the config: trainval/test for Oxford, train/val[/test] sub-folders or a split folder."""
+@dataclass
+class ScoredSplit:
+    """The photos of one split to score a model on, with the names of the classes they show."""
+
+    class_names: list[str]
+    photos: Split
+    species_of: dict[str, str] = field(default_factory=dict)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+def check_config(cfg: TrainConfig) -> None:
+    """UserError for a dataset or task that does not exist, or a task that does not fit the dataset."""
     if cfg.dataset not in DATASETS:
         raise UserError(f"unknown dataset {cfg.dataset!r}; choose one of {', '.join(DATASETS)}")
     if cfg.dataset != "folder" and cfg.task not in TASKS:
@@ -61,6 +72,13 @@ def load_data(cfg: TrainConfig) -> PetData:
         if cfg.task not in (None, "folder"):
             raise UserError(f"--task {cfg.task} is for Oxford-IIIT Pet; a folder dataset's classes are its "
                             "sub-folders, so leave out --task")
+
+
+def load_data(cfg: TrainConfig) -> PetData:
+    """The splits named by the config: trainval/test for Oxford, train/val[/test] sub-folders or a split folder."""
+    cfg = cfg.resolved()  # a task left out means breed, or "folder" for a folder dataset
+    check_config(cfg)
+    if cfg.dataset == "folder":
         data = folder_data(Path(cfg.data_dir), cfg.val_fraction, cfg.seed)
     else:
         root = Path(cfg.data_dir) if cfg.data_dir else SAMPLE_DIR
@@ -68,14 +86,33 @@ def load_data(cfg: TrainConfig) -> PetData:
     return screen_photos(data, cfg.strict_images)
 
 
-def screen_photos(data: PetData, strict: bool) -> PetData:
-    """The dataset without the files whose header is not a readable image, listed in `skipped`.
+def load_split(cfg: TrainConfig, split: str) -> ScoredSplit:
+    """Only the photos of one split (train, val, test, or all of the dataset's photos), header-checked.
 
-    Run when the dataset is built, so a bad file is reported at the start rather than in the middle of training.
-    With `strict`, the first bad file is an error instead.
+    Nothing else is listed, so a folder of new photos without a training split can be scored.
     """
-    splits = {"train": data.train, "val": data.val, "test": data.test}
-    paths = [p for split in splits.values() if split for p in split.paths]
+    cfg = cfg.resolved()
+    check_config(cfg)
+    species_of = {}
+    if cfg.dataset == "folder":
+        class_names, photos = folder_split(Path(cfg.data_dir), split, cfg.val_fraction, cfg.seed)
+    else:
+        root = Path(cfg.data_dir) if cfg.data_dir else SAMPLE_DIR
+        if split in ("train", "val"):  # the share of trainval that training held out, from the same seed
+            data = oxford_data(root, cfg.task, False, cfg.val_fraction, cfg.seed)
+            class_names, photos, species_of = data.class_names, getattr(data, split), data.species_of
+        else:
+            class_names, splits, species_of = oxford_splits(root, cfg.task, ("test",) if split == "test"
+                                                            else ("trainval", "test"))
+            photos = Split([p for part in splits.values() for p in part.paths],
+                           [y for part in splits.values() for y in part.labels])
+    bad = unreadable(photos.paths, cfg.strict_images)
+    kept = photos.subset([i for i, p in enumerate(photos.paths) if p not in bad])
+    return ScoredSplit(class_names, kept, species_of, list(bad.items()))
+
+
+def unreadable(paths: list[str], strict: bool) -> dict[str, str]:
+    """{path: reason} of the files whose header is not a readable image; with `strict`, the first is an error."""
     bad = {}
     for path in progress(paths, desc="checking photos", unit="file", leave=False, disable=len(paths) < 1000):
         try:
@@ -85,6 +122,17 @@ def screen_photos(data: PetData, strict: bool) -> PetData:
                 raise UserError(f"unreadable photo {path}: {e}; remove it or leave out --strict-images to skip "
                                 "such files") from None
             bad[path] = str(e)
+    return bad
+
+
+def screen_photos(data: PetData, strict: bool) -> PetData:
+    """The dataset without the files whose header is not a readable image, listed in `skipped`.
+
+    Run when the dataset is built, so a bad file is reported at the start rather than in the middle of training.
+    With `strict`, the first bad file is an error instead.
+    """
+    splits = {"train": data.train, "val": data.val, "test": data.test}
+    bad = unreadable([p for split in splits.values() if split for p in split.paths], strict)
     if not bad:
         return data
     kept = {name: split.subset([i for i, p in enumerate(split.paths) if p not in bad]) if split else None
@@ -100,26 +148,41 @@ def oxford_data(root: Path, task: str, download: bool, val_fraction: float, seed
     """Oxford-IIIT Pet through torchvision's loader; `root` holds (or receives) the oxford-iiit-pet folder."""
     if download:
         download_oxford(root)
-    elif not (root / "oxford-iiit-pet" / "annotations").is_dir():
+    class_names, splits, species_of = oxford_splits(root, task, ("trainval", "test"))
+    full = splits["trainval"]
+    if not full.paths:
+        raise UserError(f"{root / 'oxford-iiit-pet' / 'annotations' / 'trainval.txt'} lists no photos; training "
+                        "needs them (evaluate --split test scores a test-only copy)")
+    train_idx, val_idx = stratified_split(full.labels, val_fraction, seed, class_names)
+    return PetData(class_names, full.subset(train_idx), full.subset(val_idx), splits["test"], species_of)
+
+
+def oxford_splits(root: Path, task: str, names: tuple[str, ...]) -> tuple[list[str], dict[str, Split], dict[str, str]]:
+    """Class names, the photos of each torchvision split named ("trainval", "test") and each breed's species.
+
+    torchvision names only the breeds listed in a split while its labels count all 37, so the breeds are named
+    from the image ids (Breed_Name_12.jpg) and numbered among those present.
+    """
+    if not (root / "oxford-iiit-pet" / "annotations").is_dir():
         raise UserError(f"no Oxford-IIIT Pet in {root / 'oxford-iiit-pet'}; give --data-dir DIR (the folder holding "
                         "oxford-iiit-pet/), or add --download to fetch it there (800 MB)")
     try:
-        trainval = OxfordIIITPet(root, split="trainval")
-        test = OxfordIIITPet(root, split="test")
+        sets = {name: OxfordIIITPet(root, split=name) for name in names}
     except (OSError, RuntimeError, ValueError) as e:
         raise UserError(f"{root / 'oxford-iiit-pet'} is incomplete or damaged ({e}); remove it and use --download "
                         "again") from None
-    breeds = [name.lower().replace(" ", "_") for name in trainval.classes]
-    species = dict(zip(trainval._labels, trainval._bin_labels))  # torchvision keeps both targets privately
-    species_of = {breeds[b]: ("cat", "dog")[s] for b, s in species.items()}
+    breed_of, species_of = {}, {}
+    for pets in sets.values():  # torchvision keeps the labels and species privately
+        for image, label, species in zip(pets._images, pets._labels, pets._bin_labels):
+            breed_of[label] = image.stem.rsplit("_", 1)[0].lower()
+            species_of[breed_of[label]] = ("cat", "dog")[species]
     if task == "species":
-        class_names, train_labels, test_labels = ["cat", "dog"], trainval._bin_labels, test._bin_labels
+        class_names, labels = ["cat", "dog"], {n: list(pets._bin_labels) for n, pets in sets.items()}
     else:
-        class_names, train_labels, test_labels = breeds, trainval._labels, test._labels
-    full = Split([str(p) for p in trainval._images], list(train_labels))
-    train_idx, val_idx = stratified_split(full.labels, val_fraction, seed, class_names)
-    test_split = Split([str(p) for p in test._images], list(test_labels))
-    return PetData(class_names, full.subset(train_idx), full.subset(val_idx), test_split, species_of)
+        order = sorted(breed_of)
+        class_names, index = [breed_of[y] for y in order], {y: i for i, y in enumerate(order)}
+        labels = {n: [index[y] for y in pets._labels] for n, pets in sets.items()}
+    return class_names, {n: Split([str(p) for p in pets._images], labels[n]) for n, pets in sets.items()}, species_of
 
 
 def download_oxford(root: Path) -> None:
@@ -150,7 +213,7 @@ def folder_data(root: Path, val_fraction: float, seed: int) -> PetData:
     """A user's photos, one sub-folder per class; train/ val/ test/ sub-folders are used as splits when present."""
     if not root.is_dir():
         raise UserError(f"no folder {root}")
-    split_dirs = [name for name in ("train", "val", "test") if (root / name).is_dir()]
+    split_dirs = [name for name in SPLIT_DIRS if (root / name).is_dir()]
     if split_dirs and "train" not in split_dirs:
         raise UserError(f"{root} has {'/'.join(split_dirs)}/ but no train/ sub-folder; add train/ with one folder "
                         "per class, or put the class folders directly in it")
@@ -168,27 +231,68 @@ def folder_data(root: Path, val_fraction: float, seed: int) -> PetData:
     return PetData(class_names, full.subset(train_idx), full.subset(val_idx), None)
 
 
+def folder_split(root: Path, split: str, val_fraction: float, seed: int) -> tuple[list[str], Split]:
+    """One split of a user's folder: its own sub-folder, the share of the photos training held out, or all photos."""
+    if not root.is_dir():
+        raise UserError(f"no folder {root}")
+    split_dirs = [name for name in SPLIT_DIRS if (root / name).is_dir()]
+    if not split_dirs:
+        check_layout(root)
+    if split == "all":
+        parts = [image_folder(root / name, min_classes=1) for name in split_dirs] or [image_folder(root, min_classes=1)]
+        class_names = sorted({name for names, _ in parts for name in names})
+        labels = [class_names.index(names[y]) for names, part in parts for y in part.labels]
+        return class_names, Split([p for _, part in parts for p in part.paths], labels)
+    if split in split_dirs and (split != "train" or "val" in split_dirs):
+        return image_folder(root / split, min_classes=1)
+    if split == "test" or (split_dirs and "train" not in split_dirs):
+        found = f"only {'/, '.join(split_dirs)}/" if split_dirs else "class folders but no split sub-folders"
+        val = split != "val" and (not split_dirs or "train" in split_dirs or "val" in split_dirs)
+        raise UserError(f"{root} has no {split} split ({found}); use {'--split val, or ' if val else ''}--split all "
+                        "to score every photo in it")
+    data = folder_data(root, val_fraction, seed)  # the same seed holds out the same photos as training did
+    return data.class_names, getattr(data, split)
+
+
 class _PhotoFolder(ImageFolder):
     """ImageFolder that ignores hidden folders (.git, .ipynb_checkpoints) and __MACOSX as classes."""
 
     def find_classes(self, directory):
-        classes = sorted(e.name for e in os.scandir(directory)
-                         if e.is_dir() and not e.name.startswith(".") and e.name not in SKIPPED_FOLDERS)
+        classes = class_folders(Path(directory))
         return classes, {name: i for i, name in enumerate(classes)}
 
 
-def image_folder(root: Path, class_names: list[str] | None = None) -> tuple[list[str], Split]:
+def class_folders(root: Path) -> list[str]:
+    """Names of the sub-folders that are classes: not hidden, not __MACOSX; sorted."""
+    return sorted(e.name for e in os.scandir(root)
+                  if e.is_dir() and not e.name.startswith(".") and e.name not in SKIPPED_FOLDERS)
+
+
+def check_layout(root: Path) -> None:
+    """UserError naming the layout expected when `root` has no class folders (photos directly in it, or nothing)."""
+    if class_folders(root):
+        return
+    loose = sum(1 for e in os.scandir(root) if e.is_file() and is_image_file(e.name))
+    if loose:
+        found = f"{loose} photo{'s' if loose != 1 else ''} directly in {root} and no class folders"
+    else:
+        found = f"no class folders in {root}"
+    raise UserError(f"found {found}: put the photos in one sub-folder per class, e.g. "
+                    f"{root}/cat/*.jpg and {root}/dog/*.jpg")
+
+
+def image_folder(root: Path, class_names: list[str] | None = None, min_classes: int = 2) -> tuple[list[str], Split]:
     """Class names and photos of an ImageFolder tree; `class_names` pins the label order to the training split's.
 
     Photos in nested folders of a class belong to it; files inside hidden folders are left out.
     """
-    try:
-        folder = _PhotoFolder(str(root), is_valid_file=lambda path: is_photo_under(path, root), allow_empty=True)
-    except FileNotFoundError as e:
-        raise UserError(f"{root}: {e}") from None
+    if not root.is_dir():
+        raise UserError(f"no folder {root}")
+    check_layout(root)
+    folder = _PhotoFolder(str(root), is_valid_file=lambda path: is_photo_under(path, root), allow_empty=True)
     if class_names is None:
         class_names = folder.classes
-        if len(class_names) < 2:
+        if len(class_names) < min_classes:
             raise UserError(f"{root} has {len(class_names)} class folder(s); a classifier needs at least two: "
                             "put each class's photos in its own sub-folder")
     elif missing := set(folder.classes) - set(class_names):
@@ -220,4 +324,3 @@ def stratified_split(labels: list[int], fraction: float, seed: int,
         held += idx[:k]
         train += idx[k:]
     return sorted(train), sorted(held)
-

@@ -13,13 +13,13 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .config import TrainConfig
-from .data import PetData, Split, load_data
+from .data import load_split
 from .errors import UserError
 from .metrics import metrics_report
 from .train import decode_split, evaluate, resolve_device
 from .transforms import centre_crop
 
-SPLITS = ("train", "val", "test")
+SPLITS = ("train", "val", "test", "all")
 
 
 def canonical(name: str) -> str:
@@ -39,46 +39,68 @@ def match_classes(model_classes: list[str], data_classes: list[str]) -> list[int
     return [index[canonical(n)] for n in data_classes]
 
 
+def species_groups(ckpt: dict, data_classes: list[str]) -> dict[str, list[int]] | None:
+    """Species -> indices of its breeds, when the dataset's classes are the species of the model's breeds."""
+    names, species_of = ckpt["class_names"], ckpt.get("species_of") or {}
+    known = {canonical(n) for n in names}
+    if all(canonical(n) in known for n in data_classes) or any(n not in species_of for n in names):
+        return None
+    if not {canonical(n) for n in data_classes} <= {canonical(s) for s in species_of.values()}:
+        return None
+    groups: dict[str, list[int]] = {}
+    for i, name in enumerate(names):
+        groups.setdefault(species_of[name], []).append(i)
+    return dict(sorted(groups.items()))
+
+
 def eval_config(ckpt: dict, dataset=None, data_dir=None, task=None, cache_dir=None) -> TrainConfig:
     """The checkpoint's own data settings, with the given ones replacing them."""
-    cfg = TrainConfig.from_dict(ckpt.get("config", {}))
+    trained = TrainConfig.from_dict(ckpt.get("config", {}))
     given = {"dataset": dataset, "data_dir": data_dir, "task": task, "cache_dir": cache_dir}
-    cfg = replace(cfg, **{k: v for k, v in given.items() if v is not None})
-    if dataset is not None and data_dir is None and dataset != cfg.dataset:
+    cfg = replace(trained, **{k: v for k, v in given.items() if v is not None})
+    if dataset is not None and data_dir is None and dataset != trained.dataset:
         cfg = replace(cfg, data_dir=None)
+    if task is None and "folder" in (cfg.dataset, trained.dataset):
+        # a folder's classes are its sub-folders, and a folder model's task means nothing on Oxford (breed then)
+        cfg = replace(cfg, task=None)
     return replace(cfg, download=False, resume=None).resolved()
-
-
-def pick_split(data: PetData, cfg: TrainConfig, split: str) -> Split:
-    if split not in SPLITS:
-        raise UserError(f"unknown split {split!r}; choose train, val or test")
-    chosen = getattr(data, split)
-    if chosen is None:
-        raise UserError(f"dataset {cfg.data_dir or cfg.dataset} has no {split} split; use --split val")
-    return chosen
 
 
 def evaluate_checkpoint(checkpoint: str | Path, dataset=None, data_dir=None, task=None, split: str = "test",
                         cache_dir=None, device: str = "auto") -> dict:
-    """Run a checkpoint over a split: the report, and the photos/labels/probabilities for pictures."""
+    """Run a checkpoint over a split: the report, and the photos/labels/probabilities for pictures.
+
+    A breed model scores a dataset of its breeds' species (cat/dog folders) through them: a species' probability
+    is the sum of its breeds'.
+    """
+    if split not in SPLITS:
+        raise UserError(f"unknown split {split!r}; choose train, val, test or all")
     ckpt = load_checkpoint(checkpoint)
     model, prep = model_from_checkpoint(ckpt)
     cfg = eval_config(ckpt, dataset, data_dir, task, cache_dir)
-    data = load_data(cfg)
-    to_model = match_classes(ckpt["class_names"], data.class_names)
-    chosen = pick_split(data, cfg, split)
-    images, labels = decode_split(chosen, prep, cfg)
-    labels = torch.tensor(to_model, dtype=torch.long)[labels] if len(labels) else labels
+    data = load_split(cfg, split)
+    for path, reason in data.skipped:
+        print(f"warning: skipped unreadable photo {path}: {reason}")
+    groups = species_groups(ckpt, data.class_names)
+    class_names = list(groups) if groups else ckpt["class_names"]
+    to_model = match_classes(class_names, data.class_names)
+    images, labels = decode_split(data.photos, prep, cfg)
     if not len(labels):
         raise UserError(f"no readable photos in the {split} split")
+    labels = torch.tensor(to_model, dtype=torch.long)[labels]
     dev = resolve_device(device)
     model = model.to(dev, memory_format=torch.channels_last)
+    # with species the loss that evaluate reports is meaningless (labels are not breeds); only the logits are used
     loader = DataLoader(TensorDataset(images, labels), batch_size=64)
-    result = evaluate(model, loader, prep.eval_batch, nn.CrossEntropyLoss(), dev)
-    report = metrics_report(result["logits"], result["labels"], ckpt["class_names"])
+    logits = evaluate(model, loader, prep.eval_batch, nn.CrossEntropyLoss(), dev)["logits"]
+    if groups:  # in log space, so that many near-zero breed probabilities add up without underflow
+        log_probs = logits.log_softmax(1)
+        logits = torch.stack([log_probs[:, i].logsumexp(1) for i in groups.values()], 1)
+    report = metrics_report(logits, labels, class_names)
     report.update(checkpoint=str(checkpoint), dataset=cfg.dataset, data_dir=cfg.data_dir, task=cfg.task, split=split)
-    return {"report": report, "images": images, "labels": labels, "probs": result["logits"].softmax(1),
-            "crop": prep.crop}
+    if groups:
+        report.update(scored_through="species", model_classes=len(ckpt["class_names"]))
+    return {"report": report, "images": images, "labels": labels, "probs": logits.softmax(1), "crop": prep.crop}
 
 
 def confident_mistakes(probs: torch.Tensor, labels: torch.Tensor, count: int = 12) -> list[int]:
@@ -115,8 +137,13 @@ def write_outputs(result: dict, out: str | Path | None, json_path: str | Path | 
 
 def summary_lines(report: dict) -> list[str]:
     """The headline numbers and the worst classes, for the terminal."""
-    lines = [f"{report['split']} split, {report['photos']} photos: top-1 {report['top1']:.1%}  "
-             f"top-5 {report['top5']:.1%}  mean per-class accuracy {report['mean_per_class_accuracy']:.1%}"]
+    lines = []
+    if report.get("scored_through") == "species":
+        lines.append(f"scored through species: each photo's {' and '.join(report['class_names'])} probabilities are "
+                     f"the sums over the checkpoint's {report['model_classes']} breeds")
+    top5 = f"top-5 {report['top5']:.1%}  " if "top5" in report else ""
+    lines.append(f"{report['split']} split, {report['photos']} photos: top-1 {report['top1']:.1%}  {top5}"
+                 f"mean per-class accuracy {report['mean_per_class_accuracy']:.1%}")
     scored = [(m["recall"], name, m) for name, m in report["per_class"].items() if m["recall"] is not None]
     for recall, name, m in sorted(scored, key=lambda t: t[0])[:5]:
         precision = "n/a" if m["precision"] is None else f"{m['precision']:.0%}"

@@ -63,16 +63,21 @@ def test_compare_on_a_folder_dataset_writes_rows_json_and_chart(tmp_path):
     base = TrainConfig(dataset="folder", data_dir=str(data), image_size=32, epochs=2, batch_size=8, workers=0,
                        cache_dir=str(tmp_path / "cache"), device="cpu")
     out = tmp_path / "compare"
-    rows = compare(base, ["breed"], out, epochs=1, methods=("handcrafted", "smallcnn"))  # pretrained: slow on CPU
+    rows = compare(base, ["folder"], out, epochs=1, methods=("handcrafted", "smallcnn"))  # pretrained: slow on CPU
     write_outputs(rows, str(out / "compare.json"), out / "comparison.png")
     saved = json.loads((out / "compare.json").read_text())["rows"]
     assert saved == rows and [r["features"] for r in rows] == ["hand-crafted", "learned"]
     for r in rows:
         required = {"method", "features", "accuracy", "mean_per_class_accuracy", "train_seconds"}
         assert required <= set(r)
-        assert 0 <= r["accuracy"] <= 1 and r["task"] == "shapes" and r["photos"] == 16
+        assert r["task"] == "shapes" and r["photos"] == 16
+        # 8 test photos per class: the mean of the two recalls is the plain accuracy, a whole number of sixteenths
+        assert r["mean_per_class_accuracy"] == r["accuracy"] and (r["accuracy"] * 16).is_integer()
+    evaluation = json.loads((out / "smallcnn-folder" / "evaluation.json").read_text())  # each learned run keeps it
+    assert evaluation["split"] == "test" and evaluation["photos"] == 16
+    assert rows[1]["accuracy"] == round(evaluation["top1"], 4)
+    assert rows[1]["mean_per_class_accuracy"] == round(evaluation["mean_per_class_accuracy"], 4)
     assert (out / "comparison.png").read_bytes()[:8] == PNG
-    assert (out / "smallcnn-breed" / "evaluation.json").is_file()  # each learned run keeps its evaluation
     assert table(rows).count("\n") == 3
 
 

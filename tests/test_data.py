@@ -8,7 +8,7 @@ from petclassifier.data import decode_images, folder_data, load_data, stratified
 from petclassifier.errors import UserError
 from petclassifier.transforms import Preprocessing
 
-from .conftest import make_folder
+from .conftest import make_folder, make_tiny_oxford
 
 
 def test_stratified_split_keeps_every_class_and_is_reproducible():
@@ -61,6 +61,27 @@ def test_folder_mistakes_are_user_errors(tmp_path, setup, message):
     setup(root)
     with pytest.raises(UserError, match=message):
         folder_data(root, 0.2, 0)
+
+
+@pytest.mark.parametrize("task", ["folder", None])
+def test_a_folder_dataset_takes_the_folder_task(shapes_dir, task):
+    data = load_data(TrainConfig(dataset="folder", data_dir=str(shapes_dir), task=task))
+    assert data.class_names == ["disc", "square"]
+
+
+def test_oxford_labels_are_named_from_the_image_ids_when_a_split_lacks_breeds(tmp_path):
+    # torchvision names only the breeds of each split's own lines, while its labels count all 37
+    root = make_tiny_oxford(tmp_path / "pets", per_split=(2, 1))  # Abyssinian, Bengal, beagle, pug
+    trainval = root / "oxford-iiit-pet" / "annotations" / "trainval.txt"
+    lines = trainval.read_text().splitlines()
+    trainval.write_text("".join(f"{x}\n" for x in lines if x.rsplit("_", 1)[0] in ("Bengal", "beagle")))
+    data = load_data(TrainConfig(dataset="oxford-iiit-pet", data_dir=str(root), task="breed", val_fraction=0.5))
+    assert [data.class_names[y] for y in data.test.labels] == ["abyssinian", "bengal", "beagle", "pug"]
+    assert sorted(data.class_names[y] for y in data.train.labels + data.val.labels) == ["beagle"] * 2 + ["bengal"] * 2
+    assert data.species_of == {"abyssinian": "cat", "bengal": "cat", "beagle": "dog", "pug": "dog"}
+    trainval.write_text("")  # a test-only copy
+    with pytest.raises(UserError, match="trainval.txt lists no photos"):
+        load_data(TrainConfig(dataset="oxford-iiit-pet", data_dir=str(root), task="breed"))
 
 
 def test_missing_oxford_folder_says_how_to_get_it(tmp_path):

@@ -67,3 +67,17 @@ def test_cli_mistakes_exit_2_with_one_line(tmp_path, capsys, args, message):
     assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     with pytest.raises(UserError):
         main([*argv, "--debug"])
+
+
+@pytest.mark.parametrize("photos", [3, 0])
+def test_a_flat_or_empty_folder_says_the_layout_expected(tmp_path, capsys, photos):
+    root = tmp_path / "mine"
+    root.mkdir()
+    for i in range(photos):
+        draw_photo(root / f"pet_{i}.jpg", "disc", i)
+    argv = ["train", "--dataset", "folder", "--data-dir", str(root), "--cache-dir", str(tmp_path / "cache"),
+            "--out", str(tmp_path / "run"), "--model", "smallcnn", "--workers", "0"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "one sub-folder per class" in err and f"{root}/cat/*.jpg" in err and len(err.strip().splitlines()) == 1
+    assert (f"3 photos directly in {root}" in err) == bool(photos)
