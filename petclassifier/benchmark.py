@@ -26,12 +26,14 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
+from .cache import decode_split
 from .config import TrainConfig
 from .data import load_data
 from .errors import UserError
 from .models import build_model, fold_batchnorm
 from .predict import PetClassifier
-from .train import autocast, decode_split, evaluate, fit, resolve_device, train_one_epoch, warmup_cosine
+from .runtime import autocast, resolve_device
+from .train import evaluate, fit, train_one_epoch, warmup_cosine
 from .transforms import Preprocessing
 
 
@@ -162,7 +164,7 @@ def run_project(cfg: TrainConfig, target: float | None, steps: int, repeats: int
     data = load_data(cfg)
     prep = Preprocessing.for_model(cfg.model, cfg.image_size)
     images, labels = decode_split(data.train, prep, cfg)
-    images, labels = images.to(device), labels.to(device)  # on a GPU the epoch then runs from GPU memory
+    images, labels = images.load().to(device), labels.to(device)  # on a GPU the epoch then runs from GPU memory
     model = build_model(cfg.model, len(data.class_names), cfg.pretrained).to(device, memory_format=torch.channels_last)
     generator = torch.Generator().manual_seed(cfg.seed)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
@@ -178,7 +180,7 @@ def run_project(cfg: TrainConfig, target: float | None, steps: int, repeats: int
 
     infer_model = fold_batchnorm(copy.deepcopy(model).eval())
     val_images, _ = decode_split(data.val, prep, cfg)
-    val_images = val_images.to(device)
+    val_images = val_images.load().to(device)
     infer_batch = 256 if device.type == "cuda" else 16  # CPU: small batches stay in cache and run faster
     with torch.inference_mode(), autocast(device):
         reps = max(1, 2048 // len(val_images)) if device.type == "cuda" else 1  # enough work to time on a GPU

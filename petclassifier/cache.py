@@ -1,54 +1,123 @@
-"""The decoded-image cache: every photo decoded once into a memory-mapped uint8 tensor."""
+"""The decoded-photo cache: every photo decoded once into a file of uint8 squares, read back batch by batch.
+
+An entry is keyed by the photos' paths, sizes and modification times (no file is read to find it) and by the
+preprocessing; its list of unreadable files belongs to the same key, so it can never disagree with its images.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 
 import torch
 
+from .errors import UserError
 from .images import ImageError, load_image
-from .runtime import progress
+from .runtime import log, progress
+from .store import RowFile
 from .transforms import Preprocessing
 
+TEMP_MARK = ".tmp"  # an entry being written is named <key>.u8.tmp<pid> until it is complete
 
-def decode_images(paths: list[str], prep: Preprocessing, cache_dir: str, workers: int) -> tuple[torch.Tensor, list]:
-    """All photos as one uint8 tensor [N, 3, R, R], decoded once and memory-mapped from the cache afterwards.
 
-    The cache key covers every file's bytes and the resize, so a changed photo means a fresh decode. Returns the
-    tensor of the readable photos and the list of (path, reason) of those that could not be read.
-    """
-    # the resize's interpolation too, but bicubic squares keep the key they always had: existing caches stay valid
-    resampled = str(prep.resize) + ("" if prep.interpolation == "bicubic" else f" {prep.interpolation}")
-    digest = hashlib.sha256(resampled.encode())
+def cache_key(paths: list[str], prep: Preprocessing) -> str:
+    """A digest of the preprocessing and every photo's absolute path, size and modification time."""
+    digest = hashlib.sha256(f"{prep.resize} {prep.interpolation}".encode())
     for p in paths:
-        digest.update(hashlib.sha1(Path(p).read_bytes()).digest())
-    key = digest.hexdigest()[:24]
-    store, meta = Path(cache_dir) / "images" / f"{key}.u8", Path(cache_dir) / "images" / f"{key}.json"
-    side = prep.resize
-    if not (store.exists() and meta.exists()):
-        store.parent.mkdir(parents=True, exist_ok=True)
-        tmp = store.with_suffix(f".tmp{os.getpid()}")
-        out = torch.from_file(str(tmp), shared=True, size=len(paths) * 3 * side * side, dtype=torch.uint8)
-        out = out.view(len(paths), 3, side, side)
-        bad, kept = [], 0
-        loader = torch.utils.data.DataLoader(_Decoder(paths, prep), batch_size=None, num_workers=workers)
-        for path, x in progress(loader, total=len(paths), desc="decoding photos", unit="img", leave=False):
-            if isinstance(x, str):
-                bad.append((path, x))
-            else:
-                out[kept] = x
-                kept += 1
-        del out
-        os.truncate(tmp, kept * 3 * side * side)
+        st = os.stat(p)
+        digest.update(f"\0{os.path.abspath(p)}\0{st.st_size}\0{st.st_mtime_ns}".encode())
+    return digest.hexdigest()[:24]
+
+
+def decode_images(paths: list[str], prep: Preprocessing, cache_dir: str, workers: int) -> tuple[RowFile, list]:
+    """The readable photos as rows [3, R, R] of a cache file, decoded once; and (path, reason) of the others."""
+    folder = Path(cache_dir) / "images"
+    folder.mkdir(parents=True, exist_ok=True)
+    remove_abandoned(folder)
+    key, side = cache_key(paths, prep), prep.resize
+    store, meta = folder / f"{key}.u8", folder / f"{key}.json"
+    info = json.loads(meta.read_text()) if meta.is_file() else None
+    if info is None or not store.is_file() or store.stat().st_size != info["count"] * 3 * side * side:
+        info = write_entry(paths, prep, store, meta, workers)
+    return RowFile(store, (3, side, side), torch.uint8, info["count"]), [tuple(b) for b in info["bad"]]
+
+
+def write_entry(paths: list[str], prep: Preprocessing, store: Path, meta: Path, workers: int) -> dict:
+    """Decode every photo (in `workers` processes) into `store`; temporary files until both files are complete."""
+    tmp, tmp_meta = (Path(f"{p}{TEMP_MARK}{os.getpid()}") for p in (store, meta))
+    bad, kept = [], 0
+    try:
+        with open(tmp, "wb") as f:
+            loader = torch.utils.data.DataLoader(_Decoder(paths, prep), batch_size=None, num_workers=workers)
+            for path, x in progress(loader, total=len(paths), desc="decoding photos", unit="img", leave=False):
+                if isinstance(x, str):
+                    bad.append((path, x))
+                else:
+                    f.write(x.numpy().tobytes())
+                    kept += 1
+        info = {"count": kept, "bad": bad}
+        tmp_meta.write_text(json.dumps(info))
         os.replace(tmp, store)
-        meta.write_text(json.dumps({"count": kept, "bad": bad}))
-    info = json.loads(meta.read_text())
-    n = info["count"]
-    images = torch.from_file(str(store), shared=False, size=n * 3 * side * side, dtype=torch.uint8)
-    return images.view(n, 3, side, side), [tuple(b) for b in info["bad"]]
+        os.replace(tmp_meta, meta)
+        return info
+    finally:  # an interrupted decode leaves nothing behind
+        tmp.unlink(missing_ok=True)
+        tmp_meta.unlink(missing_ok=True)
+
+
+def remove_abandoned(folder: Path) -> None:
+    """Delete temporary files of decodes whose process is gone (killed before it could clean up)."""
+    for tmp in folder.glob(f"*{TEMP_MARK}*"):
+        pid = tmp.name.rsplit(TEMP_MARK, 1)[1]
+        if pid.isdigit() and not process_alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def decode_split(split, prep: Preprocessing, cfg, skipped: list | None = None) -> tuple[RowFile, torch.Tensor]:
+    """A split's photos (cache rows) and labels, leaving out (and reporting) unreadable files.
+
+    The header check has already removed most bad files; this catches those only a full decode reveals
+    (a truncated JPEG). Each is warned about and appended to `skipped`; with --strict-images it is an error.
+    """
+    images, bad = decode_images(split.paths, prep, cfg.cache_dir, cfg.workers)
+    if bad and cfg.strict_images:
+        path, reason = bad[0]
+        raise UserError(f"unreadable photo {path}: {reason} ({len(bad)} in all); remove it or leave out "
+                        "--strict-images to skip such files")
+    for path, reason in bad:
+        log(f"warning: skipped unreadable photo {path}: {reason}")
+    if skipped is not None:
+        skipped += bad
+    bad_paths = {p for p, _ in bad}
+    labels = torch.tensor([y for p, y in zip(split.paths, split.labels) if p not in bad_paths], dtype=torch.long)
+    return images, labels
+
+
+def cache_size(cache_dir: str | Path) -> dict[str, int]:
+    """Bytes and files in each part of the cache."""
+    sizes = {}
+    for part in sorted(p for p in Path(cache_dir).glob("*") if p.is_dir()):
+        files = [f for f in part.rglob("*") if f.is_file()]
+        sizes[part.name] = {"bytes": sum(f.stat().st_size for f in files), "files": len(files)}
+    return sizes
+
+
+def clear_cache(cache_dir: str | Path) -> None:
+    """Remove everything the cache holds; the next run decodes again."""
+    shutil.rmtree(cache_dir, ignore_errors=True)
 
 
 class _Decoder(torch.utils.data.Dataset):

@@ -203,6 +203,27 @@ def run_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_cache_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cache-dir", help="the cache folder (default ~/.cache/petclassifier)")
+    p.add_argument("--clear", action="store_true", help="remove everything in it; the next run decodes again")
+
+
+def run_cache(args: argparse.Namespace) -> int:
+    from .cache import cache_size, clear_cache
+
+    folder = TrainConfig(cache_dir=args.cache_dir).resolved().cache_dir
+    sizes = cache_size(folder)
+    total = sum(part["bytes"] for part in sizes.values())
+    if args.clear:
+        clear_cache(folder)
+        print(f"removed {folder} ({total / 1e6:,.1f} MB)")
+        return 0
+    print(f"{folder}: {total / 1e6:,.1f} MB")
+    for name, part in sizes.items():
+        print(f"  {name}: {part['bytes'] / 1e6:,.1f} MB in {part['files']} files")
+    return 0
+
+
 COMMANDS = {
     "train": (add_train_arguments, run_train, "train a classifier and save checkpoints in a run folder"),
     "predict": (add_predict_arguments, run_predict, "rank labels for photos with a trained checkpoint"),
@@ -210,6 +231,7 @@ COMMANDS = {
     "evaluate": (add_evaluate_arguments, run_evaluate, "accuracy, per-class metrics and confusions on a split"),
     "explain": (add_explain_arguments, run_explain, "Grad-CAM heat-maps, filters and feature maps for photos"),
     "compare": (add_compare_arguments, run_compare, "hand-crafted features vs learned ones, on the same split"),
+    "cache": (add_cache_arguments, run_cache, "show the size of the decoded-photo cache, or --clear it"),
 }
 
 

@@ -7,6 +7,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from .cache import decode_split
 from .config import TrainConfig
 from .data import load_data
 from .errors import UserError
@@ -14,7 +15,7 @@ from .evaluate import evaluate_checkpoint
 from .evaluate import write_outputs as write_evaluation
 from .features import LinearClassifier, handcrafted_features
 from .metrics import metrics_report
-from .train import decode_split, fit
+from .train import fit
 from .transforms import Preprocessing, centre_crop
 
 HANDCRAFTED = "colour hist + HOG + LBP, linear"
@@ -32,7 +33,7 @@ def handcrafted_row(cfg: TrainConfig, split: str) -> dict:
     feats = {}
     for name in ("train", "val", split):
         images, labels = decode_split(getattr(data, name), prep, cfg)
-        feats[name] = (handcrafted_features(centre_crop(images, prep.crop)), labels)
+        feats[name] = (handcrafted_features(centre_crop(images.load(), prep.crop)), labels)
     classifier = LinearClassifier().fit(*feats["train"], *feats["val"], len(data.class_names))
     seconds = time.perf_counter() - started
     x_eval, y_eval = feats[split]

@@ -14,7 +14,6 @@ from pathlib import Path
 
 from torchvision.datasets import ImageFolder, OxfordIIITPet
 
-from .cache import decode_images as decode_images  # where training and the tests have always found it
 from .config import SAMPLE_DIR, TrainConfig
 from .errors import UserError
 from .images import ImageError, check_image, is_image_file, is_photo_under

@@ -9,14 +9,16 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
+from .cache import decode_split
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .config import TrainConfig
 from .data import load_split
 from .errors import UserError
 from .metrics import metrics_report
-from .train import decode_split, evaluate, resolve_device
+from .runtime import resolve_device
+from .store import Batches
+from .train import evaluate
 from .transforms import centre_crop
 
 SPLITS = ("train", "val", "test", "all")
@@ -91,7 +93,7 @@ def evaluate_checkpoint(checkpoint: str | Path, dataset=None, data_dir=None, tas
     dev = resolve_device(device)
     model = model.to(dev, memory_format=torch.channels_last)
     # with species the loss that evaluate reports is meaningless (labels are not breeds); only the logits are used
-    loader = DataLoader(TensorDataset(images, labels), batch_size=64)
+    loader = Batches(images, labels, batch_size=64)
     logits = evaluate(model, loader, prep.eval_batch, nn.CrossEntropyLoss(), dev)["logits"]
     if groups:  # in log space, so that many near-zero breed probabilities add up without underflow
         log_probs = logits.log_softmax(1)

@@ -17,13 +17,12 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
 from . import distributed
+from .cache import decode_split
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
-from .data import PetData, Split, decode_images, load_data
-from .errors import UserError
+from .data import PetData, load_data
 from .metrics import mean_class_accuracy
 from .models import build_model, fold_batchnorm
 from .plots import write_curves
@@ -38,6 +37,7 @@ from .resilience import (
     set_rng_state,
 )
 from .runtime import autocast, log, progress, resolve_device
+from .store import Batches, FeatureStore
 from .transforms import Preprocessing
 
 
@@ -89,19 +89,21 @@ def evaluate(model, loader, prepare, criterion, device) -> dict:
 
 
 @torch.inference_mode()
-def frozen_features(frozen: nn.Module, images: torch.Tensor, transform, device: torch.device,
-                    desc: str) -> torch.Tensor:
+def frozen_features(frozen: nn.Module, images, transform, device: torch.device, desc: str, store: FeatureStore):
     """Outputs of the frozen stages for one view (`transform` of a uint8 batch) of every photo: [N, C, h, w].
 
-    `frozen` should be BatchNorm-folded. The result stays on the device: the epochs read it from there.
+    `frozen` should be BatchNorm-folded. Kept by `store`: in half precision on the device while they fit its
+    memory budget (the epochs then read them from there), on disk past it.
     """
     frozen.eval()
     batch_size = 256 if device.type == "cuda" else 16  # on a CPU, small batches stay in cache: about 2x faster
-    chunks = []
-    for i in progress(range(0, len(images), batch_size), desc=desc, unit="batch", leave=False):
-        with autocast(device):
-            chunks.append(frozen(transform(images[i : i + batch_size].to(device))).float())
-    return torch.cat(chunks)
+
+    def blocks():
+        for i in progress(range(0, len(images), batch_size), desc=desc, unit="batch", leave=False):
+            with autocast(device):
+                yield frozen(transform(images[i : i + batch_size].to(device)))
+
+    return store.keep(blocks(), len(images))
 
 
 def warmup_cosine(warmup_steps: int, total_steps: int):
@@ -132,25 +134,18 @@ def describe(data: PetData) -> str:
             f"{n_test} test photos\ntrain photos per class: {per_class}")
 
 
-def decode_split(split: Split, prep: Preprocessing, cfg: TrainConfig,
-                 skipped: list | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """A split's photos as a uint8 tensor and its labels, leaving out (and reporting) unreadable files.
+def to_float(x: torch.Tensor) -> torch.Tensor:
+    return x.float()  # cached features are kept in half precision; the trained layers compute in float32
 
-    The header check has already removed most bad files; this catches those only a full decode reveals
-    (a truncated JPEG). Each is warned about and appended to `skipped`; with --strict-images it is an error.
-    """
-    images, bad = decode_images(split.paths, prep, cfg.cache_dir, cfg.workers)
-    if bad and cfg.strict_images:
-        path, reason = bad[0]
-        raise UserError(f"unreadable photo {path}: {reason} ({len(bad)} in all); remove it or leave out "
-                        "--strict-images to skip such files")
-    for path, reason in bad:
-        log(f"warning: skipped unreadable photo {path}: {reason}")
-    if skipped is not None:
-        skipped += bad
-    bad_paths = {p for p, _ in bad}
-    labels = torch.tensor([y for p, y in zip(split.paths, split.labels) if p not in bad_paths])
-    return images, labels
+
+def is_global_pool(module: nn.Module) -> bool:
+    return isinstance(module, nn.AdaptiveAvgPool2d) and module.output_size in (1, (1, 1))
+
+
+def fits_on_gpu(*rows) -> bool:
+    """Whether the decoded photos take at most half the GPU's free memory."""
+    need = sum(len(r) * math.prod(r.row_shape) for r in rows)
+    return need < torch.cuda.mem_get_info()[0] / 2
 
 
 def class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -167,13 +162,13 @@ def fit(cfg: TrainConfig) -> dict:
     cfg = (resume_config(cfg) if cfg.resume else cfg).resolved()
     device, created = distributed.setup(resolve_device(cfg.device))
     try:
-        with deterministic_mode(cfg.deterministic):
-            return run(cfg, device)
+        with deterministic_mode(cfg.deterministic), FeatureStore(Path(cfg.cache_dir) / "features") as features:
+            return run(cfg, device, features)
     finally:
         distributed.teardown(created)
 
 
-def run(cfg: TrainConfig, device: torch.device) -> dict:
+def run(cfg: TrainConfig, device: torch.device, features: FeatureStore) -> dict:
     """The body of `fit` on one process (one rank) with its device chosen."""
     run_started = time.perf_counter()
     rank, world = distributed.rank(), distributed.world_size()
@@ -190,8 +185,9 @@ def run(cfg: TrainConfig, device: torch.device) -> dict:
     skipped = list(data.skipped)
     train_images, train_labels = decode_split(data.train, prep, cfg, skipped)
     val_images, val_labels = decode_split(data.val, prep, cfg, skipped)
-    if device.type == "cuda":  # uint8 photos fit in GPU memory: whole epochs then run there, batch by batch
-        train_images, train_labels, val_images = train_images.to(device), train_labels.to(device), val_images.to(device)
+    if device.type == "cuda" and fits_on_gpu(train_images, val_images):  # whole epochs then run from GPU memory
+        train_images, train_labels, val_images = train_images.load().to(device), train_labels.to(device), \
+            val_images.load().to(device)
     # Dropout masks: the same whether the photos were decoded or came from the cache (decoding draws from
     # torch's generator), and each rank its own, after the same initial weights everywhere.
     torch.manual_seed(cfg.seed + rank)
@@ -200,8 +196,11 @@ def run(cfg: TrainConfig, device: torch.device) -> dict:
     views = []  # fast path: the frozen stages' features of each view of the training photos, once
     if len(frozen):  # the frozen stages run once per view, not once per epoch
         frozen_fast = fold_batchnorm(copy.deepcopy(frozen).eval())  # same function, fewer memory passes
-        val_inputs = frozen_features(frozen_fast, val_images, prep.eval_batch, device, "frozen features (val)")
-        train_prepare = eval_prepare = nn.Identity()
+        if cfg.trainable_stages == 0 and is_global_pool(model.head[0]):  # the head averages the maps away first:
+            frozen_fast = nn.Sequential(frozen_fast, model.head[0])  # keep [C, 1, 1] per photo, not [C, h, w]
+        val_inputs = frozen_features(frozen_fast, val_images, prep.eval_batch, device, "frozen features (val)",
+                                     features)
+        train_prepare = eval_prepare = to_float
     else:
         val_inputs = val_images
         train_prepare, eval_prepare = lambda x: prep.train_batch(x, augment), prep.eval_batch
@@ -215,7 +214,7 @@ def run(cfg: TrainConfig, device: torch.device) -> dict:
             v = len(views)
             transform = prep.eval_batch if v == 0 else lambda x: prep.train_batch(x, generator)
             views.append(frozen_features(frozen_fast, train_images, transform, device,
-                                         f"frozen features (train, view {v + 1}/{cfg.augment_views})"))
+                                         f"frozen features (train, view {v + 1}/{cfg.augment_views})", features))
         return views[epoch % cfg.augment_views]
 
     def train_loader(epoch: int, start: int = 0) -> distributed.ShardedBatches:
@@ -225,8 +224,7 @@ def run(cfg: TrainConfig, device: torch.device) -> dict:
         return batches
 
     # each rank evaluates every world-th photo; the sums are reduced across ranks
-    val_loader = DataLoader(TensorDataset(val_inputs[rank::world], val_labels[rank::world]),
-                            batch_size=cfg.batch_size * 2)
+    val_loader = Batches(val_inputs, val_labels, cfg.batch_size * 2, rank, world)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     train_criterion = criterion
     if cfg.balance:  # validation keeps the plain loss, so epochs stay comparable with and without --balance
@@ -336,9 +334,8 @@ def run(cfg: TrainConfig, device: torch.device) -> dict:
         summary["photos"]["test"] = len(test_labels)
         test_inputs = test_images
         if len(frozen):
-            test_inputs = frozen_features(frozen_fast, test_images, prep.eval_batch, device, "(test)")
-        test_loader = DataLoader(TensorDataset(test_inputs[rank::world], test_labels[rank::world]),
-                                 batch_size=cfg.batch_size * 2)
+            test_inputs = frozen_features(frozen_fast, test_images, prep.eval_batch, device, "(test)", features)
+        test_loader = Batches(test_inputs, test_labels, cfg.batch_size * 2, rank, world)
         test = evaluate(trainable, test_loader, eval_prepare, criterion, device)
         shares = distributed.gather((test["logits"], test["labels"]))  # every rank's share of the test photos
         logits, labels = torch.cat([lg for lg, _ in shares]), torch.cat([lb for _, lb in shares])

@@ -1,10 +1,12 @@
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
+from petclassifier.cache import decode_images, decode_split
 from petclassifier.config import TrainConfig
-from petclassifier.data import decode_images, folder_data, load_data, stratified_split
+from petclassifier.data import Split, folder_data, load_data, stratified_split
 from petclassifier.errors import UserError
 from petclassifier.transforms import Preprocessing
 
@@ -89,15 +91,68 @@ def test_missing_oxford_folder_says_how_to_get_it(tmp_path):
         load_data(TrainConfig(dataset="oxford-iiit-pet", data_dir=str(tmp_path)))
 
 
-def test_decoded_cache_is_reused_and_invalidated_when_a_photo_changes(shapes_dir, cache_dir):
+def test_decoded_cache_is_reused_and_invalidated_when_a_photo_changes(shapes_dir, cache_dir, monkeypatch):
     paths = sorted(str(p) for p in Path(shapes_dir).rglob("*.png"))
     prep = Preprocessing.for_model("smallcnn", 32)
     first, bad = decode_images(paths, prep, cache_dir, workers=0)
     assert first.shape == (len(paths), 3, prep.resize, prep.resize) and first.dtype == torch.uint8 and not bad
     stores = list(Path(cache_dir, "images").glob("*.u8"))
+    monkeypatch.setattr(Path, "read_bytes", lambda self: pytest.fail("the cache key reads no photo"))
     again, _ = decode_images(paths, prep, cache_dir, workers=0)
-    assert torch.equal(first, again) and list(Path(cache_dir, "images").glob("*.u8")) == stores
-    Path(paths[0]).write_bytes(Path(paths[-1]).read_bytes())  # a photo changed on disk
+    monkeypatch.undo()
+    assert torch.equal(first.load(), again.load()) and list(Path(cache_dir, "images").glob("*.u8")) == stores
+    Path(paths[0]).write_bytes(Path(paths[-1]).read_bytes())  # a photo changed on disk (size or time)
     changed, _ = decode_images(paths, prep, cache_dir, workers=0)
     assert torch.equal(changed[0], first[-1])
     assert len(list(Path(cache_dir, "images").glob("*.u8"))) == 2
+
+
+def test_a_copied_folder_with_a_bad_file_keeps_its_labels_aligned(shapes_dir, cache_dir, tmp_path):
+    bad = shapes_dir / "disc" / "disc_00_broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n truncated")  # sorts first: every later photo would shift by one
+    prep = Preprocessing.for_model("smallcnn", 32)
+    cfg = TrainConfig(dataset="folder", data_dir=str(shapes_dir), cache_dir=cache_dir, workers=0).resolved()
+    split = Split(sorted(str(p) for p in shapes_dir.rglob("*.png")), [])
+    split.labels = [0 if "/disc/" in p else 1 for p in split.paths]
+    images, labels = decode_split(split, prep, cfg)
+    copy = tmp_path / "copy"
+    shutil.copytree(shapes_dir, copy)  # the same bytes at other paths
+    moved = Split([p.replace(str(shapes_dir), str(copy)) for p in split.paths], split.labels)
+    copied_images, copied_labels = decode_split(moved, prep, cfg)
+    assert len(copied_images) == len(copied_labels) == len(split.paths) - 1
+    assert torch.equal(copied_labels, labels) and torch.equal(copied_images.load(), images.load())
+
+
+def test_an_interrupted_decode_leaves_nothing_and_the_next_run_completes(shapes_dir, cache_dir, monkeypatch):
+    paths = sorted(str(p) for p in Path(shapes_dir).rglob("*.png"))
+    prep = Preprocessing.for_model("smallcnn", 32)
+    calls = []
+
+    def interrupt_at_the_fifth_photo(self, img):
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return square(self, img)
+
+    square = Preprocessing.square
+    monkeypatch.setattr(Preprocessing, "square", interrupt_at_the_fifth_photo)
+    with pytest.raises(KeyboardInterrupt):
+        decode_images(paths, prep, cache_dir, workers=0)
+    monkeypatch.undo()
+    assert [p.name for p in Path(cache_dir, "images").iterdir()] == []
+    abandoned = Path(cache_dir, "images", "0123.u8.tmp999999999")  # a killed process's file (no such pid)
+    abandoned.write_bytes(b"half")
+    images, _ = decode_images(paths, prep, cache_dir, workers=0)
+    assert len(images) == len(paths) and not abandoned.exists()
+
+
+def test_cache_command_shows_the_size_and_clears_it(shapes_dir, cache_dir, capsys):
+    from petclassifier.cli import main
+
+    paths = sorted(str(p) for p in Path(shapes_dir).rglob("*.png"))
+    decode_images(paths, Preprocessing.for_model("smallcnn", 32), cache_dir, workers=0)
+    size = sum(f.stat().st_size for f in Path(cache_dir).rglob("*") if f.is_file())
+    assert main(["cache", "--cache-dir", cache_dir]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == f"{cache_dir}: {size / 1e6:,.1f} MB"
+    assert main(["cache", "--cache-dir", cache_dir, "--clear"]) == 0
+    assert not Path(cache_dir).exists() and "removed" in capsys.readouterr().out

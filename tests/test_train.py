@@ -5,8 +5,8 @@ import torch
 from torch import nn
 
 from petclassifier import PetClassifier, train
+from petclassifier.cache import decode_images
 from petclassifier.checkpoint import save_checkpoint
-from petclassifier.data import decode_images
 from petclassifier.images import load_image
 from petclassifier.models import build_model
 from petclassifier.train import train_one_epoch
@@ -81,7 +81,7 @@ def test_real_photos_small_batch_is_overfit(cache_dir):
     prep = Preprocessing.for_model("smallcnn", 64)
     images, bad = decode_images([str(p) for p in paths], prep, cache_dir, workers=0)
     assert not bad
-    x, y = prep.eval_batch(images), torch.arange(8)
+    x, y = prep.eval_batch(images.load()), torch.arange(8)
     model = build_model("smallcnn", 8)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)

@@ -5,8 +5,8 @@ import torchvision
 from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
+from petclassifier.cache import decode_images
 from petclassifier.config import TrainConfig
-from petclassifier.data import decode_images
 from petclassifier.images import load_image
 from petclassifier.transforms import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 

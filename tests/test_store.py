@@ -1,0 +1,79 @@
+"""Rows on disk read batch by batch, and frozen features kept within a memory budget."""
+
+import json
+import pickle
+
+import pytest
+import torch
+
+from petclassifier import store, train
+from petclassifier.store import Batches, FeatureStore, RowFile
+
+from .test_train import TINY
+
+
+def test_row_file_reads_what_was_written_by_any_index(tmp_path):
+    rows = torch.arange(7 * 2 * 3, dtype=torch.float16).view(7, 2, 3)
+    f = RowFile.create(tmp_path / "rows", (2, 3), torch.float16, rows.split(3))
+    assert f.shape == (7, 2, 3) and len(f) == 7
+    assert torch.equal(f.load(), rows) and torch.equal(f[2], rows[2]) and torch.equal(f[-1], rows[-1])
+    assert torch.equal(f[1:5], rows[1:5]) and torch.equal(f[::3], rows[::3])
+    assert torch.equal(f[torch.tensor([6, 0, 3])], rows[[6, 0, 3]])
+    with pytest.raises(IndexError):
+        f[torch.tensor([7])]
+    again = pickle.loads(pickle.dumps(f))  # as a DataLoader worker receives it: it opens the file for itself
+    assert torch.equal(again.load(), rows)
+
+
+def test_batches_give_each_rank_its_share_in_order():
+    rows, labels = torch.arange(10).view(10, 1), torch.arange(10)
+    assert [y.tolist() for _, y in Batches(rows, labels, 3)] == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9]]
+    assert [y.tolist() for _, y in Batches(rows, labels, 2, rank=1, world=3)] == [[1, 4], [7]]
+    assert len(Batches(rows, labels, 3)) == 4
+
+
+def test_features_past_the_budget_go_to_disk_as_the_same_half_precision_rows(tmp_path):
+    blocks = [torch.randn(4, 5, 2, 2) for _ in range(3)]
+    with FeatureStore(tmp_path / "features", budget=12 * 20 * 2) as fits:
+        kept = fits.keep(iter(blocks), 12)
+    with FeatureStore(tmp_path / "features", budget=12 * 20 * 2 - 1) as spills:
+        spilled = spills.keep(iter(blocks), 12)
+        assert isinstance(kept, torch.Tensor) and isinstance(spilled, RowFile)
+        assert kept.dtype == torch.float16 and torch.equal(spilled.load(), kept)
+        assert torch.equal(kept.float(), torch.cat(blocks).half().float())
+    assert list((tmp_path / "features").iterdir()) == []  # a run's spilled features go with it
+
+
+def test_training_from_features_on_disk_equals_training_from_memory(shapes_dir, cache_dir, tmp_path, monkeypatch):
+    cfg = {**TINY, "model": "efficientnet_lite0", "pretrained": True, "trainable_stages": 1, "augment_views": 2,
+           "image_size": 48, "epochs": 2, "data_dir": str(shapes_dir), "cache_dir": cache_dir}
+    kept = []
+    keep = FeatureStore.keep
+    monkeypatch.setattr(FeatureStore, "keep", lambda self, blocks, n: kept.append(keep(self, blocks, n)) or kept[-1])
+    train(**cfg, out=str(tmp_path / "memory"))
+    assert all(isinstance(f, torch.Tensor) for f in kept)
+    kept.clear()
+    monkeypatch.setattr(store, "MEMORY_BUDGET", 0)
+    train(**cfg, out=str(tmp_path / "disk"))
+    assert kept and all(isinstance(f, RowFile) for f in kept)
+
+    def rows(name):
+        lines = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+        return [{k: v for k, v in json.loads(line).items() if k not in ("seconds", "elapsed")} for line in lines]
+
+    assert rows("disk") == rows("memory")
+
+
+def test_a_head_only_run_caches_pooled_features(shapes_dir, cache_dir, tmp_path, monkeypatch):
+    shapes = []
+    keep = FeatureStore.keep
+
+    def record(self, blocks, n):
+        out = keep(self, blocks, n)
+        shapes.append(tuple(out.shape[1:]))
+        return out
+
+    monkeypatch.setattr(FeatureStore, "keep", record)
+    train(**{**TINY, "model": "efficientnet_lite0", "pretrained": True, "trainable_stages": 0, "image_size": 48,
+             "epochs": 1}, data_dir=str(shapes_dir), cache_dir=cache_dir, out=str(tmp_path / "run"))
+    assert shapes and set(shapes) == {(1280, 1, 1)}  # not [1280, 2, 2]: the head averages the maps first
