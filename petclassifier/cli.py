@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import textwrap
 from dataclasses import fields
 from pathlib import Path
 
@@ -59,7 +60,10 @@ def add_predict_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("paths", nargs="+", metavar="PATH", help="photos, or folders searched recursively")
     p.add_argument("--checkpoint", help="a best.pt, or a run folder (default: the newest runs/*/best.pt)")
     p.add_argument("--top-k", type=int, default=5, help="labels listed per photo (default 5)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    output = p.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="print one JSON array instead of text")
+    output.add_argument("--jsonl", action="store_true", help="print one JSON object per photo, per line, as it goes")
+    p.add_argument("--workers", type=int, default=2, help="image-decoding processes; 0 decodes in this one (default 2)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
 
 
@@ -103,22 +107,25 @@ def run_predict(args: argparse.Namespace) -> int:
 
     if args.top_k < 1:
         raise UserError("--top-k must be at least 1")
+    if args.workers < 0:
+        raise UserError("--workers must be 0 or more")
     classifier = PetClassifier.from_checkpoint(chosen_checkpoint(args.checkpoint), device=args.device)
     paths = expand_paths(args.paths, missing_ok=True)  # each missing path gets its own error entry
     if not paths:
         raise UserError(f"no image files found in {' '.join(args.paths)}")
-    results = classifier.predict_paths(paths, top_k=args.top_k)
+    read_any = False
+    for i, r in enumerate(classifier.iter_predictions(paths, top_k=args.top_k, workers=args.workers)):
+        read_any |= r.error is None
+        if args.jsonl:
+            sys.stdout.write(json.dumps(r.as_dict()) + "\n")
+        elif args.json:  # the array json.dumps(results, indent=2) prints, one element at a time
+            sys.stdout.write(("[\n" if i == 0 else ",\n") + textwrap.indent(json.dumps(r.as_dict(), indent=2), "  "))
+        else:
+            sys.stdout.write(r.as_text() + "\n")
+        sys.stdout.flush()  # each photo's result is seen as it is ready, when stdout is a file or a pipe too
     if args.json:
-        print(json.dumps([r.as_dict() for r in results], indent=2))
-    else:
-        for r in results:
-            if r.error is not None:
-                print(f"{r.path}: error: {r.error}")
-                continue
-            ranked = ", ".join(f"{label} {p:.1%}" for label, p in r.labels)
-            species = f"  [{r.species[0][0]} {r.species[0][1]:.1%}]" if r.species else ""
-            print(f"{r.path}: {ranked}{species}")
-    return 0 if any(r.error is None for r in results) else 1
+        sys.stdout.write("\n]\n")
+    return 0 if read_any else 1
 
 
 def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:

@@ -80,6 +80,8 @@ def upright(img: Image.Image) -> Image.Image:
 
 def reason(error: Exception) -> str:
     """One line saying why a file could not be read."""
+    if isinstance(error, FileNotFoundError):  # gone since it was listed, or a path that never existed
+        return "no such file or folder"
     text = str(error).strip().splitlines()[0] if str(error).strip() else ""
     if isinstance(error, UnidentifiedImageError) or "cannot identify image file" in text:
         return "not an image (unknown or damaged format)"

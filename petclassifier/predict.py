@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import copy
+import math
+import os
+from array import array
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import accumulate
 from pathlib import Path
 
 import torch
 from PIL import Image
 
 from .checkpoint import checkpoint_file, load_checkpoint, model_from_checkpoint
+from .data import _Decoder
 from .errors import UserError
-from .images import ImageError, is_photo_under, load_image, to_rgb, upright
+from .images import is_image_file, load_image, to_rgb, upright
 from .models import fold_batchnorm
 from .runtime import autocast, resolve_device
 
@@ -33,9 +39,18 @@ class Prediction:
             out["species"] = [{"label": lab, "probability": p} for lab, p in self.species]
         return out
 
+    def as_text(self) -> str:
+        """One line: the labels, most likely first, and the likelier species; or the error."""
+        if self.error is not None:
+            return f"{self.path}: error: {self.error}"
+        ranked = ", ".join(f"{label} {p:.1%}" for label, p in self.labels)
+        species = f"  [{self.species[0][0]} {self.species[0][1]:.1%}]" if self.species else ""
+        return f"{self.path}: {ranked}{species}"
+
 
 Photo = str | Path | Image.Image
 BATCH_SIZE = 32
+WORKERS = 2  # decoding processes, as in training
 
 
 class PetClassifier:
@@ -62,9 +77,13 @@ class PetClassifier:
     @torch.inference_mode()
     def probabilities(self, images: list[Image.Image]) -> torch.Tensor:
         """Class probabilities [N, num_classes] for decoded photos, through the evaluation transform."""
-        x = torch.stack([self.preprocessing.square(img) for img in images]).to(self.device)
+        return self._square_probabilities(torch.stack([self.preprocessing.square(img) for img in images]))
+
+    @torch.inference_mode()
+    def _square_probabilities(self, squares: torch.Tensor) -> torch.Tensor:
+        """Class probabilities [N, num_classes] for uint8 squares [N, 3, R, R] as `Preprocessing.square` makes."""
         with autocast(self.device):
-            logits = self.fast_model(self.preprocessing.eval_batch(x))
+            logits = self.fast_model(self.preprocessing.eval_batch(squares.to(self.device)))
         return logits.float().softmax(dim=1).cpu()
 
     def predict(self, image: Photo | list[Photo], top_k: int = 5) -> list:
@@ -79,24 +98,28 @@ class PetClassifier:
             return [self._species(probs) for probs in self._each_probabilities(image)]
         return self.species([image])[0]
 
-    def predict_paths(self, paths: list[str | Path], top_k: int = 5, batch_size: int = BATCH_SIZE) -> list[Prediction]:
+    def predict_paths(self, paths: Sequence[str | Path], top_k: int = 5, batch_size: int = BATCH_SIZE,
+                      workers: int = WORKERS) -> list[Prediction]:
         """One Prediction per path, in order; a photo that cannot be read gets an error entry instead."""
-        results = []
-        for start in range(0, len(paths), batch_size):
-            batch = [Prediction(str(p)) for p in paths[start : start + batch_size]]
-            images = []
-            for pred in batch:
-                try:
-                    images.append(self._load(pred.path))
-                except ImageError as e:
-                    pred.error = str(e)
-            readable = [pred for pred in batch if pred.error is None]
-            if readable:
-                for pred, probs in zip(readable, self.probabilities(images)):
-                    pred.labels = self.rank(probs, top_k)
-                    pred.species = self._species(probs)
-            results += batch
-        return results
+        return list(self.iter_predictions(paths, top_k, workers, batch_size))
+
+    def iter_predictions(self, paths: Sequence[str | Path], top_k: int = 5, workers: int = WORKERS,
+                         batch_size: int = BATCH_SIZE) -> Iterator[Prediction]:
+        """`predict_paths` as a stream, each Prediction as soon as its batch is through; `workers` 0: decode here."""
+        batches = math.ceil(len(paths) / batch_size)
+        workers = min(workers, batches) if batches > 1 else 0  # starting processes for one batch only costs time
+        # the workers decode at most two batches each (the DataLoader's prefetch) ahead of the network, and nothing
+        # is kept once yielded: memory stays flat however many paths there are
+        decoded = torch.utils.data.DataLoader(_Decoder(_PathTable(paths), self.preprocessing), batch_size=batch_size,
+                                              collate_fn=_stack_readable, num_workers=workers)
+        for names, errors, squares in decoded:
+            probs = iter(self._square_probabilities(squares) if squares is not None else ())
+            for name, error in zip(names, errors):
+                if error is not None:
+                    yield Prediction(name, error=error)
+                    continue
+                p = next(probs)
+                yield Prediction(name, self.rank(p, top_k), self._species(p))
 
     def rank(self, probs: torch.Tensor, top_k: int) -> list[tuple[str, float]]:
         values, indices = probs.topk(min(top_k, len(self.class_names)))
@@ -121,9 +144,31 @@ class PetClassifier:
         return to_rgb(upright(image)) if isinstance(image, Image.Image) else self._load(image)
 
     def _load(self, path: str | Path) -> Image.Image:
-        if not Path(path).exists():
-            raise ImageError("no such file or folder")
         return load_image(path, min_size=self.preprocessing.resize)
+
+
+class _PathTable:
+    """The paths packed into one string and their end offsets, as a worker process reads them."""
+
+    # a forked worker reading a list of strings updates each one's reference count, which copies their memory
+    # pages into every worker; one string and one array are two objects however many paths there are
+
+    def __init__(self, paths: Sequence[str | Path]):
+        names = [str(p) for p in paths]
+        self.text, self.ends = "".join(names), array("q", accumulate(map(len, names), initial=0))
+
+    def __len__(self) -> int:
+        return len(self.ends) - 1
+
+    def __getitem__(self, i: int) -> str:
+        return self.text[self.ends[i] : self.ends[i + 1]]
+
+
+def _stack_readable(items: list[tuple[str, torch.Tensor | str]]) -> tuple[list[str], list, torch.Tensor | None]:
+    """A batch of decoded photos (in the worker): its paths, each one's error or None, the read squares stacked."""
+    errors = [x if isinstance(x, str) else None for _, x in items]
+    squares = [x for _, x in items if not isinstance(x, str)]
+    return [path for path, _ in items], errors, torch.stack(squares) if squares else None
 
 
 def expand_paths(paths: list[str], missing_ok: bool = False) -> list[Path]:
@@ -134,12 +179,29 @@ def expand_paths(paths: list[str], missing_ok: bool = False) -> list[Path]:
     out = []
     for p in map(Path, paths):
         if p.is_dir():
-            out += sorted(f for f in p.rglob("*") if f.is_file() and is_photo_under(f, p))
+            out += photos_under(p)
         elif p.exists() or missing_ok:
             out.append(p)
         else:
             raise UserError(f"no such file or folder: {p}")
     return out
+
+
+def photos_under(root: Path) -> list[Path]:
+    """The image files under a folder, sorted, from folder listings alone (no stat per file), hidden folders unseen."""
+    found, folders = [], [root]
+    while folders:
+        try:
+            entries = list(os.scandir(folders.pop()))
+        except PermissionError:  # a folder the user cannot list holds none of their photos
+            continue
+        for e in entries:
+            if e.is_dir(follow_symlinks=False):
+                if not e.name.startswith("."):
+                    folders.append(e.path)
+            elif is_image_file(e.name) and e.is_file():
+                found.append(e.path)
+    return sorted(map(Path, found))
 
 
 def newest_checkpoint(runs_dir: str | Path = "runs") -> Path:
