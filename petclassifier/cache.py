@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import torch
@@ -48,10 +49,10 @@ def decode_images(paths: list[str], prep: Preprocessing, cache_dir: str, workers
 def write_entry(paths: list[str], prep: Preprocessing, store: Path, meta: Path, workers: int) -> dict:
     """Decode every photo (in `workers` processes) into `store`; temporary files until both files are complete."""
     tmp, tmp_meta = (Path(f"{p}{TEMP_MARK}{os.getpid()}") for p in (store, meta))
-    bad, kept = [], 0
+    bad, kept, started = [], 0, time.perf_counter()
     try:
         with open(tmp, "wb") as f:
-            loader = torch.utils.data.DataLoader(_Decoder(paths, prep), batch_size=None, num_workers=workers)
+            loader = torch.utils.data.DataLoader(PhotoDecoder(paths, prep), batch_size=None, num_workers=workers)
             for path, x in progress(loader, total=len(paths), desc="decoding photos", unit="img", leave=False):
                 if isinstance(x, str):
                     bad.append((path, x))
@@ -62,6 +63,7 @@ def write_entry(paths: list[str], prep: Preprocessing, store: Path, meta: Path, 
         tmp_meta.write_text(json.dumps(info))
         os.replace(tmp, store)
         os.replace(tmp_meta, meta)
+        log(f"decoded {len(paths):,} photos in {time.perf_counter() - started:.1f} s (cached for later runs)")
         return info
     finally:  # an interrupted decode leaves nothing behind
         tmp.unlink(missing_ok=True)
@@ -120,7 +122,7 @@ def clear_cache(cache_dir: str | Path) -> None:
     shutil.rmtree(cache_dir, ignore_errors=True)
 
 
-class _Decoder(torch.utils.data.Dataset):
+class PhotoDecoder(torch.utils.data.Dataset):
     """Decodes one photo per item in a worker process; an unreadable one yields its reason instead."""
 
     def __init__(self, paths: list[str], prep: Preprocessing):

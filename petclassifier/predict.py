@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from .cache import PhotoDecoder
 from .checkpoint import checkpoint_file, load_checkpoint, model_from_checkpoint
-from .data import _Decoder
 from .errors import UserError
 from .images import is_image_file, load_image, to_rgb, upright
 from .models import fold_batchnorm
@@ -110,8 +110,8 @@ class PetClassifier:
         workers = min(workers, batches) if batches > 1 else 0  # starting processes for one batch only costs time
         # the workers decode at most two batches each (the DataLoader's prefetch) ahead of the network, and nothing
         # is kept once yielded: memory stays flat however many paths there are
-        decoded = torch.utils.data.DataLoader(_Decoder(_PathTable(paths), self.preprocessing), batch_size=batch_size,
-                                              collate_fn=_stack_readable, num_workers=workers)
+        decoded = torch.utils.data.DataLoader(PhotoDecoder(_PathTable(paths), self.preprocessing),
+                                              batch_size=batch_size, collate_fn=_stack_readable, num_workers=workers)
         for names, errors, squares in decoded:
             probs = iter(self._square_probabilities(squares) if squares is not None else ())
             for name, error in zip(names, errors):

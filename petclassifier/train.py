@@ -103,7 +103,10 @@ def frozen_features(frozen: nn.Module, images, transform, device: torch.device, 
             with autocast(device):
                 yield frozen(transform(images[i : i + batch_size].to(device)))
 
-    return store.keep(blocks(), len(images))
+    started = time.perf_counter()
+    features = store.keep(blocks(), len(images))
+    log(f"{desc}: {len(images):,} photos in {time.perf_counter() - started:.1f} s")
+    return features
 
 
 def warmup_cosine(warmup_steps: int, total_steps: int):

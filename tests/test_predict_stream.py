@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-import petclassifier.data
+import petclassifier.cache
 from petclassifier.cli import main
 from petclassifier.predict import PetClassifier, expand_paths
 
@@ -44,14 +44,14 @@ def mixed(tmp_path):
 
 def counting_decodes(monkeypatch, counter):
     """Make every photo decode, in this process or a forked worker, append a line to the file `counter`."""
-    load = petclassifier.data.load_image
+    load = petclassifier.cache.load_image
 
     def counted(path, *args, **kwargs):
         with open(counter, "a") as f:
             f.write(f"{path}\n")
         return load(path, *args, **kwargs)
 
-    monkeypatch.setattr(petclassifier.data, "load_image", counted)
+    monkeypatch.setattr(petclassifier.cache, "load_image", counted)
     return lambda: len(counter.read_text().splitlines()) if counter.exists() else 0
 
 
