@@ -139,7 +139,8 @@ def decode_split(split: Split, prep: Preprocessing, cfg: TrainConfig,
     The header check has already removed most bad files; this catches those only a full decode reveals
     (a truncated JPEG). Each is warned about and appended to `skipped`; with --strict-images it is an error.
     """
-    images, bad = decode_images(split.paths, prep, cfg.cache_dir, cfg.workers)
+    with distributed.local_main_first():  # one process per machine decodes; the others then read its cache
+        images, bad = decode_images(split.paths, prep, cfg.cache_dir, cfg.workers)
     if bad and cfg.strict_images:
         path, reason = bad[0]
         raise UserError(f"unreadable photo {path}: {reason} ({len(bad)} in all); remove it or leave out "
@@ -178,7 +179,7 @@ def run(cfg: TrainConfig, device: torch.device) -> dict:
     run_started = time.perf_counter()
     rank, world = distributed.rank(), distributed.world_size()
     torch.manual_seed(cfg.seed)
-    data = load_data(cfg)
+    data = distributed.per_machine(lambda: load_data(cfg))  # each machine's first process checks the photos
     for path, reason in data.skipped:
         log(f"warning: skipped unreadable photo {path}: {reason}")
     log(describe(data))
@@ -327,10 +328,10 @@ def run(cfg: TrainConfig, device: torch.device) -> dict:
             if distributed.any_rank(stop.requested) and epoch + 1 < cfg.epochs:
                 stop_here(epoch + 1, 0)
 
-    distributed.barrier()  # best.pt is written before any rank reads it
     summary = {"run_dir": str(run_dir), "checkpoint": str(run_dir / "best.pt"), "best_val_accuracy": best_accuracy,
                "photos": {"train": len(train_labels), "val": len(val_labels)}}
-    model.load_state_dict(load_checkpoint(run_dir / "best.pt")["model_state"])
+    # rank 0 wrote best.pt on its machine's disk; the other machines may not see the run folder
+    model.load_state_dict(distributed.from_main(lambda: load_checkpoint(run_dir / "best.pt")["model_state"]))
     if data.test is not None:
         test_images, test_labels = decode_split(data.test, prep, cfg, skipped)
         summary["photos"]["test"] = len(test_labels)
