@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from . import distributed
 from .errors import UserError
 from .images import ImageError, load_image
 from .runtime import log, progress
@@ -94,7 +95,8 @@ def decode_split(split, prep: Preprocessing, cfg, skipped: list | None = None) -
     The header check has already removed most bad files; this catches those only a full decode reveals
     (a truncated JPEG). Each is warned about and appended to `skipped`; with --strict-images it is an error.
     """
-    images, bad = decode_images(split.paths, prep, cfg.cache_dir, cfg.workers)
+    with distributed.local_main_first():  # one process per machine decodes; the others then read its cache
+        images, bad = decode_images(split.paths, prep, cfg.cache_dir, cfg.workers)
     if bad and cfg.strict_images:
         path, reason = bad[0]
         raise UserError(f"unreadable photo {path}: {reason} ({len(bad)} in all); remove it or leave out "

@@ -32,7 +32,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-size", type=int,
                    help="side of the square the network sees (default: recipe; torchvision: its weights' crop)")
     p.add_argument("--epochs", type=int, help="passes over the training photos")
-    p.add_argument("--batch-size", type=int, help=f"photos per step (default {d.batch_size})")
+    p.add_argument("--batch-size", type=int,
+                   help=f"photos per step, over all processes under torchrun (default {d.batch_size})")
     p.add_argument("--lr", type=float, help="peak learning rate")
     p.add_argument("--weight-decay", type=float, help=f"AdamW weight decay (default {d.weight_decay})")
     p.add_argument("--warmup-epochs", type=float, help=f"linear warm-up length (default {d.warmup_epochs})")

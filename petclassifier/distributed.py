@@ -1,12 +1,14 @@
 """Multi-process training with PyTorch's own engine: `torchrun --nproc_per_node=N scripts/train.py ...`.
 
 Every other module stays single-process: they call these helpers, which do nothing when torchrun did not start
-the process. One process per GPU (NCCL), or CPU processes talking over gloo.
+the process. One process per GPU (NCCL), or CPU processes talking over gloo; on one machine or several.
 """
 
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -14,6 +16,10 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from .errors import UserError
+
+# The other processes wait while each machine's first one checks and decodes the photos (`local_main_first`,
+# `per_machine`): minutes for a large set, past NCCL's default 10 before a collective is declared hung.
+WAIT = timedelta(hours=2)
 
 
 def launched_by_torchrun() -> bool:
@@ -29,7 +35,7 @@ def setup(device: torch.device) -> tuple[torch.device, bool]:
         torch.cuda.set_device(device)
     if dist.is_initialized():
         return device, False
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=WAIT)
     return device, True
 
 
@@ -49,6 +55,11 @@ def world_size() -> int:
 def is_main() -> bool:
     """Rank 0 alone writes checkpoints, logs and progress bars."""
     return rank() == 0
+
+
+def local_rank() -> int:
+    """This process's number on its own machine (torchrun numbers each machine's processes from 0)."""
+    return int(os.environ.get("LOCAL_RANK", 0)) if world_size() > 1 else 0
 
 
 def barrier() -> None:
@@ -84,6 +95,70 @@ def gather(obj) -> list:
     return out
 
 
+@contextmanager
+def local_main_first():
+    """The body runs on each machine's first process, then on the others, which find what it cached on that disk.
+
+    Per machine, not once per job: machines do not share a disk, and the cache is on each one's own.
+    """
+    first = local_rank() == 0
+    if not first:
+        barrier()
+    try:
+        yield
+    finally:  # even after an error, so the others go on (and meet it themselves) rather than wait forever
+        if first:
+            barrier()
+
+
+def per_machine(fn):
+    """fn() on each machine's first process alone; every process returns its own machine's result (or error).
+
+    For work on the machine's files that all its processes need: listing and checking the photos, a download.
+    """
+    if world_size() == 1:
+        return fn()
+    result, error = None, None
+    if local_rank() == 0:
+        try:
+            result = fn()
+        except Exception as e:  # sent to the others, so they stop too instead of waiting for a result
+            error = e
+    # a user's error as it is; any other as a pointer to the first process's traceback (and surely picklable)
+    sent = error if error is None or isinstance(error, UserError) else RuntimeError(
+        f"the first process on this machine failed: {type(error).__name__}: {error}")
+    # torchrun numbers a machine's processes consecutively: its first one is rank() - local_rank()
+    result, sent = gather((result, sent))[rank() - local_rank()]
+    if error is not None:
+        raise error
+    if sent is not None:
+        raise sent
+    return result
+
+
+def from_main(fn):
+    """fn() on rank 0 alone; every rank returns its result: for rank 0's files, such as the run folder.
+
+    Those are on rank 0's machine alone where machines do not share a disk.
+    """
+    if world_size() == 1:
+        return fn()
+    box = [fn() if is_main() else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def sync_batchnorm(module: nn.Module) -> nn.Module:
+    """Every BatchNorm as a SyncBatchNorm, keeping the activation and dropout of timm's BatchNormAct2d.
+
+    PyTorch's own conversion turns BatchNormAct2d into a plain SyncBatchNorm and so drops them (EfficientNet's
+    ReLU6); timm's converts the other BatchNorm layers just as PyTorch's does. Parents are changed in place.
+    """
+    from timm.layers import convert_sync_batchnorm
+
+    return convert_sync_batchnorm(module)
+
+
 def wrap(module: nn.Module, device: torch.device) -> nn.Module:
     """DistributedDataParallel around the trained part when there are several ranks; the module itself otherwise.
 
@@ -93,7 +168,7 @@ def wrap(module: nn.Module, device: torch.device) -> nn.Module:
     if world_size() == 1:
         return module
     if device.type == "cuda":
-        module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
+        module = sync_batchnorm(module)
     return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
 
 

@@ -176,7 +176,7 @@ def run(cfg: TrainConfig, device: torch.device, features: FeatureStore) -> dict:
     run_started = time.perf_counter()
     rank, world = distributed.rank(), distributed.world_size()
     torch.manual_seed(cfg.seed)
-    data = load_data(cfg)
+    data = distributed.per_machine(lambda: load_data(cfg))  # each machine's first process checks the photos
     for path, reason in data.skipped:
         log(f"warning: skipped unreadable photo {path}: {reason}")
     log(describe(data))
@@ -328,10 +328,10 @@ def run(cfg: TrainConfig, device: torch.device, features: FeatureStore) -> dict:
             if distributed.any_rank(stop.requested) and epoch + 1 < cfg.epochs:
                 stop_here(epoch + 1, 0)
 
-    distributed.barrier()  # best.pt is written before any rank reads it
     summary = {"run_dir": str(run_dir), "checkpoint": str(run_dir / "best.pt"), "best_val_accuracy": best_accuracy,
                "photos": {"train": len(train_labels), "val": len(val_labels)}}
-    model.load_state_dict(load_checkpoint(run_dir / "best.pt")["model_state"])
+    # rank 0 wrote best.pt on its machine's disk; the other machines may not see the run folder
+    model.load_state_dict(distributed.from_main(lambda: load_checkpoint(run_dir / "best.pt")["model_state"]))
     if data.test is not None:
         test_images, test_labels = decode_split(data.test, prep, cfg, skipped)
         summary["photos"]["test"] = len(test_labels)

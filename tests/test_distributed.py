@@ -1,21 +1,30 @@
-"""torchrun with 2 CPU processes (gloo) trains the same model as one process with the same global batch."""
+"""torchrun with 2 CPU processes (gloo), on one machine or on two, trains the same model as one process with the
+same global batch."""
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
+from torch import nn
 
 from petclassifier import distributed, train
 from petclassifier.checkpoint import load_checkpoint
+from petclassifier.errors import UserError
+from petclassifier.models import build_model
 
-from .conftest import ROOT
+from .conftest import ROOT, make_folder
 
 # Fast path, linear head only: no BatchNorm trains, so batch statistics cannot differ between ranks.
 CFG = dict(dataset="folder", model="efficientnet_lite0", pretrained=True, trainable_stages=0, image_size=32,
            augment_views=2, epochs=2, batch_size=8, lr=1e-2, workers=0)
+FLAGS = ["--dataset", "folder", "--model", "efficientnet_lite0", "--trainable-stages", "0", "--image-size", "32",
+         "--augment-views", "2", "--epochs", "2", "--batch-size", "8", "--lr", "1e-2", "--workers", "0"]
+PHOTOS = 24  # make_folder's two classes of 12
 # Each rank averages its half of a batch; DDP then averages the two: the same gradient as one process,
 # up to float32 rounding in a different order (measured: 4e-9 on the weights; without DDP's averaging
 # the losses already differ by 1e-4).
@@ -36,6 +45,76 @@ def build_without_dropout(*args, **kwargs):
     return model
 t.build_model = build_without_dropout
 """
+# Each photo's header check and each decode appends a line to the file COUNTS (relative: one file per machine).
+# A decode into the cache starts slowly, so that a process that did not wait would arrive before the cache exists.
+COUNTING = """
+import time
+import petclassifier.cache, petclassifier.data
+d, c = sys.modules["petclassifier.data"], sys.modules["petclassifier.cache"]
+decoder = c.PhotoDecoder.__init__
+def slow_start(*args, **kwargs):
+    time.sleep(0.5)
+    decoder(*args, **kwargs)
+c.PhotoDecoder.__init__ = slow_start
+def counted(fn, what):
+    def count(*args, **kwargs):
+        with open(COUNTS, "a") as f:
+            f.write(what + "\\n")
+        return fn(*args, **kwargs)
+    return count
+d.check_image = counted(d.check_image, "check")
+c.PhotoDecoder.__getitem__ = counted(c.PhotoDecoder.__getitem__, "decode")
+"""
+MAIN = "from petclassifier.cli import main\nsys.exit(main(['train', *sys.argv[1:]]))\n"
+# the launched processes import this checkout, not an installed copy; one thread each, as the reference run
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    return make_folder(tmp_path_factory.mktemp("shapes"))
+
+
+@pytest.fixture(scope="module")
+def one_process(photos, tmp_path_factory):
+    """The reference: the same training in this process, without torchrun."""
+    out = tmp_path_factory.mktemp("one")
+    threads = torch.get_num_threads()
+    with pytest.MonkeyPatch.context() as patch:
+        module = sys.modules["petclassifier.train"]
+        patch.setattr(module, "build_model", module.build_model)  # put back afterwards
+        exec(NO_DROPOUT, {})  # the patch of the launched script, in this process
+        torch.set_num_threads(1)
+        try:
+            train(**CFG, data_dir=str(photos), cache_dir=str(out / "cache"), out=str(out / "run"))
+        finally:
+            torch.set_num_threads(threads)
+    return out / "run"
+
+
+def training_script(folder, counts="counts") -> str:
+    script = folder / "train_counted.py"
+    script.write_text(NO_DROPOUT + f"COUNTS = {str(counts)!r}\n" + COUNTING + MAIN)
+    return str(script)
+
+
+def counts(path) -> dict:
+    lines = path.read_text().split()
+    return {what: lines.count(what) for what in ("check", "decode")}
+
+
+def assert_same_training(run, one) -> None:
+    rows = {name: [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
+            for name, d in (("ddp", run), ("one", one))}
+    assert [r["epoch"] for r in rows["ddp"]] == [1, 2]
+    for a, b in zip(rows["ddp"], rows["one"]):  # metrics.jsonl rounds to 5 decimals
+        for key in ("train_loss", "val_loss", "val_accuracy", "lr"):
+            assert a[key] == pytest.approx(b[key], abs=2e-5), key
+    ddp, ref = load_checkpoint(run / "last.pt"), load_checkpoint(one / "last.pt")
+    assert len(ddp["ranks"]) == 2 and len(ref["ranks"]) == 1
+    diff = max((ddp["model_state"][k] - v).abs().max().item() for k, v in ref["model_state"].items()
+               if v.is_floating_point())
+    assert diff < TOLERANCE, diff
 
 
 def test_sharded_batches_split_the_global_batch_and_resume_mid_epoch(monkeypatch):
@@ -57,36 +136,125 @@ def test_sharded_batches_split_the_global_batch_and_resume_mid_epoch(monkeypatch
             assert len(a) == len(b) == 2 and sorted(torch.cat([a, b]).tolist()) == sorted(whole[start + i].tolist())
 
 
-def test_torchrun_two_gloo_processes_match_one_process(shapes_dir, cache_dir, tmp_path, monkeypatch):
-    script = tmp_path / "train_without_dropout.py"
-    script.write_text(NO_DROPOUT + "from petclassifier.cli import main\nsys.exit(main(['train', *sys.argv[1:]]))\n")
-    flags = ["--dataset", "folder", "--model", "efficientnet_lite0", "--trainable-stages", "0", "--image-size", "32",
-             "--augment-views", "2", "--epochs", "2", "--batch-size", "8", "--lr", "1e-2", "--workers", "0",
-             "--data-dir", str(shapes_dir), "--cache-dir", cache_dir, "--out", str(tmp_path / "ddp")]
+def test_per_machine_gives_each_process_its_machines_result_or_error(monkeypatch):
+    """Ranks 0-1 on one machine and 2-3 on another: only rank 2 runs the function there; rank 3 gets its result."""
+    monkeypatch.setattr(distributed, "world_size", lambda: 4)
+    contributed = {}
+
+    def on_rank(r: int, fn, first_sent=None):
+        monkeypatch.setattr(distributed, "rank", lambda: r)
+        monkeypatch.setattr(distributed, "local_rank", lambda: r % 2)
+
+        def gather(obj):  # every rank's contribution: rank 2's is `first_sent`, unless this is rank 2
+            contributed[r] = obj
+            shares = [("machine 0", None), (None, None), first_sent, (None, None)]
+            shares[r] = obj
+            return shares
+
+        monkeypatch.setattr(distributed, "gather", gather)
+        return distributed.per_machine(fn)
+
+    def not_here():
+        raise AssertionError("ran on a machine's second process")
+
+    def broken():
+        raise ValueError("bad state")
+
+    assert on_rank(2, lambda: "machine 1") == "machine 1"
+    assert on_rank(3, not_here, ("machine 1", None)) == "machine 1"
+    with pytest.raises(UserError, match="no folder"):  # the others stop with the first's error rather than wait
+        on_rank(3, not_here, (None, UserError("no folder /photos")))
+    with pytest.raises(ValueError):  # the first raises its own error, and sends a picklable pointer to it
+        on_rank(2, broken)
+    assert isinstance(contributed[2][1], RuntimeError) and "ValueError: bad state" in str(contributed[2][1])
+
+
+def test_processes_wait_past_nccls_default_timeout(monkeypatch):
+    """The others wait while a machine's first process decodes a large set: longer than NCCL's 10 minutes."""
+    seen = {}
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(distributed.dist, "init_process_group", lambda backend, **kwargs: seen.update(kwargs))
+    assert distributed.setup(torch.device("cpu")) == (torch.device("cpu"), True)
+    assert seen["timeout"].total_seconds() >= 3600
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "resnet18"])
+def test_sync_batchnorm_on_gpus_computes_the_same_function(name, monkeypatch):
+    """timm's BatchNormAct2d keeps its activation (ReLU6 in EfficientNet-Lite) as a SyncBatchNorm."""
+    model = build_model(name, 5, pretrained=name == "efficientnet_lite0")
+    generator = torch.Generator().manual_seed(0)
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for m in norms:  # statistics unlike the defaults, so that a normalisation left out or changed shows
+        m.running_mean.normal_(0, 0.3, generator=generator)
+        m.running_var.uniform_(0.5, 2.0, generator=generator)
+    x = torch.randn(2, 3, 64, 64, generator=generator)
+    with torch.no_grad():
+        expected = model.eval()(x)
+    # wrap on a GPU rank of two, without a process group: SyncBatchNorm in eval mode needs none, and runs on CPU
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    monkeypatch.setattr(distributed, "DistributedDataParallel", lambda module, device_ids: module)
+    wrapped = distributed.wrap(model, torch.device("cuda", 0))
+    synced = [m for m in wrapped.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    assert len(synced) == len(norms) and all(isinstance(m, nn.SyncBatchNorm) for m in synced)
+    with torch.no_grad():
+        torch.testing.assert_close(wrapped.eval()(x), expected)
+
+
+def test_torchrun_two_gloo_processes_match_one_process(photos, one_process, tmp_path):
+    """On one machine the first process alone checks and decodes the photos; the other reads its cache."""
     launched = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                               str(script), *flags], cwd=ROOT, capture_output=True,
-                              text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                               training_script(tmp_path, tmp_path / "counts"), *FLAGS, "--data-dir", str(photos),
+                               "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "ddp")],
+                              cwd=ROOT, capture_output=True, text=True, timeout=600, env=ENV)
     assert launched.returncode == 0, launched.stderr[-3000:]
     assert "x 2 processes" in launched.stdout and launched.stdout.count("epoch   1") == 1  # rank 0 alone logs
+    assert counts(tmp_path / "counts") == {"check": PHOTOS, "decode": PHOTOS}  # each photo once, not once a process
+    assert_same_training(tmp_path / "ddp", one_process)
 
-    module = sys.modules["petclassifier.train"]
-    monkeypatch.setattr(module, "build_model", module.build_model)  # put back after the test
-    exec(NO_DROPOUT, {})  # the same patch in this process
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("rendezvous", ["static", "c10d"])
+def test_torchrun_on_two_machines_matches_one_process(photos, one_process, tmp_path, rendezvous):
+    """Two torchrun "machines" of one process each, on 127.0.0.1, each in its own folder: its own disk.
+
+    Relative --out, --cache-dir and counts file land in each machine's folder, so rank 0's run folder is not
+    visible on the other machine, and each machine decodes into its own cache.
+    """
+    port, script = free_port(), training_script(tmp_path)
+    machines = [tmp_path / "machine0", tmp_path / "machine1"]
+    launched = []
     try:
-        train(**CFG, data_dir=str(shapes_dir), cache_dir=cache_dir, out=str(tmp_path / "one"))
+        for node, folder in enumerate(machines):
+            folder.mkdir()
+            meet = (["--node-rank", str(node), "--master-addr", "127.0.0.1", "--master-port", str(port)]
+                    if rendezvous == "static" else
+                    ["--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "pets"])
+            command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1", *meet,
+                       script, *FLAGS, "--data-dir", str(photos), "--cache-dir", "cache", "--out", "run"]
+            with open(folder / "stdout", "w") as out, open(folder / "stderr", "w") as err:
+                launched.append(subprocess.Popen(command, cwd=folder, stdout=out, stderr=err, env=ENV))
+        # until both end, or one fails: the other's torchrun would wait minutes for it at its exit barrier
+        deadline = time.monotonic() + 300
+        while None in (codes := [p.poll() for p in launched]) and not any(codes) and time.monotonic() < deadline:
+            time.sleep(0.2)
     finally:
-        torch.set_num_threads(threads)
-
-    rows = {name: [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
-            for name in ("ddp", "one")}
-    assert [r["epoch"] for r in rows["ddp"]] == [1, 2]
-    for a, b in zip(rows["ddp"], rows["one"]):  # metrics.jsonl rounds to 5 decimals
-        for key in ("train_loss", "val_loss", "val_accuracy", "lr"):
-            assert a[key] == pytest.approx(b[key], abs=2e-5), key
-    ddp, one = load_checkpoint(tmp_path / "ddp" / "last.pt"), load_checkpoint(tmp_path / "one" / "last.pt")
-    assert len(ddp["ranks"]) == 2 and len(one["ranks"]) == 1
-    diff = max((ddp["model_state"][k] - v).abs().max().item() for k, v in one["model_state"].items()
-               if v.is_floating_point())
-    assert diff < TOLERANCE, diff
+        for p in launched:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    logs = [(f / "stdout").read_text() + (f / "stderr").read_text() for f in machines]
+    assert codes == [0, 0], "\n".join(log[-3000:] for log in logs)
+    # rank 0 logs and writes the run folder; static rendezvous gives it to --node-rank 0, c10d to either machine
+    first = [i for i, f in enumerate(machines) if "x 2 processes" in (f / "stdout").read_text()]
+    assert len(first) == 1 and (rendezvous == "c10d" or first == [0])
+    assert [(f / "run").exists() for f in machines] == [i == first[0] for i in range(2)]
+    for f in machines:  # each machine checked and decoded every photo once, into its own cache
+        assert counts(f / "counts") == {"check": PHOTOS, "decode": PHOTOS}
+    assert_same_training(machines[first[0]] / "run", one_process)
