@@ -136,3 +136,17 @@ def test_a_folder_is_listed_without_a_stat_per_file_or_a_look_inside_hidden_fold
     assert expand_paths([str(tmp_path / "big")]) == sorted(photos)
     assert stats == [tmp_path / "big"]  # whether the path given is a folder; then its listings alone
     assert not any(".thumbnails" in folder for folder in listed)
+
+
+def test_a_reader_that_stops_early_ends_predict_quietly(tmp_path):
+    import subprocess
+
+    checkpoint = write_checkpoint(tmp_path / "best.pt", ["disc", "square"])
+    shapes(tmp_path / "many", 300)
+    proc = subprocess.Popen([sys.executable, "-m", "petclassifier", "predict", "--checkpoint", str(checkpoint),
+                             "--workers", "0", str(tmp_path / "many")], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().startswith(str(tmp_path / "many" / "000.png"))
+    proc.stdout.close()  # as `| head -1` does
+    assert proc.wait(timeout=300) == 141
+    assert proc.stderr.read() == ""  # no BrokenPipeError traceback
