@@ -152,6 +152,7 @@ def test_cache_command_shows_the_size_and_clears_it(shapes_dir, cache_dir, capsy
     paths = sorted(str(p) for p in Path(shapes_dir).rglob("*.png"))
     decode_images(paths, Preprocessing.for_model("smallcnn", 32), cache_dir, workers=0)
     size = sum(f.stat().st_size for f in Path(cache_dir).rglob("*") if f.is_file())
+    capsys.readouterr()
     assert main(["cache", "--cache-dir", cache_dir]) == 0
     assert capsys.readouterr().out.splitlines()[0] == f"{cache_dir}: {size / 1e6:,.1f} MB"
     assert main(["cache", "--cache-dir", cache_dir, "--clear"]) == 0
