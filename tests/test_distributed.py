@@ -90,3 +90,7 @@ def test_torchrun_two_gloo_processes_match_one_process(shapes_dir, cache_dir, tm
     diff = max((ddp["model_state"][k] - v).abs().max().item() for k, v in one["model_state"].items()
                if v.is_floating_point())
     assert diff < TOLERANCE, diff
+    # the calibration temperature is fitted on every rank's share of the validation photos, as one process fits it
+    temperatures = [load_checkpoint(tmp_path / name / "best.pt")["temperature"] for name in ("ddp", "one")]
+    assert temperatures[0] == pytest.approx(temperatures[1], rel=1e-4), temperatures
+    assert "calibration: temperature" in launched.stdout
