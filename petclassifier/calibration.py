@@ -18,8 +18,7 @@ def nll(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0) ->
 
 
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> dict:
-    """The T minimising the NLL of softmax(logits / T) by LBFGS on log T (so T stays positive), and the NLL before
-    and after; T = 1 where nothing better is found."""
+    """T minimising the NLL of softmax(logits / T), by LBFGS on log T (T stays positive), with the NLL before/after."""
     z, y = logits.detach().cpu().to(torch.float64, copy=True), labels.detach().cpu().clone()
     with torch.inference_mode(False), torch.enable_grad():  # the logits may come from an inference-mode pass
         log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
@@ -41,7 +40,7 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> dict:
 
 def describe(fit: dict) -> str:
     """'calibration: temperature 0.71 (validation NLL 0.412 -> 0.365)'."""
-    bound = "; at its lower bound: the model gets every validation photo right" if fit["temperature"] == BOUNDS[0] \
-        else ""
+    at_bound = fit["temperature"] == BOUNDS[0]
+    bound = "; at its lower bound: the validation photos are (nearly) all right, too easy to calibrate on" * at_bound
     return (f"calibration: temperature {fit['temperature']:.3g} (validation NLL {fit['nll_before']:.3f} -> "
             f"{fit['nll_after']:.3f}{bound})")

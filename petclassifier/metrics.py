@@ -55,8 +55,7 @@ def mean_class_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
 
 
 def calibration_bins(probs: torch.Tensor, labels: torch.Tensor, bins: int = 10):
-    """Per equal-width bin of top-1 confidence, (0, 1/bins], ..., ((bins-1)/bins, 1]: (photos, mean confidence,
-    accuracy), each a float64 tensor [bins]; an empty bin has confidence and accuracy 0."""
+    """(photos, mean top-1 confidence, accuracy) per equal-width confidence bin (0, 1/bins], ..., each [bins]."""
     confidence, predicted = probs.double().max(1)
     edges = torch.linspace(0, 1, bins + 1, dtype=torch.float64)[1:-1]
     index = torch.bucketize(confidence, edges)  # right-closed bins: 0.1 falls in the first
@@ -64,7 +63,7 @@ def calibration_bins(probs: torch.Tensor, labels: torch.Tensor, bins: int = 10):
     sums = torch.zeros(2, bins, dtype=torch.float64)
     sums[0].index_add_(0, index, confidence)
     sums[1].index_add_(0, index, (predicted == labels).double())
-    mean_confidence, accuracy = sums / photos.clamp(min=1)
+    mean_confidence, accuracy = sums / photos.clamp(min=1)  # 0 in an empty bin
     return photos, mean_confidence, accuracy
 
 
@@ -76,7 +75,7 @@ def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, bins: 
 
 def calibration_report(before: torch.Tensor, after: torch.Tensor, labels: torch.Tensor, temperature: float,
                        bins: int = 10) -> dict:
-    """ECE and the reliability diagram's bins of the probabilities before and after the temperature, as JSON values."""
+    """ECE and reliability-diagram bins of the probabilities before and after the temperature, as JSON values."""
     report = {"temperature": temperature, "bins": bins}
     for when, probs in (("before", before), ("after", after)):
         photos, confidence, accuracy = calibration_bins(probs, labels, bins)

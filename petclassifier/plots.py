@@ -95,8 +95,7 @@ def plot_confusion(matrix: torch.Tensor, class_names: list[str], out: str | Path
 
 
 def plot_reliability(calibration: dict, out: str | Path, title: str) -> Path:
-    """Accuracy per bin of top-1 confidence against the diagonal (perfect calibration), before and after the
-    temperature, from `metrics.calibration_report`."""
+    """Accuracy per top-1 confidence bin against the diagonal, before and after the temperature (calibration_report)."""
     plt = pyplot()
     bins = calibration["bins"]
     centres = [(i + 0.5) / bins for i in range(bins)]
@@ -116,9 +115,9 @@ def plot_reliability(calibration: dict, out: str | Path, title: str) -> Path:
         ax.title.set_fontsize(9)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("accuracy")
-    axes[0].legend(fontsize=7, loc="upper left")
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=3, fontsize=8)
     fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.07, 1, 1))  # room for the legend below, off the bars
     return save(fig, out)
 
 
