@@ -91,6 +91,11 @@ def describe(ckpt: dict) -> str:
     return f"{kind}: {len(names)} classes: {shown}" if len(names) > 3 else f"{kind}: {shown}"
 
 
+def temperature_of(ckpt: dict) -> float:
+    """The calibration temperature T (probabilities are softmax(logits / T)); 1 for checkpoints saved without one."""
+    return float(ckpt.get("temperature", 1.0))
+
+
 def model_from_checkpoint(ckpt: dict) -> tuple[PetNet, Preprocessing]:
     """Rebuild the network from the checkpoint alone (no weights download) and load its weights strictly."""
     model = build_model(ckpt["model_name"], len(ckpt["class_names"]), pretrained=False)

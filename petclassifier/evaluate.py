@@ -1,4 +1,5 @@
-"""Evaluate a checkpoint on a dataset split: top-1/top-5, mean per-class accuracy, precision/recall, confusions."""
+"""Evaluate a checkpoint on a dataset split: top-1/top-5, mean per-class accuracy, precision/recall, confusions,
+and how well its probabilities are calibrated."""
 
 from __future__ import annotations
 
@@ -11,11 +12,11 @@ import torch
 from torch import nn
 
 from .cache import decode_split
-from .checkpoint import load_checkpoint, model_from_checkpoint
+from .checkpoint import load_checkpoint, model_from_checkpoint, temperature_of
 from .config import TrainConfig
 from .data import load_split
 from .errors import UserError
-from .metrics import metrics_report
+from .metrics import calibration_report, metrics_report
 from .runtime import resolve_device
 from .store import Batches
 from .train import evaluate
@@ -95,14 +96,23 @@ def evaluate_checkpoint(checkpoint: str | Path, dataset=None, data_dir=None, tas
     # with species the loss that evaluate reports is meaningless (labels are not breeds); only the logits are used
     loader = Batches(images, labels, batch_size=64)
     logits = evaluate(model, loader, prep.eval_batch, nn.CrossEntropyLoss(), dev)["logits"]
-    if groups:  # in log space, so that many near-zero breed probabilities add up without underflow
-        log_probs = logits.log_softmax(1)
-        logits = torch.stack([log_probs[:, i].logsumexp(1) for i in groups.values()], 1)
-    report = metrics_report(logits, labels, class_names)
+    temperature = temperature_of(ckpt)
+    # scored as predict scores them, with the temperature; without it only for the calibration before/after
+    raw, scores = scored_logits(logits, groups), scored_logits(logits / temperature, groups)
+    report = metrics_report(scores, labels, class_names)
     report.update(checkpoint=str(checkpoint), dataset=cfg.dataset, data_dir=cfg.data_dir, task=cfg.task, split=split)
     if groups:
         report.update(scored_through="species", model_classes=len(ckpt["class_names"]))
-    return {"report": report, "images": images, "labels": labels, "probs": logits.softmax(1), "crop": prep.crop}
+    report["calibration"] = calibration_report(raw.softmax(1), scores.softmax(1), labels, temperature)
+    return {"report": report, "images": images, "labels": labels, "probs": scores.softmax(1), "crop": prep.crop}
+
+
+def scored_logits(logits: torch.Tensor, groups: dict[str, list[int]] | None) -> torch.Tensor:
+    """The model's logits, or with species `groups` each species' log of its breeds' summed probabilities."""
+    if not groups:
+        return logits
+    log_probs = logits.log_softmax(1)  # log space: many near-zero breed probabilities add up without underflow
+    return torch.stack([log_probs[:, i].logsumexp(1) for i in groups.values()], 1)
 
 
 def confident_mistakes(probs: torch.Tensor, labels: torch.Tensor, count: int = 12) -> list[int]:
@@ -113,19 +123,21 @@ def confident_mistakes(probs: torch.Tensor, labels: torch.Tensor, count: int = 1
 
 
 def write_outputs(result: dict, out: str | Path | None, json_path: str | Path | None) -> list[Path]:
-    """The JSON report and the confusion-matrix and mistakes pictures; returns the files written."""
+    """The JSON report and the confusion-matrix, reliability and mistakes pictures; returns the files written."""
     report, written = result["report"], []
     if json_path:
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)
         Path(json_path).write_text(json.dumps(report, indent=2) + "\n")
         written.append(Path(json_path))
     if out:
-        from .plots import plot_confusion, plot_image_grid
+        from .plots import plot_confusion, plot_image_grid, plot_reliability
 
         names, split = report["class_names"], report["split"]
         title = f"Confusion matrix, {split} split ({report['photos']} photos, top-1 {report['top1']:.1%})"
         written.append(plot_confusion(torch.tensor(report["confusion_matrix"]), names, Path(out) / "confusion.png",
                                       title))
+        written.append(plot_reliability(report["calibration"], Path(out) / "reliability.png",
+                                        f"Reliability, {split} split ({report['photos']} photos)"))
         picks = confident_mistakes(result["probs"], result["labels"])
         if picks:
             probs, labels = result["probs"], result["labels"]
@@ -146,8 +158,18 @@ def summary_lines(report: dict) -> list[str]:
     top5 = f"top-5 {report['top5']:.1%}  " if "top5" in report else ""
     lines.append(f"{report['split']} split, {report['photos']} photos: top-1 {report['top1']:.1%}  {top5}"
                  f"mean per-class accuracy {report['mean_per_class_accuracy']:.1%}")
+    lines.append(calibration_line(report["calibration"]))
     scored = [(m["recall"], name, m) for name, m in report["per_class"].items() if m["recall"] is not None]
     for recall, name, m in sorted(scored, key=lambda t: t[0])[:5]:
         precision = "n/a" if m["precision"] is None else f"{m['precision']:.0%}"
         lines.append(f"  hardest: {name:28s} recall {recall:.0%}  precision {precision}  ({m['photos']} photos)")
     return lines
+
+
+def calibration_line(calibration: dict) -> str:
+    """'calibration: temperature 0.71, expected calibration error 0.085 -> 0.021 (10 confidence bins)'."""
+    bins = f"({calibration['bins']} confidence bins)"
+    if calibration["temperature"] == 1.0:
+        return f"calibration: no temperature (T = 1), expected calibration error {calibration['ece_after']:.3f} {bins}"
+    return (f"calibration: temperature {calibration['temperature']:.3g}, expected calibration error "
+            f"{calibration['ece_before']:.3f} -> {calibration['ece_after']:.3f} {bins}")

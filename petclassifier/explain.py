@@ -132,7 +132,7 @@ def explain_photos(classifier, paths: list[str | Path], out: str | Path, classes
         x = prep.eval_batch(square[None].to(classifier.device)).contiguous()
         photo = centre_crop(square, prep.crop)
         cams, logits = gradcam(x)
-        probs = logits.softmax(1)[0]
+        probs = (logits / classifier.temperature).softmax(1)[0]  # as predict reports them
         predicted = int(probs.argmax())
         panels = [(f"predicted: {names[predicted]} {probs[predicted]:.0%}", upsample(cams[0], prep.crop).cpu())]
         for name in classes:

@@ -1,8 +1,9 @@
 """Deployment: a checkpoint as a TorchScript or ONNX file plus a JSON sidecar, usable without this package.
 
-The exported network is the evaluation model with every BatchNorm folded into its convolution, followed by a
-softmax: it takes a normalised float32 batch [N, 3, crop, crop] (RGB, NCHW) and returns class probabilities
-[N, num_classes]. The sidecar says how to make that input from a photo and what the outputs mean.
+The exported network is the evaluation model with every BatchNorm folded into its convolution, followed by the
+calibration temperature and a softmax: it takes a normalised float32 batch [N, 3, crop, crop] (RGB, NCHW) and
+returns class probabilities [N, num_classes], softmax(logits / T), as `PetClassifier` gives. The sidecar says how
+to make that input from a photo and what the outputs mean.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoint import load_checkpoint, model_from_checkpoint
+from .checkpoint import load_checkpoint, model_from_checkpoint, temperature_of
 from .errors import UserError
 from .models import fold_batchnorm
 from .transforms import Preprocessing
@@ -23,20 +24,20 @@ FORMATS = {"torchscript": "model.pt", "onnx": "model.onnx"}
 
 
 class WithSoftmax(nn.Module):
-    """The classifier followed by a softmax over classes: probabilities out, as `PetClassifier` gives."""
+    """The classifier, its logits divided by the calibration temperature, then a softmax over classes."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, temperature: float = 1.0):
         super().__init__()
-        self.model = model
+        self.model, self.temperature = model, float(temperature)  # a constant in the traced graph
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x).softmax(dim=1)
+        return (self.model(x) / self.temperature).softmax(dim=1)
 
 
 def deployable(ckpt: dict) -> nn.Module:
-    """The checkpoint's network in evaluation mode, BatchNorm folded, softmax included, on the CPU."""
+    """The checkpoint's network in evaluation mode, BatchNorm folded, temperature and softmax included, on the CPU."""
     model, _ = model_from_checkpoint(ckpt)
-    return WithSoftmax(fold_batchnorm(model.eval())).eval()
+    return WithSoftmax(fold_batchnorm(model.eval()), temperature_of(ckpt)).eval()
 
 
 def sidecar(ckpt: dict, fmt: str) -> dict:
@@ -51,7 +52,9 @@ def sidecar(ckpt: dict, fmt: str) -> dict:
         "species_of": ckpt.get("species_of") or {},
         "input": {"name": "image", "shape": ["batch", 3, prep.crop, prep.crop], "dtype": "float32",
                   "layout": "NCHW, RGB"},
-        "output": {"name": "probabilities", "shape": ["batch", len(ckpt["class_names"])], "softmax_included": True},
+        "output": {"name": "probabilities", "shape": ["batch", len(ckpt["class_names"])], "softmax_included": True,
+                   "temperature_included": True},
+        "temperature": temperature_of(ckpt),  # the outputs are softmax(logits / temperature): calibrated
         "input_size": prep.crop,
         "resize": prep.resize,
         "interpolation": prep.interpolation,

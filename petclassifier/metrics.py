@@ -1,4 +1,4 @@
-"""Classification metrics from logits and labels: confusion matrix, precision and recall, top-k accuracy."""
+"""Classification metrics: confusion matrix, precision and recall, top-k accuracy, expected calibration error."""
 
 from __future__ import annotations
 
@@ -52,3 +52,34 @@ def mean_of_present(recall: list[float | None]) -> float:
 def mean_class_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     """Accuracy of every class present, averaged."""
     return mean_of_present(per_class_metrics(confusion_matrix(labels, logits.argmax(1), logits.shape[1]))[1])
+
+
+def calibration_bins(probs: torch.Tensor, labels: torch.Tensor, bins: int = 10):
+    """(photos, mean top-1 confidence, accuracy) per equal-width confidence bin (0, 1/bins], ..., each [bins]."""
+    confidence, predicted = probs.double().max(1)
+    edges = torch.linspace(0, 1, bins + 1, dtype=torch.float64)[1:-1]
+    index = torch.bucketize(confidence, edges)  # right-closed bins: 0.1 falls in the first
+    photos = torch.bincount(index, minlength=bins).double()
+    sums = torch.zeros(2, bins, dtype=torch.float64)
+    sums[0].index_add_(0, index, confidence)
+    sums[1].index_add_(0, index, (predicted == labels).double())
+    mean_confidence, accuracy = sums / photos.clamp(min=1)  # 0 in an empty bin
+    return photos, mean_confidence, accuracy
+
+
+def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, bins: int = 10) -> float:
+    """ECE: the photo-weighted mean, over confidence bins, of |accuracy - mean top-1 confidence|."""
+    photos, confidence, accuracy = calibration_bins(probs, labels, bins)
+    return (photos / photos.sum() * (accuracy - confidence).abs()).sum().item()
+
+
+def calibration_report(before: torch.Tensor, after: torch.Tensor, labels: torch.Tensor, temperature: float,
+                       bins: int = 10) -> dict:
+    """ECE and reliability-diagram bins of the probabilities before and after the temperature, as JSON values."""
+    report = {"temperature": temperature, "bins": bins}
+    for when, probs in (("before", before), ("after", after)):
+        photos, confidence, accuracy = calibration_bins(probs, labels, bins)
+        report[f"ece_{when}"] = expected_calibration_error(probs, labels, bins)
+        report[f"reliability_{when}"] = {"photos": photos.long().tolist(), "confidence": confidence.tolist(),
+                                         "accuracy": accuracy.tolist()}
+    return report

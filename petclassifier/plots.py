@@ -94,6 +94,33 @@ def plot_confusion(matrix: torch.Tensor, class_names: list[str], out: str | Path
     return save(fig, out)
 
 
+def plot_reliability(calibration: dict, out: str | Path, title: str) -> Path:
+    """Accuracy per top-1 confidence bin against the diagonal, before and after the temperature (calibration_report)."""
+    plt = pyplot()
+    bins = calibration["bins"]
+    centres = [(i + 0.5) / bins for i in range(bins)]
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.9), dpi=80, sharey=True)
+    captions = {"before": "before: the model's own probabilities",
+                "after": f"after: logits / T, T = {calibration['temperature']:.3g}"}
+    for ax, (when, caption) in zip(axes, captions.items()):
+        r = calibration[f"reliability_{when}"]
+        shown = [i for i in range(bins) if r["photos"][i]]  # empty bins have no accuracy to draw
+        ax.bar([centres[i] for i in shown], [r["accuracy"][i] for i in shown], 1 / bins, color="tab:blue",
+               edgecolor="white", label="accuracy")
+        ax.scatter([r["confidence"][i] for i in shown], [r["accuracy"][i] for i in shown], s=12, color="tab:orange",
+                   zorder=3, label="(mean confidence, accuracy)")
+        ax.plot([0, 1], [0, 1], "--", color="gray", label="perfectly calibrated")
+        ax.set(title=f"{caption}\nECE {calibration[f'ece_{when}']:.3f}", xlabel="top-1 confidence", xlim=(0, 1),
+               ylim=(0, 1))
+        ax.title.set_fontsize(9)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("accuracy")
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=3, fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))  # room for the legend below, off the bars
+    return save(fig, out)
+
+
 def plot_image_grid(images: list[torch.Tensor], captions: list[str], out: str | Path, title: str,
                     columns: int = 4) -> Path:
     """Photos in a grid, each with its caption."""

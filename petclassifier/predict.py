@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from .cache import PhotoDecoder
-from .checkpoint import checkpoint_file, load_checkpoint, model_from_checkpoint
+from .checkpoint import checkpoint_file, load_checkpoint, model_from_checkpoint, temperature_of
 from .errors import UserError
 from .images import is_image_file, load_image, to_rgb, upright
 from .models import fold_batchnorm
@@ -57,11 +57,12 @@ class PetClassifier:
     """`PetClassifier.from_checkpoint("runs/x/best.pt").predict("photo.jpg")` -> [(label, probability), ...]."""
 
     def __init__(self, model: torch.nn.Module, class_names: list[str], preprocessing, species_of=None,
-                 device: str = "auto"):
+                 device: str = "auto", temperature: float = 1.0):
         self.device = resolve_device(device)
         self.model = model.to(self.device, memory_format=torch.channels_last).eval()
         self.fast_model = fold_batchnorm(copy.deepcopy(self.model))  # same function, a third fewer memory passes
         self.class_names = class_names
+        self.temperature = temperature  # calibration: probabilities are softmax(logits / temperature)
         self.preprocessing = preprocessing
         self.species_of = species_of or {}
         if self.species_of and set(class_names) <= set(self.species_of.values()):
@@ -72,11 +73,11 @@ class PetClassifier:
         """A classifier from a checkpoint file, or from a run folder (its best.pt, else its last.pt)."""
         ckpt = load_checkpoint(checkpoint_file(path))
         model, prep = model_from_checkpoint(ckpt)
-        return cls(model, ckpt["class_names"], prep, ckpt.get("species_of"), device)
+        return cls(model, ckpt["class_names"], prep, ckpt.get("species_of"), device, temperature_of(ckpt))
 
     @torch.inference_mode()
     def probabilities(self, images: list[Image.Image]) -> torch.Tensor:
-        """Class probabilities [N, num_classes] for decoded photos, through the evaluation transform."""
+        """Calibrated class probabilities [N, num_classes] for decoded photos, through the evaluation transform."""
         return self._square_probabilities(torch.stack([self.preprocessing.square(img) for img in images]))
 
     @torch.inference_mode()
@@ -84,7 +85,7 @@ class PetClassifier:
         """Class probabilities [N, num_classes] for uint8 squares [N, 3, R, R] as `Preprocessing.square` makes."""
         with autocast(self.device):
             logits = self.fast_model(self.preprocessing.eval_batch(squares.to(self.device)))
-        return logits.float().softmax(dim=1).cpu()
+        return (logits.float() / self.temperature).softmax(dim=1).cpu()
 
     def predict(self, image: Photo | list[Photo], top_k: int = 5) -> list:
         """The `top_k` most likely labels, most likely first, for a photo (path or PIL image); for a list, a list."""

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import distributed
+from . import calibration, distributed
 from .cache import decode_split
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
@@ -331,7 +331,15 @@ def run(cfg: TrainConfig, device: torch.device, features: FeatureStore) -> dict:
     summary = {"run_dir": str(run_dir), "checkpoint": str(run_dir / "best.pt"), "best_val_accuracy": best_accuracy,
                "photos": {"train": len(train_labels), "val": len(val_labels)}}
     # rank 0 wrote best.pt on its machine's disk; the other machines may not see the run folder
-    model.load_state_dict(distributed.from_main(lambda: load_checkpoint(run_dir / "best.pt")["model_state"]))
+    best = distributed.from_main(lambda: load_checkpoint(run_dir / "best.pt"))
+    model.load_state_dict(best["model_state"])
+    # fitted on all ranks' validation logits; rank 0's T goes to every rank, so all agree to the last bit
+    fitted = distributed.gather(calibration.fit_temperature(
+        *gathered(evaluate(trainable, val_loader, eval_prepare, criterion, device))))[0]
+    log(calibration.describe(fitted))
+    summary["calibration"] = fitted
+    if distributed.is_main():  # atomic again: a crash leaves best.pt as it was, without a temperature
+        save_checkpoint({**best, "temperature": fitted["temperature"]}, run_dir / "best.pt")
     if data.test is not None:
         test_images, test_labels = decode_split(data.test, prep, cfg, skipped)
         summary["photos"]["test"] = len(test_labels)
@@ -339,9 +347,7 @@ def run(cfg: TrainConfig, device: torch.device, features: FeatureStore) -> dict:
         if len(frozen):
             test_inputs = frozen_features(frozen_fast, test_images, prep.eval_batch, device, "(test)", features)
         test_loader = Batches(test_inputs, test_labels, cfg.batch_size * 2, rank, world)
-        test = evaluate(trainable, test_loader, eval_prepare, criterion, device)
-        shares = distributed.gather((test["logits"], test["labels"]))  # every rank's share of the test photos
-        logits, labels = torch.cat([lg for lg, _ in shares]), torch.cat([lb for _, lb in shares])
+        logits, labels = gathered(evaluate(trainable, test_loader, eval_prepare, criterion, device))
         summary["test_accuracy"] = (logits.argmax(1) == labels).float().mean().item()
         summary["test_mean_class_accuracy"] = mean_class_accuracy(logits, labels)
     summary["skipped"] = [{"path": path, "reason": reason} for path, reason in skipped]
@@ -354,6 +360,12 @@ def run(cfg: TrainConfig, device: torch.device, features: FeatureStore) -> dict:
     split_name, accuracy = ("test", summary["test_accuracy"]) if "test_accuracy" in summary else ("val", best_accuracy)
     log(f"{split_name} accuracy {accuracy:.1%}; checkpoint {summary['checkpoint']}")
     return summary
+
+
+def gathered(result: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, labels) of an `evaluate` result with every rank's share of the split, on every rank."""
+    shares = distributed.gather((result["logits"], result["labels"]))
+    return torch.cat([lg for lg, _ in shares]), torch.cat([lb for _, lb in shares])
 
 
 def reduced(result: dict) -> tuple[float, float]:

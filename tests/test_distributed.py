@@ -115,6 +115,9 @@ def assert_same_training(run, one) -> None:
     diff = max((ddp["model_state"][k] - v).abs().max().item() for k, v in ref["model_state"].items()
                if v.is_floating_point())
     assert diff < TOLERANCE, diff
+    # the calibration temperature is fitted on every rank's share of the validation photos, as one process fits it
+    temperatures = [load_checkpoint(d / "best.pt")["temperature"] for d in (run, one)]
+    assert temperatures[0] == pytest.approx(temperatures[1], rel=1e-4), temperatures
 
 
 def test_sharded_batches_split_the_global_batch_and_resume_mid_epoch(monkeypatch):

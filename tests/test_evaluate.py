@@ -6,13 +6,20 @@ import pytest
 import torch
 
 from petclassifier import PetClassifier, train
-from petclassifier.checkpoint import save_checkpoint
+from petclassifier.checkpoint import load_checkpoint, save_checkpoint
 from petclassifier.cli import main
 from petclassifier.config import TrainConfig
 from petclassifier.data import load_data
 from petclassifier.errors import UserError
-from petclassifier.evaluate import eval_config, match_classes
-from petclassifier.metrics import confusion_matrix, mean_class_accuracy, metrics_report, per_class_metrics
+from petclassifier.evaluate import eval_config, evaluate_checkpoint, match_classes
+from petclassifier.images import load_image
+from petclassifier.metrics import (
+    confusion_matrix,
+    expected_calibration_error,
+    mean_class_accuracy,
+    metrics_report,
+    per_class_metrics,
+)
 from petclassifier.models import build_model
 from petclassifier.plots import write_curves
 from petclassifier.transforms import Preprocessing
@@ -123,6 +130,57 @@ def test_evaluate_command_writes_a_correct_report_and_pictures(trained, tmp_path
         assert (out / "mistakes.png").read_bytes()[:8] == PNG
     printed = capsys.readouterr().out
     assert "top-1" in printed and "top-5" not in printed
+
+
+def test_evaluate_reports_calibration_before_and_after_the_temperature(trained, tmp_path, capsys):
+    data, run = trained
+    saved = load_checkpoint(run / "best.pt")
+    assert saved["temperature"] != 1.0  # training fitted one
+    plain, hot = tmp_path / "plain.pt", tmp_path / "hot.pt"
+    save_checkpoint({k: v for k, v in saved.items() if k != "temperature"}, plain)  # as before calibration
+    save_checkpoint({**saved, "temperature": 3.0}, hot)
+    photos = sorted((data / "test").rglob("*.png"))
+    images, labels = [load_image(p) for p in photos], torch.tensor([p.parent.name == "square" for p in photos]).long()
+    raw = PetClassifier.from_checkpoint(plain, device="cpu").probabilities(images)
+    calibrated = PetClassifier.from_checkpoint(hot, device="cpu").probabilities(images)
+
+    capsys.readouterr()
+    report = scored(hot, tmp_path, "--out", tmp_path / "pictures")
+    calibration = report["calibration"]
+    assert calibration["temperature"] == 3.0 and calibration["bins"] == 10
+    assert calibration["ece_before"] == pytest.approx(expected_calibration_error(raw, labels), abs=1e-5)
+    assert calibration["ece_after"] == pytest.approx(expected_calibration_error(calibrated, labels), abs=1e-5)
+    assert calibration["ece_before"] != pytest.approx(calibration["ece_after"], abs=1e-3)
+    assert sum(calibration["reliability_after"]["photos"]) == 16
+    assert (tmp_path / "pictures" / "reliability.png").read_bytes()[:8] == PNG
+    printed = capsys.readouterr().out
+    assert (f"temperature 3, expected calibration error {calibration['ece_before']:.3f} -> "
+            f"{calibration['ece_after']:.3f}") in printed
+    unscaled = scored(plain, tmp_path)
+    assert unscaled["top1"] == report["top1"] and unscaled["calibration"]["temperature"] == 1.0  # T = 1: loads
+    assert unscaled["calibration"]["ece_before"] == unscaled["calibration"]["ece_after"] == calibration["ece_before"]
+    assert "no temperature (T = 1)" in capsys.readouterr().out
+
+
+def test_species_scored_through_breeds_sum_the_calibrated_breed_probabilities(breeds, tmp_path):
+    pets = make_folder(tmp_path / "pets", per_class=4)
+    (pets / "disc").rename(pets / "cats")
+    (pets / "square").rename(pets / "dogs")
+    saved = load_checkpoint(breeds)
+    for name in ("head.3.weight", "head.3.bias"):  # logits a few units apart, so that T visibly matters
+        saved["model_state"][name] *= 100
+    species = {}
+    for t in (1.0, 4.0):
+        save_checkpoint({**saved, "temperature": t}, tmp_path / f"t{t}.pt")
+        result = evaluate_checkpoint(tmp_path / f"t{t}.pt", "folder", str(pets), split="all",
+                                     cache_dir=str(tmp_path / "cache"), device="cpu")
+        assert result["report"]["scored_through"] == "species" and result["report"]["calibration"]["temperature"] == t
+        predicted = PetClassifier.from_checkpoint(tmp_path / f"t{t}.pt", device="cpu").predict_paths(
+            sorted(pets.rglob("*.png")), workers=0)
+        expected = torch.tensor([[dict(p.species)["cat"], dict(p.species)["dog"]] for p in predicted])
+        torch.testing.assert_close(result["probs"], expected, atol=1e-4, rtol=0)  # as predict reports them
+        species[t] = result["probs"]
+    assert (species[1.0] - species[4.0]).abs().max() > 0.02
 
 
 def test_evaluate_on_a_dataset_with_unknown_classes_is_one_line_error(trained, tmp_path, capsys):

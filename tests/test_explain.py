@@ -2,9 +2,10 @@ import pytest
 import torch
 from torch import nn
 
-from petclassifier import PetClassifier
+from petclassifier import PetClassifier, plots
+from petclassifier.checkpoint import load_checkpoint, save_checkpoint
 from petclassifier.cli import main
-from petclassifier.explain import GradCAM, centre_share, hottest_inside
+from petclassifier.explain import GradCAM, centre_share, explain_photos, hottest_inside
 from petclassifier.images import load_image
 from petclassifier.models import PetNet, build_model
 from petclassifier.transforms import Preprocessing
@@ -78,6 +79,21 @@ def test_explain_command_writes_the_pictures(trained, tmp_path, capsys):  # noqa
     broken.write_bytes(b"\xff\xd8 not really a JPEG")
     assert main(["explain", "--checkpoint", str(run / "best.pt"), "--out", str(out), str(broken)]) == 2
     assert capsys.readouterr().err.startswith(f"error: cannot explain {broken}: not an image")
+
+
+def test_explain_captions_give_the_calibrated_probabilities(trained, tmp_path, monkeypatch):  # noqa: F811
+    data, run = trained
+    photo = sorted((data / "test" / "disc").glob("*.png"))[0]
+    captions = []
+    monkeypatch.setattr(plots, "plot_gradcam", lambda image, panels, *_: captions.append([c for c, _ in panels]))
+    for t in (1.0, 5.0):
+        save_checkpoint({**load_checkpoint(run / "best.pt"), "temperature": t}, tmp_path / f"t{t}.pt")
+        classifier = PetClassifier.from_checkpoint(tmp_path / f"t{t}.pt", device="cpu")
+        ((label, p),) = classifier.predict(photo, top_k=1)
+        square = dict(classifier.predict(photo, top_k=2))["square"]
+        explain_photos(classifier, [photo], tmp_path / "explain", classes=["square"])
+        assert captions[-1] == [f"predicted: {label} {p:.0%}", f"evidence for square ({square:.0%})"]
+    assert captions[0] != captions[1]  # the probabilities differ with the temperature
 
 
 def test_feature_maps_come_from_early_middle_and_late_stages(trained):  # noqa: F811

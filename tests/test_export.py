@@ -20,7 +20,7 @@ PHOTOS = sorted((SAMPLE / "oxford-iiit-pet" / "images").glob("*.jpg"))[:6]
 CLASSES = ["abyssinian", "beagle", "pug"]
 
 
-def checkpoint(tmp_path, name="smallcnn", size=64, pretrained=False):
+def checkpoint(tmp_path, name="smallcnn", size=64, pretrained=False, **extra):
     """A checkpoint whose BatchNorm layers hold non-trivial statistics, so that folding them is put to the test."""
     torch.manual_seed(0)
     model = build_model(name, len(CLASSES), pretrained)
@@ -32,7 +32,7 @@ def checkpoint(tmp_path, name="smallcnn", size=64, pretrained=False):
     path = tmp_path / "best.pt"
     save_checkpoint({"model_name": name, "class_names": CLASSES, "preprocessing":
                      Preprocessing.for_model(name, size).as_dict(), "model_state": model.state_dict(),
-                     "species_of": {"abyssinian": "cat", "beagle": "dog", "pug": "dog"}}, path)
+                     "species_of": {"abyssinian": "cat", "beagle": "dog", "pug": "dog"}, **extra}, path)
     return path
 
 
@@ -57,7 +57,7 @@ def test_torchscript_export_matches_pytorch(tmp_path):
     ckpt = checkpoint(tmp_path)
     assert main(["export", "--checkpoint", str(ckpt), "--format", "torchscript", "--out", str(tmp_path / "ts")]) == 0
     meta = check_sidecar(tmp_path / "ts", "model.pt")
-    assert meta["input_size"] == 64
+    assert meta["input_size"] == 64 and meta["temperature"] == 1.0  # saved without a temperature: T = 1
     expected, x = reference_and_inputs(ckpt)
     scripted = torch.jit.load(str(tmp_path / "ts" / "model.pt"))
     assert "BatchNorm2d" not in {m.original_name for m in scripted.modules()}  # folded into the convolutions
@@ -65,6 +65,19 @@ def test_torchscript_export_matches_pytorch(tmp_path):
         got = scripted(x)
     assert (got - expected).abs().max().item() < 1e-4
     assert torch.allclose(got.sum(1), torch.ones(len(PHOTOS)), atol=1e-5)  # probabilities, softmax included
+
+
+def test_torchscript_export_divides_by_the_checkpoints_temperature(tmp_path):
+    ckpt = checkpoint(tmp_path, temperature=0.2)
+    assert main(["export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "ts")]) == 0
+    meta = check_sidecar(tmp_path / "ts", "model.pt")
+    assert meta["temperature"] == 0.2 and meta["output"]["temperature_included"]
+    expected, x = reference_and_inputs(ckpt)  # softmax(logits / 0.2), as predict gives them
+    with torch.no_grad():
+        got = torch.jit.load(str(tmp_path / "ts" / "model.pt"))(x)
+        uncalibrated = PetClassifier.from_checkpoint(ckpt, device="cpu").model(x).softmax(1)
+    assert (got - expected).abs().max().item() < 1e-4
+    assert (got - uncalibrated).abs().max().item() > 1e-2
 
 
 def test_onnx_export_matches_pytorch_in_onnxruntime(tmp_path):

@@ -6,7 +6,7 @@ from torch import nn
 
 from petclassifier import PetClassifier, train
 from petclassifier.cache import decode_images
-from petclassifier.checkpoint import save_checkpoint
+from petclassifier.checkpoint import load_checkpoint, save_checkpoint
 from petclassifier.images import load_image
 from petclassifier.models import build_model
 from petclassifier.train import train_one_epoch
@@ -17,7 +17,7 @@ from .conftest import SAMPLE
 TINY = dict(dataset="folder", model="smallcnn", image_size=32, epochs=3, batch_size=8, lr=3e-3, workers=0)
 
 
-def test_training_writes_metrics_and_checkpoints(shapes_dir, cache_dir, tmp_path):
+def test_training_writes_metrics_and_checkpoints(shapes_dir, cache_dir, tmp_path, capsys):
     out = tmp_path / "run"
     summary = train(**TINY, data_dir=str(shapes_dir), cache_dir=cache_dir, out=str(out))
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -29,6 +29,12 @@ def test_training_writes_metrics_and_checkpoints(shapes_dir, cache_dir, tmp_path
     assert (out / "best.pt").is_file() and (out / "last.pt").is_file() and (out / "config.json").is_file()
     assert json.loads((out / "config.json").read_text())["model"] == "smallcnn"
     assert summary["best_val_accuracy"] == max(r["val_accuracy"] for r in rows)
+    # the calibration temperature fitted on the validation split goes into best.pt and summary.json
+    fitted = json.loads((out / "summary.json").read_text())["calibration"]
+    assert fitted == summary["calibration"] and fitted["nll_after"] <= fitted["nll_before"]
+    assert fitted["temperature"] != 1.0 and load_checkpoint(out / "best.pt")["temperature"] == fitted["temperature"]
+    assert PetClassifier.from_checkpoint(out, device="cpu").temperature == fitted["temperature"]
+    assert f"calibration: temperature {fitted['temperature']:.3g}" in capsys.readouterr().out
 
 
 def test_resume_continues_the_same_metrics_file(shapes_dir, cache_dir, tmp_path):
