@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import sys
 from contextlib import nullcontext
 
@@ -42,3 +45,24 @@ def log(message: str = "") -> None:
     """Print a line on the first process; on a line of its own even while a progress bar is drawn."""
     if not other_rank():
         tqdm.write(message, file=sys.stdout)
+
+
+
+def release_free_memory() -> None:
+    """Give the memory that freed tensors leave in the heap back to the OS (glibc only; elsewhere nothing).
+
+    glibc keeps freed blocks for reuse, and with batches of tensors of many sizes its heap fragments and only
+    grows: predicting 25,000 photos grew by 30 KB a photo. Trimming after each batch keeps memory flat (and costs
+    about 5% of the batch's time); a fixed mmap threshold would too, at 20%.
+    """
+    trim = getattr(_libc(), "malloc_trim", None)
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _libc():
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c"))
+    except OSError:
+        return None

@@ -36,7 +36,7 @@ from .resilience import (
     rng_state,
     set_rng_state,
 )
-from .runtime import autocast, log, progress, resolve_device
+from .runtime import autocast, log, progress, release_free_memory, resolve_device
 from .store import Batches, FeatureStore
 from .transforms import Preprocessing
 
@@ -105,6 +105,7 @@ def frozen_features(frozen: nn.Module, images, transform, device: torch.device, 
 
     started = time.perf_counter()
     features = store.keep(blocks(), len(images))
+    release_free_memory()  # the pass's batches leave the heap fragmented: hand the free part back
     log(f"{desc}: {len(images):,} photos in {time.perf_counter() - started:.1f} s")
     return features
 
