@@ -48,14 +48,14 @@ def save_checkpoint(payload: dict, path: str | Path) -> None:
         os.close(dir_fd)
 
 
-def checkpoint_file(path: str | Path) -> Path:
-    """The checkpoint a user means: a file as given, or a run folder's best.pt (its last.pt when it has no best.pt)."""
+def checkpoint_file(path: str | Path, names: tuple[str, ...] = ("best.pt", "last.pt")) -> Path:
+    """The checkpoint a user means: a file as given, or a run folder's first of `names` (best.pt, else last.pt)."""
     path = Path(path)
     if not path.is_dir():
         return path
-    found = [path / name for name in ("best.pt", "last.pt") if (path / name).is_file()]
+    found = [path / name for name in names if (path / name).is_file()]
     if not found:
-        raise UserError(f"no checkpoint file in {path} (no best.pt or last.pt)")
+        raise UserError(f"no checkpoint file in {path} (no {' or '.join(names)})")
     return found[0]
 
 

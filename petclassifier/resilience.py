@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from . import distributed
-from .checkpoint import check_class_names, load_checkpoint
+from .checkpoint import check_class_names, checkpoint_file, load_checkpoint
 from .config import TrainConfig
 from .errors import UserError
 from .runtime import log
@@ -95,9 +95,7 @@ def describe_position(epoch: int, step: int) -> str:
 
 def training_state(path: str | Path) -> tuple[Path, dict]:
     """The last.pt that `--resume` names (a file, or a run folder holding one) and its contents."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "last.pt"
+    path = checkpoint_file(path, ("last.pt",))
     ckpt = load_checkpoint(path)
     if "optimizer" not in ckpt or "ranks" not in ckpt:
         raise UserError(f"{path} holds no training state; resume from a last.pt (or its run folder)")
