@@ -98,7 +98,7 @@ def temperature_of(ckpt: dict) -> float:
 
 def model_from_checkpoint(ckpt: dict) -> tuple[PetNet, Preprocessing]:
     """Rebuild the network from the checkpoint alone (no weights download) and load its weights strictly."""
-    model = build_model(ckpt["model_name"], len(ckpt["class_names"]), pretrained=False)
+    model = build_model(ckpt["model_name"], len(ckpt["class_names"]), False, ckpt.get("imagenet_stages"))
     try:
         model.load_state_dict(ckpt["model_state"], strict=True)
     except RuntimeError as e:

@@ -17,6 +17,7 @@ from .config import TrainConfig
 from .data import load_split
 from .errors import UserError
 from .metrics import calibration_report, metrics_report
+from .models import FlipAveraged
 from .runtime import resolve_device
 from .store import Batches
 from .train import evaluate
@@ -95,7 +96,8 @@ def evaluate_checkpoint(checkpoint: str | Path, dataset=None, data_dir=None, tas
     model = model.to(dev, memory_format=torch.channels_last)
     # with species the loss that evaluate reports is meaningless (labels are not breeds); only the logits are used
     loader = Batches(images, labels, batch_size=64)
-    logits = evaluate(model, loader, prep.eval_batch, nn.CrossEntropyLoss(), dev)["logits"]
+    scored = FlipAveraged(model) if ckpt.get("flip_tta") else model  # as predict scores them
+    logits = evaluate(scored, loader, prep.eval_batch, nn.CrossEntropyLoss(), dev)["logits"]
     temperature = temperature_of(ckpt)
     # scored as predict scores them, with the temperature; without it only for the calibration before/after
     raw, scores = scored_logits(logits, groups), scored_logits(logits / temperature, groups)

@@ -1,7 +1,8 @@
 """Deployment: a checkpoint as a TorchScript or ONNX file plus a JSON sidecar, usable without this package.
 
 The exported network is the evaluation model with every BatchNorm folded into its convolution, followed by the
-calibration temperature and a softmax: it takes a normalised float32 batch [N, 3, crop, crop] (RGB, NCHW) and
+calibration temperature and a softmax (with flip test-time augmentation, the logits are those of the photo and its
+mirror image averaged, inside the network): it takes a normalised float32 batch [N, 3, crop, crop] (RGB, NCHW) and
 returns class probabilities [N, num_classes], softmax(logits / T), as `PetClassifier` gives. The sidecar says how
 to make that input from a photo and what the outputs mean.
 """
@@ -17,7 +18,7 @@ from torch import nn
 
 from .checkpoint import load_checkpoint, model_from_checkpoint, temperature_of
 from .errors import UserError
-from .models import fold_batchnorm
+from .models import FlipAveraged, fold_batchnorm
 from .transforms import Preprocessing
 
 FORMATS = {"torchscript": "model.pt", "onnx": "model.onnx"}
@@ -37,7 +38,9 @@ class WithSoftmax(nn.Module):
 def deployable(ckpt: dict) -> nn.Module:
     """The checkpoint's network in evaluation mode, BatchNorm folded, temperature and softmax included, on the CPU."""
     model, _ = model_from_checkpoint(ckpt)
-    return WithSoftmax(fold_batchnorm(model.eval()), temperature_of(ckpt)).eval()
+    model = fold_batchnorm(model.eval())
+    model.imagenet = None  # the "not a pet" head is not exported: the file gives class probabilities only
+    return WithSoftmax(FlipAveraged(model) if ckpt.get("flip_tta") else model, temperature_of(ckpt)).eval()
 
 
 def sidecar(ckpt: dict, fmt: str) -> dict:
@@ -53,7 +56,7 @@ def sidecar(ckpt: dict, fmt: str) -> dict:
         "input": {"name": "image", "shape": ["batch", 3, prep.crop, prep.crop], "dtype": "float32",
                   "layout": "NCHW, RGB"},
         "output": {"name": "probabilities", "shape": ["batch", len(ckpt["class_names"])], "softmax_included": True,
-                   "temperature_included": True},
+                   "temperature_included": True, "flip_tta_included": bool(ckpt.get("flip_tta"))},
         "temperature": temperature_of(ckpt),  # the outputs are softmax(logits / temperature): calibrated
         "input_size": prep.crop,
         "resize": prep.resize,

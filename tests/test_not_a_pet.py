@@ -1,0 +1,83 @@
+"""The "not a pet" flag: the pretrained ImageNet classifier rides along with the new head and says when a photo
+shows no pet. It must flag objects and scenes, leave pets alone, and survive a checkpoint round trip."""
+
+import json
+
+import pytest
+import torch
+
+from petclassifier.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from petclassifier.cli import main
+from petclassifier.models import build_model
+from petclassifier.predict import PetClassifier
+from petclassifier.transforms import Preprocessing
+
+from .conftest import SAMPLE, SHARED
+
+NOT_PETS = SHARED / "not-pets"
+PETS = sorted((SAMPLE / "oxford-iiit-pet" / "images").glob("*.jpg"))[::7][:16]  # cats and dogs of many breeds
+SPECIES_OF = {"abyssinian": "cat", "beagle": "dog"}
+
+
+def checkpoint_payload(model, task="breed", species_of=SPECIES_OF, imagenet_stages=1) -> dict:
+    return {"model_name": "efficientnet_lite0", "class_names": ["abyssinian", "beagle"], "task": task,
+            "species_of": species_of, "preprocessing": Preprocessing.for_model("efficientnet_lite0", 224).as_dict(),
+            "model_state": model.state_dict(), "imagenet_stages": imagenet_stages}
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """A breed checkpoint of a pretrained Lite0 whose new head is untrained: the flag needs only the ImageNet head."""
+    torch.manual_seed(0)
+    model = build_model("efficientnet_lite0", 2, pretrained=True, imagenet_stages=1)
+    path = tmp_path_factory.mktemp("ckpt") / "best.pt"
+    save_checkpoint(checkpoint_payload(model), path)
+    return path
+
+
+@pytest.mark.skipif(not NOT_PETS.is_dir(), reason=f"the not-pets photos are not at {NOT_PETS} (only beside a CI clone)")
+def test_objects_and_scenes_are_flagged_and_pets_are_not(saved):
+    classifier = PetClassifier.from_checkpoint(saved, device="cpu")
+    objects = sorted(NOT_PETS.iterdir())[::10]  # 20 of the 199
+    flagged = classifier.not_a_pet(objects)
+    assert sum(flagged) >= 17, [p.name for p, f in zip(objects, flagged) if not f]
+    assert not any(classifier.not_a_pet(PETS)), "a pet photo was flagged"
+
+
+def test_the_flag_reaches_predict_output_and_a_model_without_imagenet_head_says_null(saved, tmp_path, capsys):
+    photos = [str(PETS[0]), str(PETS[1])]
+    assert main(["predict", "--checkpoint", str(saved), "--json", *photos]) == 0
+    assert [e["not_a_pet"] for e in json.loads(capsys.readouterr().out)] == [False, False]
+
+    torch.manual_seed(0)
+    scratch = build_model("smallcnn", 2)
+    ckpt = {**checkpoint_payload(scratch, imagenet_stages=None), "model_name": "smallcnn"}
+    save_checkpoint(ckpt, tmp_path / "scratch.pt")
+    assert main(["predict", "--checkpoint", str(tmp_path / "scratch.pt"), "--json", *photos]) == 0
+    assert [e["not_a_pet"] for e in json.loads(capsys.readouterr().out)] == [None, None]
+    assert PetClassifier.from_checkpoint(tmp_path / "scratch.pt", device="cpu").not_a_pet(PETS[0]) is None
+
+
+def test_the_imagenet_head_is_the_pretrained_classifier_on_the_frozen_stages(saved):
+    """Loaded from the checkpoint alone, forward_with_imagenet gives the new head's scores and exactly the scores of
+    the untouched ImageNet network; the ImageNet copy is frozen."""
+    model, prep = model_from_checkpoint(load_checkpoint(saved))
+    imagenet = build_model("efficientnet_lite0", 1000, pretrained=True).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        scores, imagenet_scores = model.forward_with_imagenet(x)
+        assert torch.allclose(scores, model(x), atol=1e-5)
+        assert torch.allclose(imagenet_scores, imagenet(x), atol=1e-4)
+    assert not any(p.requires_grad for p in model.imagenet.parameters())
+
+
+def test_a_folder_model_counts_every_animal_as_a_pet():
+    """A user's hamsters are pets: a folder model's flag uses all ImageNet animal classes, a breed model's cats and
+    dogs only."""
+    torch.manual_seed(0)
+    model = build_model("efficientnet_lite0", 2, pretrained=True, imagenet_stages=1)
+    prep = Preprocessing.for_model("efficientnet_lite0", 224)
+    breed = PetClassifier(model, ["abyssinian", "beagle"], prep, SPECIES_OF, device="cpu")
+    folder = PetClassifier(model, ["cat", "dog"], prep, None, device="cpu")
+    assert set(breed.pet_classes) < set(folder.pet_classes)
+    assert 333 in folder.pet_classes and 333 not in breed.pet_classes  # ImageNet's hamster
