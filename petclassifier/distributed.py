@@ -205,3 +205,19 @@ class ShardedBatches:
         for i in range(self.start, len(self.labels) // b):
             idx = order[i * b : (i + 1) * b][r::world]
             yield self.inputs[idx], self.labels[idx]
+
+
+def gathered(result: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, labels) of an `evaluate` result with every rank's share of the split, on every rank."""
+    shares = gather((result["logits"], result["labels"]))
+    return torch.cat([lg for lg, _ in shares]), torch.cat([lb for _, lb in shares])
+
+
+def reduced(result: dict) -> tuple[float, float]:
+    """(loss, accuracy) of an `evaluate` result over all ranks' shares of the split."""
+    if world_size() == 1:
+        return result["loss"], result["accuracy"]
+    n = len(result["labels"])
+    correct = (result["logits"].argmax(1) == result["labels"]).sum().item()
+    loss_sum, correct, n = sum_over_ranks([result["loss"] * n, correct, n])
+    return loss_sum / n, correct / n

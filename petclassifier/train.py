@@ -23,6 +23,7 @@ from .cache import decode_split
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .data import PetData, load_data
+from .frozen import fits_on_gpu, frozen_features, is_global_pool, to_float
 from .metrics import mean_class_accuracy
 from .models import build_model, fold_batchnorm
 from .plots import write_curves
@@ -36,7 +37,7 @@ from .resilience import (
     rng_state,
     set_rng_state,
 )
-from .runtime import autocast, log, progress, release_free_memory, resolve_device
+from .runtime import autocast, log, progress, resolve_device
 from .store import Batches, FeatureStore
 from .transforms import Preprocessing
 
@@ -88,28 +89,6 @@ def evaluate(model, loader, prepare, criterion, device) -> dict:
     return {"loss": total_loss / len(labels), "accuracy": accuracy, "logits": logits, "labels": labels}
 
 
-@torch.inference_mode()
-def frozen_features(frozen: nn.Module, images, transform, device: torch.device, desc: str, store: FeatureStore):
-    """Outputs of the frozen stages for one view (`transform` of a uint8 batch) of every photo: [N, C, h, w].
-
-    `frozen` should be BatchNorm-folded. Kept by `store`: in half precision on the device while they fit its
-    memory budget (the epochs then read them from there), on disk past it.
-    """
-    frozen.eval()
-    batch_size = 256 if device.type == "cuda" else 16  # on a CPU, small batches stay in cache: about 2x faster
-
-    def blocks():
-        for i in progress(range(0, len(images), batch_size), desc=desc, unit="batch", leave=False):
-            with autocast(device):
-                yield frozen(transform(images[i : i + batch_size].to(device)))
-
-    started = time.perf_counter()
-    features = store.keep(blocks(), len(images))
-    release_free_memory()  # the pass's batches leave the heap fragmented: hand the free part back
-    log(f"{desc}: {len(images):,} photos in {time.perf_counter() - started:.1f} s")
-    return features
-
-
 def warmup_cosine(warmup_steps: int, total_steps: int):
     """Learning-rate factor: linear warm-up to 1, then cosine decay to 0."""
 
@@ -136,20 +115,6 @@ def describe(data: PetData) -> str:
     n_test = len(data.test.paths) if data.test else 0
     return (f"{len(data.class_names)} classes; {len(data.train.paths)} train / {len(data.val.paths)} val / "
             f"{n_test} test photos\ntrain photos per class: {per_class}")
-
-
-def to_float(x: torch.Tensor) -> torch.Tensor:
-    return x.float()  # cached features are kept in half precision; the trained layers compute in float32
-
-
-def is_global_pool(module: nn.Module) -> bool:
-    return isinstance(module, nn.AdaptiveAvgPool2d) and module.output_size in (1, (1, 1))
-
-
-def fits_on_gpu(*rows) -> bool:
-    """Whether the decoded photos take at most half the GPU's free memory."""
-    need = sum(len(r) * math.prod(r.row_shape) for r in rows)
-    return need < torch.cuda.mem_get_info()[0] / 2
 
 
 def class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -321,7 +286,8 @@ def run(cfg: TrainConfig, device: torch.device, features: FeatureStore) -> dict:
                 raise FloatingPointError(f"{e}{kept}") from None
             loss_sum, seen = distributed.sum_over_ranks([totals["loss_sum"], totals["seen"]])
             train_loss = loss_sum / max(seen, 1)
-            val_loss, val_accuracy = reduced(evaluate(trainable, val_loader, eval_prepare, criterion, device))
+            val_result = evaluate(trainable, val_loader, eval_prepare, criterion, device)
+            val_loss, val_accuracy = distributed.reduced(val_result)
             row = {"epoch": epoch + 1, "train_loss": round(train_loss, 5), "val_loss": round(val_loss, 5),
                    "val_accuracy": round(val_accuracy, 5), "lr": epoch_lr,
                    "seconds": round(time.perf_counter() - started, 2),
@@ -344,7 +310,7 @@ def run(cfg: TrainConfig, device: torch.device, features: FeatureStore) -> dict:
     # rank 0 wrote best.pt on its machine's disk; the other machines may not see the run folder
     best = distributed.from_main(lambda: load_checkpoint(run_dir / "best.pt"))
     model.load_state_dict(best["model_state"])
-    # fitted on all ranks' validation logits; rank 0's T goes to every rank, so all agree to the last bit
+
     def split_logits(images, inputs, labels: torch.Tensor, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits, labels) of a split, every rank's share; with --flip-tta averaged with the mirror images'."""
         views = [(inputs, eval_prepare)]
@@ -353,10 +319,11 @@ def run(cfg: TrainConfig, device: torch.device, features: FeatureStore) -> dict:
                 return prep.eval_batch(x).flip(-1)
             views.append((frozen_features(frozen_fast, images, mirror, device, f"frozen features ({split}, mirrored)",
                                           features), to_float) if len(frozen) else (images, mirror))
-        scored = [gathered(evaluate(trainable, Batches(rows, labels, cfg.batch_size * 2, rank, world), prepare,
-                                    criterion, device)) for rows, prepare in views]
+        scored = [distributed.gathered(evaluate(trainable, Batches(rows, labels, cfg.batch_size * 2, rank, world),
+                                                prepare, criterion, device)) for rows, prepare in views]
         return torch.stack([logits for logits, _ in scored]).mean(0), scored[0][1]
 
+    # fitted on all ranks' validation logits; rank 0's T goes to every rank, so all agree to the last bit
     fitted = distributed.gather(calibration.fit_temperature(*split_logits(val_images, val_inputs, val_labels,
                                                                           "val")))[0]
     log(calibration.describe(fitted))
@@ -367,7 +334,7 @@ def run(cfg: TrainConfig, device: torch.device, features: FeatureStore) -> dict:
                                                     device, f"frozen features (val, view {v + 1}/{cfg.augment_views})",
                                                     features) for v in range(1, cfg.augment_views)]
         trainable.load_state_dict(initial_head)
-        refit(trained, lambda epoch: torch.cat([train_view(epoch)[:], val_views[epoch % cfg.augment_views]]),
+        refit(trained, lambda epoch: torch.cat([train_view(epoch)[:], val_views[epoch % cfg.augment_views][:]]),
               torch.cat([train_labels, val_labels.to(train_labels.device)]), train_criterion, cfg, device)
         best.update(model_state=model.state_dict(), refit=True)
     if distributed.is_main():  # atomic again: a crash leaves best.pt as it was, without a temperature
@@ -409,22 +376,6 @@ def refit(trained: nn.Module, inputs_of, labels: torch.Tensor, criterion, cfg: T
         loss = train_one_epoch(trained, batches, to_float, criterion, optimizer, scheduler, device,
                                desc=f"refit {epoch + 1}/{cfg.epochs}")
     log(f"refit: {plural(cfg.epochs, 'epoch')} on {len(labels):,} photos, final train loss {loss:.4f}")
-
-
-def gathered(result: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits, labels) of an `evaluate` result with every rank's share of the split, on every rank."""
-    shares = distributed.gather((result["logits"], result["labels"]))
-    return torch.cat([lg for lg, _ in shares]), torch.cat([lb for _, lb in shares])
-
-
-def reduced(result: dict) -> tuple[float, float]:
-    """(loss, accuracy) of an `evaluate` result over all ranks' shares of the split."""
-    if distributed.world_size() == 1:
-        return result["loss"], result["accuracy"]
-    n = len(result["labels"])
-    correct = (result["logits"].argmax(1) == result["labels"]).sum().item()
-    loss_sum, correct, n = distributed.sum_over_ranks([result["loss"] * n, correct, n])
-    return loss_sum / n, correct / n
 
 
 def plural(n: int, noun: str) -> str:

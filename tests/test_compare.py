@@ -7,7 +7,7 @@ import torch
 from petclassifier.cli import main
 from petclassifier.compare import compare, table, write_outputs
 from petclassifier.config import TrainConfig
-from petclassifier.features import LinearClassifier, colour_histogram, handcrafted_features, hog, lbp_histogram
+from petclassifier.handcrafted import LinearClassifier, colour_histogram, handcrafted_features, hog, lbp_histogram
 
 from .conftest import make_folder
 from .test_evaluate import PNG
@@ -84,3 +84,20 @@ def test_compare_on_a_folder_dataset_writes_rows_json_and_chart(tmp_path):
 @pytest.mark.parametrize("bad", [["--dataset", "folder"]])
 def test_compare_without_a_folder_is_a_user_error(bad, capsys):
     assert main(["compare", *bad]) == 2 and "--data-dir" in capsys.readouterr().err
+
+
+def test_handcrafted_row_scored_on_val_never_learned_from_val(tmp_path):
+    """A folder without test/ is scored on val/: the hand-crafted classifier may choose its L2 strength there but
+    must not train on those photos. Here val/'s labels are swapped, so a classifier that learned only from train/
+    gets nearly every val photo wrong (it tells these shapes apart 97.5% of the time); one that also learned from
+    val/ gets them all right."""
+    from petclassifier.compare import handcrafted_row
+
+    data = make_folder(tmp_path / "shapes", per_class=20, splits=("train", "val"))
+    val = data / "val"
+    (val / "disc").rename(val / "was_disc")
+    (val / "square").rename(val / "disc")
+    (val / "was_disc").rename(val / "square")
+    cfg = TrainConfig(dataset="folder", data_dir=str(data), workers=0, cache_dir=str(tmp_path / "cache")).resolved()
+    row = handcrafted_row(cfg, "val")
+    assert row["photos"] == 40 and row["accuracy"] <= 0.25

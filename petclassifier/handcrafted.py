@@ -97,7 +97,9 @@ class LinearClassifier:
             optimizer.step()
         return linear
 
-    def fit(self, x, y, x_val, y_val, num_classes: int) -> LinearClassifier:
+    def fit(self, x, y, x_val, y_val, num_classes: int, refit: bool = True) -> LinearClassifier:
+        """Choose the L2 strength on the validation photos; with `refit`, the final model learns from them too
+        (only when another split remains to score it on)."""
         self.mean, self.std = x.mean(0), x.std(0).clamp(min=1e-6)
         xs, vs = (x - self.mean) / self.std, (x_val - self.mean) / self.std
         best = None
@@ -106,10 +108,10 @@ class LinearClassifier:
             with torch.no_grad():
                 accuracy = (linear(vs).argmax(1) == y_val).float().mean().item()
             if best is None or accuracy > best[0]:
-                best = (accuracy, strength)
-        self.strength = best[1]
-        # refit on train + validation with the chosen strength, as the final model
-        self.linear = self._train(torch.cat([xs, vs]), torch.cat([y, y_val]), num_classes, self.strength)
+                best = (accuracy, strength, linear)
+        _, self.strength, self.linear = best
+        if refit:  # the final model: train + validation photos, the chosen strength
+            self.linear = self._train(torch.cat([xs, vs]), torch.cat([y, y_val]), num_classes, self.strength)
         return self
 
     @torch.no_grad()
