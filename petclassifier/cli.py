@@ -26,7 +26,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strict-images", action="store_true", default=None,
                    help="stop at an unreadable photo instead of skipping it with a warning")
     p.add_argument("--cache-dir", help="where decoded photos are cached (default ~/.cache/petclassifier)")
-    p.add_argument("--model", help="efficientnet_lite0, smallcnn or a torchvision classifier such as resnet50 or "
+    p.add_argument("--model", help="efficientnet_lite0/1/2, smallcnn or a torchvision classifier such as resnet50 or "
                    f"convnext_tiny (not vit_*, maxvit_t) (default {d.model})")
     p.add_argument("--pretrained", action=argparse.BooleanOptionalAction, help="start from ImageNet weights")
     p.add_argument("--trainable-stages", type=int, help="last body stages fine-tuned; 0 head only, -1 all")

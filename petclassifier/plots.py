@@ -207,8 +207,8 @@ def plot_comparison(rows: list[dict], out: str | Path, title: str) -> Path:
                hatch="//", label="mean per-class accuracy")
         for xi, r in zip(x, mine):
             ax.text(xi - 0.2, 100 * r["accuracy"] + 1, f"{r['accuracy']:.0%}", ha="center", fontsize=8)
-        ax.set_xticks(x, [textwrap.fill(r["method"], 16) for r in mine], fontsize=8)
-        ax.set(title=f"task: {task}", ylabel="test accuracy (%)", ylim=(0, 105))
+        ax.set_xticks(x, [f"{textwrap.fill(r['method'], 16)}\n{r['train_seconds']:.0f} s" for r in mine], fontsize=8)
+        ax.set(title=f"task: {task}", ylabel="held-out accuracy (%)", ylim=(0, 105))
         ax.grid(axis="y", alpha=0.3)
         ax.legend(fontsize=7, loc="upper left")
     fig.suptitle(title)

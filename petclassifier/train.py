@@ -313,14 +313,14 @@ def run(cfg: TrainConfig, device: torch.device, features: FeatureStore) -> dict:
 
     def split_logits(images, inputs, labels: torch.Tensor, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits, labels) of a split, every rank's share; with --flip-tta averaged with the mirror images'."""
-        views = [(inputs, eval_prepare)]
+        passes = [(inputs, eval_prepare)]
         if cfg.flip_tta:
             def mirror(x):
                 return prep.eval_batch(x).flip(-1)
-            views.append((frozen_features(frozen_fast, images, mirror, device, f"frozen features ({split}, mirrored)",
+            passes.append((frozen_features(frozen_fast, images, mirror, device, f"frozen features ({split}, mirrored)",
                                           features), to_float) if len(frozen) else (images, mirror))
         scored = [distributed.gathered(evaluate(trainable, Batches(rows, labels, cfg.batch_size * 2, rank, world),
-                                                prepare, criterion, device)) for rows, prepare in views]
+                                                prepare, criterion, device)) for rows, prepare in passes]
         return torch.stack([logits for logits, _ in scored]).mean(0), scored[0][1]
 
     # fitted on all ranks' validation logits; rank 0's T goes to every rank, so all agree to the last bit
