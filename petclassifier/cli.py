@@ -46,7 +46,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--refit", action=argparse.BooleanOptionalAction,
                    help="head-only models: train the head again on train + val photos at the end (default on)")
     p.add_argument("--flip-tta", action=argparse.BooleanOptionalAction,
-                   help="score each photo and its mirror image, averaged (default on; off halves prediction time)")
+                   help="score each photo and its mirror image, averaged (default: on for efficientnet_lite1/2)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help=f"(default {d.device})")
     p.add_argument("--workers", type=int, help=f"image-decoding processes (default {d.workers})")
     p.add_argument("--seed", type=int, help=f"(default {d.seed})")

@@ -206,8 +206,9 @@ def plot_comparison(rows: list[dict], out: str | Path, title: str) -> Path:
         ax.bar(x + 0.2, [100 * r["mean_per_class_accuracy"] for r in mine], 0.4, color=colours, alpha=0.55,
                hatch="//", label="mean per-class accuracy")
         for xi, r in zip(x, mine):
-            ax.text(xi - 0.2, 100 * r["accuracy"] + 1, f"{r['accuracy']:.0%}", ha="center", fontsize=8)
-        ax.set_xticks(x, [f"{textwrap.fill(r['method'], 16)}\n{r['train_seconds']:.0f} s" for r in mine], fontsize=8)
+            ax.text(xi - 0.2, 100 * r["accuracy"] + 1, f"{r['accuracy']:.1%}", ha="center", fontsize=7)
+        labels = [f"{textwrap.fill(r['method'], 18, break_long_words=False)}\n{r['train_seconds']:.0f} s" for r in mine]
+        ax.set_xticks(x, labels, fontsize=8)
         ax.set(title=f"task: {task}", ylabel="held-out accuracy (%)", ylim=(0, 105))
         ax.grid(axis="y", alpha=0.3)
         ax.legend(fontsize=7, loc="upper left")

@@ -47,7 +47,7 @@ SCENARIOS = {
                               "--image-size", "64"], 4),
     "oxford-species-resnet18": (["--dataset", "oxford-iiit-pet", "--task", "species", "--model", "resnet18",
                                  "--no-pretrained", "--image-size", "64"], 2),
-    "folder-smallcnn": (["--dataset", "folder", "--model", "smallcnn", "--image-size", "48"], 3),
+    "folder-smallcnn": (["--dataset", "folder", "--model", "smallcnn", "--image-size", "48", "--flip-tta"], 3),
 }
 
 
