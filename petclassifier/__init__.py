@@ -1,10 +1,35 @@
 """petclassifier: a PyTorch pet-photo classifier (Oxford-IIIT Pet breeds, cat or dog, or your own folders)."""
 
+import importlib
+import sys
+import types
+
 __version__ = "0.1.0"
 
-from .config import TrainConfig  # noqa: E402
-from .models import PetNet, build_model  # noqa: E402
-from .predict import PetClassifier  # noqa: E402
-from .train import fit, train  # noqa: E402
+# The names the package hands on, and the module each lives in. They are imported when first used (PEP 562), so
+# `petclassifier --help` and `import petclassifier.config` load no torch.
+_EXPORTS = {"PetClassifier": "predict", "PetNet": "models", "TrainConfig": "config", "build_model": "models",
+            "fit": "train", "train": "train"}
+__all__ = [*_EXPORTS, "__version__"]
 
-__all__ = ["PetClassifier", "PetNet", "TrainConfig", "build_model", "fit", "train", "__version__"]
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
+class _Package(types.ModuleType):
+    """Importing the submodule train.py would bind the package's `train` to it: `petclassifier.train` stays the
+    function (the module is sys.modules["petclassifier.train"])."""
+
+    def __setattr__(self, name: str, value) -> None:
+        if not (name == "train" and isinstance(value, types.ModuleType)):
+            super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

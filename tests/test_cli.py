@@ -93,3 +93,19 @@ def test_a_folder_run_is_named_and_recorded_as_what_it_is(tmp_path):
     assert run_dir.name.endswith("-smallcnn-my_pets")
     assert json.loads((run_dir / "config.json").read_text())["task"] == "folder"
     assert load_checkpoint(run_dir / "best.pt")["task"] == "folder"
+
+
+def test_help_loads_no_torch_and_the_package_still_hands_on_its_names():
+    """`petclassifier --help` and `train --help` import neither torch nor the models; the package's names load when
+    used, and `petclassifier.train` stays the function even after the train module is imported."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom petclassifier.cli import main\n"
+            "for args in (['--help'], ['train', '--help']):\n"
+            "    try:\n        main(args)\n    except SystemExit:\n        pass\n"
+            "print(sorted(m for m in ('torch', 'torchvision', 'timm', 'petclassifier.models') if m in sys.modules))\n"
+            "import petclassifier, petclassifier.train\n"
+            "print(petclassifier.train.__name__, petclassifier.fit.__name__, petclassifier.PetClassifier.__name__)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.splitlines()[-2:] == ["[]", "train fit PetClassifier"], out
