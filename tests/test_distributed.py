@@ -24,7 +24,7 @@ CFG = dict(dataset="folder", model="efficientnet_lite0", pretrained=True, traina
            augment_views=2, epochs=2, batch_size=8, lr=1e-2, workers=0)
 FLAGS = ["--dataset", "folder", "--model", "efficientnet_lite0", "--trainable-stages", "0", "--image-size", "32",
          "--augment-views", "2", "--epochs", "2", "--batch-size", "8", "--lr", "1e-2", "--workers", "0"]
-PHOTOS = 24  # make_folder's two classes of 12
+PHOTOS = 72  # make_folder's two classes of 12, in train/, val/ and test/
 # Each rank averages its half of a batch; DDP then averages the two: the same gradient as one process,
 # up to float32 rounding in a different order (measured: 4e-9 on the weights; without DDP's averaging
 # the losses already differ by 1e-4).
@@ -72,7 +72,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory):
-    return make_folder(tmp_path_factory.mktemp("shapes"))
+    return make_folder(tmp_path_factory.mktemp("shapes"), splits=("train", "val", "test"))  # test/: a refit
 
 
 @pytest.fixture(scope="module")
@@ -116,8 +116,13 @@ def assert_same_training(run, one) -> None:
                if v.is_floating_point())
     assert diff < TOLERANCE, diff
     # the calibration temperature is fitted on every rank's share of the validation photos, as one process fits it
-    temperatures = [load_checkpoint(d / "best.pt")["temperature"] for d in (run, one)]
-    assert temperatures[0] == pytest.approx(temperatures[1], rel=1e-4), temperatures
+    best = [load_checkpoint(d / "best.pt") for d in (run, one)]
+    assert best[0]["temperature"] == pytest.approx(best[1]["temperature"], rel=1e-4)
+    # then the head trains again on train + val photos, each rank on its share of every batch, as one process does
+    assert best[0]["refit"] and best[1]["refit"]
+    diff = max((best[0]["model_state"][k] - v).abs().max().item() for k, v in best[1]["model_state"].items()
+               if v.is_floating_point())
+    assert diff < TOLERANCE, diff
 
 
 def test_sharded_batches_split_the_global_batch_and_resume_mid_epoch(monkeypatch):
