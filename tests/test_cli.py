@@ -109,3 +109,16 @@ def test_help_loads_no_torch_and_the_package_still_hands_on_its_names():
             "print(petclassifier.train.__name__, petclassifier.fit.__name__, petclassifier.PetClassifier.__name__)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.splitlines()[-2:] == ["[]", "train fit PetClassifier"], out
+
+
+def test_inference_checkpoints_data_and_models_never_import_the_training_loop():
+    """A command loads only what it runs: predict, export and their layers below never load train.py."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nimport petclassifier.predict, petclassifier.export, petclassifier.checkpoint\n"
+            "import petclassifier.data, petclassifier.models, petclassifier.cache\n"
+            "from petclassifier.checkpoint import library_versions\nlibrary_versions()\n"
+            "print('petclassifier.train' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False"]
