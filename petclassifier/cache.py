@@ -101,13 +101,18 @@ def decode_split(split, prep: Preprocessing, cfg, skipped: list | None = None) -
         path, reason = bad[0]
         raise UserError(f"unreadable photo {path}: {reason} ({len(bad)} in all); remove it or leave out "
                         "--strict-images to skip such files")
-    for path, reason in bad:
-        log(f"warning: skipped unreadable photo {path}: {reason}")
+    warn_unreadable(bad)
     if skipped is not None:
         skipped += bad
     bad_paths = {p for p, _ in bad}
     labels = torch.tensor([y for p, y in zip(split.paths, split.labels) if p not in bad_paths], dtype=torch.long)
     return images, labels
+
+
+def warn_unreadable(bad: list[tuple[str, str]]) -> None:
+    """One warning line for each photo left out because it could not be read: (path, reason)."""
+    for path, reason in bad:
+        log(f"warning: skipped unreadable photo {path}: {reason}")
 
 
 def cache_size(cache_dir: str | Path) -> dict[str, int]:

@@ -59,12 +59,12 @@ class TrainConfig:
             cfg = replace(cfg, data_dir=str(default_data_dir()))
         if cfg.data_dir is not None:  # absolute, so a resumed or evaluated run finds it from any folder
             cfg = replace(cfg, data_dir=os.path.abspath(os.path.expanduser(cfg.data_dir)))
-        if cfg.image_size is None:  # a torchvision model: the crop its ImageNet weights were evaluated at
+        if cfg.image_size is None:  # a pretrained model: the crop its ImageNet weights were evaluated at
             # imported here: it imports torchvision (seconds), which loading or saving a config never needs
-            from .transforms import weights_transforms
+            from .transforms import LITE_SIZES, weights_transforms
 
             preset = weights_transforms(cfg.model)
-            cfg = replace(cfg, image_size=preset.crop_size[0] if preset else 224)
+            cfg = replace(cfg, image_size=preset.crop_size[0] if preset else LITE_SIZES.get(cfg.model, 224))
         if cfg.model == "smallcnn":  # nothing to start from: every layer learns from the user's photos
             cfg = replace(cfg, pretrained=False)
         if not cfg.pretrained:  # a frozen random body would be useless
@@ -88,25 +88,26 @@ def default_data_dir() -> Path:
     return Path(os.environ.get("XDG_DATA_HOME", str(Path.home() / ".local" / "share"))) / "petclassifier"
 
 
+# The default's recipe, Lite1's too. Train only the linear head on pooled features of the frozen ImageNet body,
+# 4 views per photo computed once, then refit on train + val, and score with flip TTA (+0.35 points on the breeds):
+# on the Oxford-IIIT Pet subset's breeds Lite2 92.1% in 2 min 12 s from a cold cache, Lite1 90.7% in 99 s. Label
+# smoothing cost accuracy here, and fine-tuning Lite2's 1x1 head conv as for Lite0 overfitted 901 photos (89.4%).
+LITE_HEAD_ONLY = {"trainable_stages": 0, "epochs": 15, "lr": 3e-3, "label_smoothing": 0.0, "flip_tta": True}
+
 # The best recipes measured on a 2-core CPU (see README): the values a None field takes.
 RECIPES: dict[str, dict] = {
-    # The default. Train only the linear head on pooled features of the frozen ImageNet body (at its native 260 px),
-    # 4 views per photo computed once, then refit on train + val: on the Oxford-IIIT Pet subset's breeds 92.1% in
-    # 2 min 12 s from a cold cache. Label smoothing cost accuracy here, and fine-tuning the 1x1 head conv as for
-    # Lite0 overfitted 901 photos (89.4%). Lite1: 90.7% in 99 s.
-    "efficientnet_lite2": {"trainable_stages": 0, "image_size": 260, "epochs": 15, "lr": 3e-3, "label_smoothing": 0.0,
-                           "flip_tta": True},  # +0.35 points on the breeds
-    "efficientnet_lite1": {"trainable_stages": 0, "image_size": 240, "epochs": 15, "lr": 3e-3, "label_smoothing": 0.0,
-                           "flip_tta": True},  # +0.35 points
+    "efficientnet_lite2": LITE_HEAD_ONLY,
+    "efficientnet_lite1": LITE_HEAD_ONLY,
     # Fine-tune the 1x1 head conv (320 -> 1280 channels) and the linear head on features cached from the frozen
     # ImageNet body. On the Oxford-IIIT Pet subset's breeds: 89.0% in 92 s at 224 px; 288 px (with --balance) 90.3%
     # in 4.4 min.
-    "efficientnet_lite0": {"trainable_stages": 1, "image_size": 224, "epochs": 10, "lr": 1e-3, "label_smoothing": 0.1,
+    "efficientnet_lite0": {"trainable_stages": 1, "epochs": 10, "lr": 1e-3, "label_smoothing": 0.1,
                            "flip_tta": False},  # flip TTA: the same 89.0%, at twice the prediction cost
     # From scratch: every layer learns. Narrow layers (16-128 channels) run 3x faster than twice as wide ones,
     # which buys twice the epochs: 82.8% on cats-vs-dogs val in 12.5 min, against 77.6% for the wide net at 112 px.
     "smallcnn": {"trainable_stages": -1, "image_size": 128, "epochs": 36, "lr": 3e-3, "label_smoothing": 0.1,
                  "flip_tta": False},  # flip TTA: 24.8% against 25.5% on the breeds
-    # torchvision models: the image size is their weights' crop (224 for most, 300 for efficientnet_b3, ...)
+    # The image size of the pretrained models is their weights' crop: Lite0/1/2 224/240/260, 224 for most torchvision
+    # models, 300 for efficientnet_b3, ...
     "default": {"trainable_stages": 0, "epochs": 10, "lr": 1e-3, "label_smoothing": 0.1, "flip_tta": False},
 }

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .cache import decode_split
+from .cache import decode_split, warn_unreadable
 from .checkpoint import load_checkpoint, model_from_checkpoint, temperature_of
 from .config import TrainConfig
 from .data import load_split
@@ -83,8 +83,7 @@ def evaluate_checkpoint(checkpoint: str | Path, dataset=None, data_dir=None, tas
     model, prep = model_from_checkpoint(ckpt)
     cfg = eval_config(ckpt, dataset, data_dir, task, cache_dir)
     data = load_split(cfg, split)
-    for path, reason in data.skipped:
-        print(f"warning: skipped unreadable photo {path}: {reason}")
+    warn_unreadable(data.skipped)
     groups = species_groups(ckpt, data.class_names)
     class_names = list(groups) if groups else ckpt["class_names"]
     to_model = match_classes(class_names, data.class_names)

@@ -69,7 +69,10 @@ def calibration_bins(probs: torch.Tensor, labels: torch.Tensor, bins: int = 10):
 
 def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, bins: int = 10) -> float:
     """ECE: the photo-weighted mean, over confidence bins, of |accuracy - mean top-1 confidence|."""
-    photos, confidence, accuracy = calibration_bins(probs, labels, bins)
+    return ece_of_bins(*calibration_bins(probs, labels, bins))
+
+
+def ece_of_bins(photos: torch.Tensor, confidence: torch.Tensor, accuracy: torch.Tensor) -> float:
     return (photos / photos.sum() * (accuracy - confidence).abs()).sum().item()
 
 
@@ -79,7 +82,7 @@ def calibration_report(before: torch.Tensor, after: torch.Tensor, labels: torch.
     report = {"temperature": temperature, "bins": bins}
     for when, probs in (("before", before), ("after", after)):
         photos, confidence, accuracy = calibration_bins(probs, labels, bins)
-        report[f"ece_{when}"] = expected_calibration_error(probs, labels, bins)
+        report[f"ece_{when}"] = ece_of_bins(photos, confidence, accuracy)
         report[f"reliability_{when}"] = {"photos": photos.long().tolist(), "confidence": confidence.tolist(),
                                          "accuracy": accuracy.tolist()}
     return report

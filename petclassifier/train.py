@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from . import calibration, distributed
-from .cache import decode_split
+from .cache import decode_split, warn_unreadable
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .data import PetData, load_data
@@ -101,6 +101,16 @@ def warmup_cosine(warmup_steps: int, total_steps: int):
     return factor
 
 
+def optimizer_and_schedule(trained: nn.Module, labels: torch.Tensor, cfg: TrainConfig):
+    """AdamW over `trained`'s parameters, its warm-up and cosine schedule over cfg.epochs, and the batches per epoch
+    (counted on the labels alone: no view of the photos is computed for it)."""
+    optimizer = torch.optim.AdamW(trained.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = len(distributed.ShardedBatches(labels, labels, cfg.batch_size, cfg.seed))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_cosine(round(cfg.warmup_epochs * steps_per_epoch), cfg.epochs * steps_per_epoch))
+    return optimizer, scheduler, steps_per_epoch
+
+
 def run_dir_for(cfg: TrainConfig) -> Path:
     """--out, or runs/<date-time>-<model>-<task> (a folder dataset's run is named after the folder)."""
     if cfg.out:
@@ -143,8 +153,7 @@ def run(cfg: TrainConfig, device: torch.device, features: FeatureStore) -> dict:
     rank, world = distributed.rank(), distributed.world_size()
     torch.manual_seed(cfg.seed)
     data = distributed.per_machine(lambda: load_data(cfg))  # each machine's first process checks the photos
-    for path, reason in data.skipped:
-        log(f"warning: skipped unreadable photo {path}: {reason}")
+    warn_unreadable(data.skipped)
     log(describe(data))
     prep = Preprocessing.for_model(cfg.model, cfg.image_size)
     # a pretrained model keeps its ImageNet classifier beside the new head: it says when a photo shows no pet
@@ -183,6 +192,10 @@ def run(cfg: TrainConfig, device: torch.device, features: FeatureStore) -> dict:
     refitting = cfg.refit and pooled and data.test is not None
     initial_head = copy.deepcopy(trainable.state_dict()) if refitting else None
 
+    def view_transform(v: int):
+        """View 0 is the plain centre crop, the others random crops and flips, all drawn from one generator."""
+        return prep.eval_batch if v == 0 else lambda x: prep.train_batch(x, generator)
+
     def train_view(epoch: int) -> torch.Tensor:
         """The frozen features epoch `epoch` trains on: view 0 is the plain centre crop, the others random crops
         and flips. Each is computed when first needed, so the first epoch starts early; always in order and from
@@ -190,8 +203,7 @@ def run(cfg: TrainConfig, device: torch.device, features: FeatureStore) -> dict:
         (every rank needs every photo: the shuffled shares change each epoch)."""
         while len(views) <= epoch % cfg.augment_views:
             v = len(views)
-            transform = prep.eval_batch if v == 0 else lambda x: prep.train_batch(x, generator)
-            views.append(frozen_features(frozen_fast, train_images, transform, device,
+            views.append(frozen_features(frozen_fast, train_images, view_transform(v), device,
                                          f"frozen features (train, view {v + 1}/{cfg.augment_views})", features))
         return views[epoch % cfg.augment_views]
 
@@ -208,11 +220,7 @@ def run(cfg: TrainConfig, device: torch.device, features: FeatureStore) -> dict:
     if cfg.balance:  # validation keeps the plain loss, so epochs stay comparable with and without --balance
         weights = class_weights(train_labels, len(data.class_names)).to(device)
         train_criterion = nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing)
-    optimizer = torch.optim.AdamW(trainable.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    # batches per epoch, counted on the labels alone (train_loader(0) would compute the first view here)
-    steps_per_epoch = len(distributed.ShardedBatches(train_labels, train_labels, cfg.batch_size, cfg.seed))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, warmup_cosine(round(cfg.warmup_epochs * steps_per_epoch), cfg.epochs * steps_per_epoch))
+    optimizer, scheduler, steps_per_epoch = optimizer_and_schedule(trainable, train_labels, cfg)
     trained = distributed.wrap(trainable, device)
     if cfg.compile:
         trained = torch.compile(trained)
@@ -330,8 +338,8 @@ def run(cfg: TrainConfig, device: torch.device, features: FeatureStore) -> dict:
     summary["calibration"], summary["refit"] = fitted, initial_head is not None
     best["temperature"] = fitted["temperature"]
     if initial_head is not None:  # 10% more photos to learn from: about +0.7% on the breeds
-        val_views = [val_inputs] + [frozen_features(frozen_fast, val_images, lambda x: prep.train_batch(x, generator),
-                                                    device, f"frozen features (val, view {v + 1}/{cfg.augment_views})",
+        val_views = [val_inputs] + [frozen_features(frozen_fast, val_images, view_transform(v), device,
+                                                    f"frozen features (val, view {v + 1}/{cfg.augment_views})",
                                                     features) for v in range(1, cfg.augment_views)]
         trainable.load_state_dict(initial_head)
         refit(trained, lambda epoch: torch.cat([train_view(epoch)[:], val_views[epoch % cfg.augment_views][:]]),
@@ -366,10 +374,7 @@ def refit(trained: nn.Module, inputs_of, labels: torch.Tensor, criterion, cfg: T
     [N, ...] with `labels` [N]. The epoch count and the temperature were chosen on the validation photos, which are
     now among the training photos: that is why those choices come first."""
     log("refit: training the head again on the train and validation photos together")
-    optimizer = torch.optim.AdamW(trained.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = len(distributed.ShardedBatches(labels, labels, cfg.batch_size, cfg.seed))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, warmup_cosine(round(cfg.warmup_epochs * steps_per_epoch), cfg.epochs * steps_per_epoch))
+    optimizer, scheduler, _ = optimizer_and_schedule(trained, labels, cfg)
     for epoch in range(cfg.epochs):
         batches = distributed.ShardedBatches(inputs_of(epoch), labels, cfg.batch_size, cfg.seed)
         batches.set_position(epoch, 0)

