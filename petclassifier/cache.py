@@ -19,10 +19,8 @@ from . import distributed
 from .errors import UserError
 from .images import ImageError, load_image
 from .runtime import log, progress
-from .store import RowFile
+from .store import TEMP_MARK, RowFile, remove_abandoned
 from .transforms import Preprocessing
-
-TEMP_MARK = ".tmp"  # an entry being written is named <key>.u8.tmp<pid> until it is complete
 
 
 def cache_key(paths: list[str], prep: Preprocessing) -> str:
@@ -69,24 +67,6 @@ def write_entry(paths: list[str], prep: Preprocessing, store: Path, meta: Path, 
     finally:  # an interrupted decode leaves nothing behind
         tmp.unlink(missing_ok=True)
         tmp_meta.unlink(missing_ok=True)
-
-
-def remove_abandoned(folder: Path) -> None:
-    """Delete temporary files of decodes whose process is gone (killed before it could clean up)."""
-    for tmp in folder.glob(f"*{TEMP_MARK}*"):
-        pid = tmp.name.rsplit(TEMP_MARK, 1)[1]
-        if pid.isdigit() and not process_alive(int(pid)):
-            tmp.unlink(missing_ok=True)
-
-
-def process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
 
 
 def decode_split(split, prep: Preprocessing, cfg, skipped: list | None = None) -> tuple[RowFile, torch.Tensor]:

@@ -17,6 +17,7 @@ import torch
 
 MEMORY_BUDGET = 2 * 1024**3  # bytes of frozen features kept in memory by a training run; the rest go to disk
 FEATURE_DTYPE = torch.float16  # frozen features: half the memory of float32, differences far below the noise
+TEMP_MARK = ".tmp"  # a file being written (a cache entry) or used for one run (features) is named <name>.tmp<pid>
 
 
 class RowFile:
@@ -99,7 +100,8 @@ class FeatureStore:
         need = count * first[0].numel() * first.element_size()
         if need > self.left:  # past the budget: stream the rows to a file, read back batch by batch
             self.folder.mkdir(parents=True, exist_ok=True)
-            path = self.folder / f"{len(self.files)}.f16.tmp{os.getpid()}"  # the cache clears it if we are killed
+            remove_abandoned(self.folder)  # features of runs that were killed before they could remove them
+            path = self.folder / f"{len(self.files)}.f16{TEMP_MARK}{os.getpid()}"
             self.files.append(path)
             return RowFile.create(path, first.shape[1:], FEATURE_DTYPE, itertools.chain([first], blocks))
         self.left -= need
@@ -132,3 +134,21 @@ class Batches:
         for i in range(0, len(self.indices), self.batch_size):
             idx = self.indices[i : i + self.batch_size]
             yield self.rows[idx], self.labels[idx]
+
+
+def remove_abandoned(folder: Path) -> None:
+    """Delete temporary files of decodes whose process is gone (killed before it could clean up)."""
+    for tmp in folder.glob(f"*{TEMP_MARK}*"):
+        pid = tmp.name.rsplit(TEMP_MARK, 1)[1]
+        if pid.isdigit() and not process_alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True

@@ -44,6 +44,19 @@ def test_features_past_the_budget_go_to_disk_as_the_same_half_precision_rows(tmp
     assert list((tmp_path / "features").iterdir()) == []  # a run's spilled features go with it
 
 
+def test_features_a_killed_run_left_on_disk_are_removed_by_the_next_run_that_spills(tmp_path):
+    import os
+
+    folder = tmp_path / "features"
+    folder.mkdir()
+    abandoned = folder / "0.f16.tmp999999999"  # a killed run's file (no such process)
+    running = folder / f"0.f16.tmp{os.getppid()}"  # another run's, still going
+    abandoned.write_bytes(b"half"), running.write_bytes(b"half")
+    with FeatureStore(folder, budget=0) as spills:
+        spills.keep(iter([torch.randn(2, 3)]), 2)
+        assert not abandoned.exists() and running.exists()
+
+
 def test_training_from_features_on_disk_equals_training_from_memory(shapes_dir, cache_dir, tmp_path, monkeypatch):
     cfg = {**TINY, "model": "efficientnet_lite0", "pretrained": True, "trainable_stages": 1, "augment_views": 2,
            "image_size": 48, "epochs": 2, "data_dir": str(shapes_dir), "cache_dir": cache_dir}
