@@ -126,14 +126,15 @@ def explain_photos(classifier, paths: list[str | Path], out: str | Path, classes
     gradcam = GradCAM(model)
     for path in paths:
         try:
-            square = prep.square(classifier._load(path))
+            image = classifier._load(path)
         except ImageError as e:
             raise UserError(f"cannot explain {path}: {e}") from None
+        square = prep.square(image)
         x = prep.eval_batch(square[None].to(classifier.device)).contiguous()
         photo = centre_crop(square, prep.crop)
-        cams, logits = gradcam(x)
-        probs = (logits / classifier.temperature).softmax(1)[0]  # as predict reports them
+        probs = classifier.probabilities([image])[0]  # as predict reports them: temperature, flip TTA
         predicted = int(probs.argmax())
+        cams, _ = gradcam(x, torch.tensor([predicted], device=x.device))
         panels = [(f"predicted: {names[predicted]} {probs[predicted]:.0%}", upsample(cams[0], prep.crop).cpu())]
         for name in classes:
             k = names.index(name)

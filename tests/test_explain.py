@@ -96,6 +96,21 @@ def test_explain_captions_give_the_calibrated_probabilities(trained, tmp_path, m
     assert captions[0] != captions[1]  # the probabilities differ with the temperature
 
 
+def test_explain_shows_the_probabilities_predict_reports_and_explains_that_class(trained, tmp_path,  # noqa: F811
+                                                                                  monkeypatch):
+    """Captions come from the classifier's own scoring (temperature, flip test-time augmentation), and the Grad-CAM
+    map is drawn for the class it predicts, not the plain network's argmax."""
+    data, run = trained
+    photo = sorted((data / "test" / "disc").glob("*.png"))[0]
+    classifier = PetClassifier.from_checkpoint(run, device="cpu")
+    assert classifier.predict(photo, top_k=1)[0][0] == "disc"
+    monkeypatch.setattr(classifier, "probabilities", lambda images: torch.tensor([[0.3, 0.7]]))  # disc, square
+    captions = []
+    monkeypatch.setattr(plots, "plot_gradcam", lambda image, panels, *_: captions.append([c for c, _ in panels]))
+    explain_photos(classifier, [photo], tmp_path / "explain")
+    assert captions == [["predicted: square 70%"]]
+
+
 def test_feature_maps_come_from_early_middle_and_late_stages(trained):  # noqa: F811
     from petclassifier.explain import stage_maps
 
