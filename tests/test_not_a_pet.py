@@ -81,3 +81,15 @@ def test_a_folder_model_counts_every_animal_as_a_pet():
     folder = PetClassifier(model, ["cat", "dog"], prep, None, device="cpu")
     assert set(breed.pet_classes) < set(folder.pet_classes)
     assert 333 in folder.pet_classes and 333 not in breed.pet_classes  # ImageNet's hamster
+
+
+@pytest.mark.skipif(not NOT_PETS.is_dir(), reason=f"the not-pets photos are not at {NOT_PETS} (only beside a CI clone)")
+def test_a_folder_model_flags_objects_and_not_pets():
+    """The animal rule (every ImageNet animal class, below 0.2) of a model of a user's own folders, with the default
+    backbone its threshold was chosen on (the default recipe: head only, so the ImageNet head reads the same maps)."""
+    torch.manual_seed(0)
+    model = build_model("efficientnet_lite2", 2, pretrained=True, imagenet_stages=0)
+    folder = PetClassifier(model, ["cat", "dog"], Preprocessing.for_model("efficientnet_lite2", 260), None, "cpu")
+    objects = sorted(NOT_PETS.iterdir())[5::10]  # 20 other photos than the breed test's
+    assert sum(folder.not_a_pet(objects)) >= 16
+    assert not any(folder.not_a_pet(PETS))
