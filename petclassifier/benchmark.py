@@ -1,91 +1,131 @@
-"""Speed benchmark: the usual tutorial pipeline against this package's, same data, model, batch size and threads.
+"""Speed as users feel it: the PyTorch tutorial's pipeline (`tutorial.py`) and this package's, doing the same work on
+the same photos, with the same threads, decode workers, memory format (channels_last) and autocast, in one run.
 
-Tutorial: a Dataset that opens each JPEG with PIL and applies torchvision transforms in DataLoader workers, a
-plain fp32 loop that fine-tunes the whole network (SGD with momentum, cosine schedule).
-Project: photos decoded once into the uint8 cache, crops and flips on whole batches on the training device,
-channels_last, bf16 autocast on CUDA, BatchNorm folded for inference, and the default recipe's fast path.
-Each pipeline runs in its own process, so that its peak resident memory is its own.
+- train: wall seconds from process start to the final test score (each run is its own `python` process), the test
+  accuracy, and when the validation accuracy first reached 80/85/90%: the tutorial's full fine-tune and its frozen
+  body, the package's default recipe with a cold cache and again warm, and its fastest setting (efficientnet_lite0's
+  recipe) cold.
+- predict_folder: files in, labels out, the network loaded; latency_ms: one photo from its path to probabilities.
+  The package's figures score each photo once, as the tutorial does; `project_flip_tta` adds the mirror image's
+  pass when the checkpoint's recipe does.
+- train_step: full fine-tune steps with the data pipeline inside the timer (the tutorial's decoding workers, the
+  package's crops of its decoded-photo store), and the compute-bound rate of the same steps on ready tensors.
+- startup: `petclassifier --help` and `petclassifier predict PHOTO` as processes: wall seconds and peak memory.
 """
 
 from __future__ import annotations
 
-import copy
 import itertools
 import json
-import math
-import multiprocessing
-import resource
+import os
+import shutil
 import statistics
+import subprocess
+import sys
 import time
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 import torch
 from PIL import Image
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
-from torchvision import transforms as T
 
 from .cache import decode_split
+from .checkpoint import load_checkpoint
 from .config import TrainConfig
-from .data import load_data
+from .data import Split, load_data
+from .distributed import ShardedBatches
 from .errors import UserError
-from .models import build_model, fold_batchnorm
+from .models import build_model
 from .predict import PetClassifier
 from .runtime import autocast, resolve_device
-from .train import evaluate, fit, train_one_epoch, warmup_cosine
+from .train import train_one_epoch
 from .transforms import Preprocessing
+from .tutorial import photo_loader, tutorial_transforms
+
+THRESHOLDS = ("0.80", "0.85", "0.90")  # validation accuracies whose time to reach is reported
+FAST_MODEL = "efficientnet_lite0"  # the fastest documented setting is this model's recipe
+NOT_PASSED_ON = ("cache_dir", "out", "resume")  # the benchmark chooses these for each run
 
 
-class PathDataset(Dataset):
-    """The tutorial's dataset: open, convert and transform one photo per item."""
-
-    def __init__(self, paths, labels, transform):
-        self.paths, self.labels, self.transform = paths, labels, transform
-
-    def __len__(self):
-        return len(self.paths)
-
-    def __getitem__(self, i):
-        return self.transform(Image.open(self.paths[i]).convert("RGB")), self.labels[i]
-
-
-def tutorial_transforms(prep: Preprocessing):
-    normalize = T.Normalize(prep.mean, prep.std)
-    train = T.Compose([T.RandomResizedCrop(prep.crop), T.RandomHorizontalFlip(), T.ToTensor(), normalize])
-    evaluation = T.Compose([T.Resize(prep.resize), T.CenterCrop(prep.crop), T.ToTensor(), normalize])
-    return train, evaluation
+def train_flags(cfg: TrainConfig, **changes) -> list[str]:
+    """The `petclassifier train` flags that give this config: one per field that differs from the defaults."""
+    cfg, default, flags = replace(cfg, **changes), TrainConfig(), []
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if f.name in NOT_PASSED_ON or value == getattr(default, f.name):
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        flags += [flag if value else f"--no-{flag[2:]}"] if isinstance(value, bool) else [flag, str(value)]
+    return flags
 
 
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process plus its largest child (DataLoader workers), in MB."""
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return round((own + children) / 1024, 1)
+# Started from this process, which holds torch, a command's peak memory would count the pages it was forked with
+# (Linux keeps a process's peak across exec). A bare Python process starts it instead and reports, in the file named
+# by its first argument, when it started it, the wall seconds to its end and its peak resident memory (KB).
+LAUNCHER = """import resource, subprocess, sys, time
+started = time.time()
+status = subprocess.call(sys.argv[2:])
+with open(sys.argv[1], "w") as f:
+    f.write(f"{started} {time.time() - started} {resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}")
+sys.exit(status)
+"""
 
 
-def latencies_ms(predict_one, paths, repeats: int) -> tuple[float, float]:
-    """p50 and p95 of single-photo prediction (file to probabilities), model already loaded."""
-    predict_one(paths[0])  # warm-up
-    times = []
-    for i in range(repeats):
-        started = time.perf_counter()
-        predict_one(paths[i % len(paths)])
-        times.append((time.perf_counter() - started) * 1000)
-    q = statistics.quantiles(times, n=20)
-    return round(statistics.median(times), 2), round(q[18], 2)
+def run_process(argv: list[str], log: Path) -> tuple[float, float, float, list[str]]:
+    """(Unix time it started, wall seconds to its end, peak resident MB, output lines) of a command run to its end;
+    its output goes to `log`."""
+    measured = log.with_suffix(".measured")
+    with open(log, "w") as f:
+        status = subprocess.call([sys.executable, "-c", LAUNCHER, str(measured), *argv], stdout=f,
+                                 stderr=subprocess.STDOUT)
+    lines = log.read_text().splitlines()
+    if status != 0:
+        last = lines[-1] if lines else "no output"
+        raise UserError(f"{' '.join(argv[1:4])} ... ended with status {status} ({last}); its output: {log}")
+    started, seconds, peak_kb = map(float, measured.read_text().split())
+    return started, seconds, peak_kb / 1024, lines
 
 
-def timed_steps(model, batches, prepare, device, optimizer) -> float:
-    """Images per second of full training steps (forward, loss, backward, step) over `batches` after one warm-up."""
-    criterion = nn.CrossEntropyLoss()
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    train_one_epoch(model, batches[:1], prepare, criterion, optimizer, scheduler, device, desc="warm-up")
-    sync(device)
-    started = time.perf_counter()
-    train_one_epoch(model, batches[1:], prepare, criterion, optimizer, scheduler, device, desc="timed steps")
-    sync(device)
-    return sum(len(y) for _, y in batches[1:]) / (time.perf_counter() - started)
+def train_result(seconds: float, test_accuracy: float, curve: list[list[float]]) -> dict:
+    """One train run's figures; curve: [seconds since its start, validation accuracy] per epoch."""
+    reached = {t: next((s for s, acc in curve if acc >= float(t)), None) for t in THRESHOLDS}
+    return {"seconds": round(seconds, 1), "test_accuracy": test_accuracy, "seconds_to_val_accuracy": reached,
+            "curve": curve}
+
+
+def train_tutorial_run(cfg: TrainConfig, epochs: int, frozen: bool, log: Path) -> dict:
+    argv = [sys.executable, "-m", "petclassifier.tutorial", *train_flags(cfg, epochs=epochs)] + ["--frozen"] * frozen
+    started, seconds, _, lines = run_process(argv, log)
+    events = [json.loads(line) for line in lines if line.startswith("{")]
+    curve = [[round(e["time"] - started, 1), e["val_accuracy"]] for e in events if "epoch" in e]
+    return train_result(seconds, events[-1]["test_accuracy"], curve)
+
+
+def train_project_run(cfg: TrainConfig, cache: Path, out: Path, log: Path) -> dict:
+    shutil.rmtree(out, ignore_errors=True)  # a run left by an earlier benchmark would get these epochs appended
+    argv = [sys.executable, "-m", "petclassifier", "train", *train_flags(cfg), "--cache-dir", str(cache),
+            "--out", str(out)]
+    started, seconds, _, _ = run_process(argv, log)
+    rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    summary = json.loads((out / "summary.json").read_text())
+    curve = [[round(r["time"] - started, 1), r["val_accuracy"]] for r in rows]
+    return train_result(seconds, summary.get("test_accuracy"), curve)
+
+
+def train_runs(cfg: TrainConfig, tutorial_epochs: int, out: Path) -> dict:
+    """The five ways to a model, one after another (never two at once: they would share the CPU)."""
+    for cache in (out / "cache-cold", out / "cache-fast"):
+        shutil.rmtree(cache, ignore_errors=True)  # cold: nothing decoded yet
+    runs = {}
+    for name, frozen in (("tutorial", False), ("tutorial_frozen", True)):
+        print(f"train: {name} ({tutorial_epochs} epochs)", flush=True)
+        runs[name] = train_tutorial_run(cfg, tutorial_epochs, frozen, out / f"{name}.log")
+    for name, run_cfg, cache in (("project_cold", cfg, "cache-cold"), ("project_warm", cfg, "cache-cold"),
+                                 ("project_fast", replace(cfg, model=FAST_MODEL), "cache-fast")):
+        print(f"train: {name}", flush=True)
+        runs[name] = train_project_run(run_cfg, out / cache, out / name, out / f"{name}.log")
+    return runs
 
 
 def sync(device: torch.device) -> None:
@@ -93,170 +133,168 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def run_tutorial(cfg: TrainConfig, epochs: int, steps: int, repeats: int) -> dict:
-    """Fine-tune the whole network from PIL-decoded photos: throughput, then accuracy per epoch if epochs > 0."""
-    device = resolve_device(cfg.device)
-    torch.manual_seed(cfg.seed)
-    data = load_data(cfg)
-    prep = Preprocessing.for_model(cfg.model, cfg.image_size)
-    train_tf, eval_tf = tutorial_transforms(prep)
-    model = build_model(cfg.model, len(data.class_names), cfg.pretrained).to(device)
-    train_set = PathDataset(data.train.paths, data.train.labels, train_tf)
-    train_loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.workers,
-                              drop_last=True, pin_memory=device.type == "cuda")
-    val_loader = DataLoader(PathDataset(data.val.paths, data.val.labels, eval_tf), batch_size=cfg.batch_size,
-                            num_workers=cfg.workers)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
-    result = {}
-    if steps:
-        loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.workers,
-                            drop_last=True, pin_memory=device.type == "cuda", persistent_workers=cfg.workers > 0)
-        result["train_images_per_s"] = round(timed_steps(model, list_batches(loader, steps + 1), nn.Identity(),
-                                                         device, optimizer), 2)
-    started, best, reached_best_at, epoch_times = time.perf_counter(), None, None, []
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(0, max(1, epochs * len(train_loader))))
-    for epoch in range(epochs):
-        epoch_start = time.perf_counter()
-        train_one_epoch(model, train_loader, nn.Identity(), nn.CrossEntropyLoss(), optimizer, scheduler, device,
-                        desc=f"tutorial epoch {epoch + 1}/{epochs}")
-        epoch_times.append(time.perf_counter() - epoch_start)
-        accuracy = evaluate(model, val_loader, nn.Identity(), nn.CrossEntropyLoss(), device)["accuracy"]
-        print(f"tutorial epoch {epoch + 1}: val accuracy {accuracy:.1%}, {epoch_times[-1]:.0f}s", flush=True)
-        if best is None or accuracy > best:
-            best, reached_best_at = accuracy, time.perf_counter() - started
-    model.eval()
-    with torch.inference_mode():  # batched prediction as the tutorial does it: decoding included
-        passes = max(1, 2048 // len(data.val.paths)) if device.type == "cuda" else 1  # enough work for every worker
-        paths, labels = data.val.paths * passes, data.val.labels * passes
-        infer_loader = DataLoader(PathDataset(paths, labels, eval_tf), batch_size=cfg.batch_size,
-                                  num_workers=cfg.workers)
-        model(eval_tf(Image.open(paths[0]).convert("RGB"))[None].to(device))  # warm-up
-        sync(device)
-        infer_started = time.perf_counter()
-        for x, _ in infer_loader:
-            model(x.to(device))
-        sync(device)
-        infer_rate = len(paths) / (time.perf_counter() - infer_started)
-
-        def predict_one(path):
-            return model(eval_tf(Image.open(path).convert("RGB"))[None].to(device)).softmax(1).cpu()
-
-        p50, p95 = latencies_ms(predict_one, data.val.paths, repeats)
-    return {**result, "infer_images_per_s": round(infer_rate, 2), "latency_ms_p50": p50, "latency_ms_p95": p95,
-            "epoch_seconds": round(statistics.mean(epoch_times), 3) if epoch_times else None,
-            "peak_rss_mb": peak_rss_mb(), "seconds_to_target_accuracy": rounded(reached_best_at),
-            "best_val_accuracy": rounded(best, 4)}
+def rate(n: int, started: float) -> float:
+    return round(n / (time.perf_counter() - started), 2)
 
 
-def list_batches(loader, n: int) -> list:
-    """The first n batches of a loader, going round it again if one pass has fewer."""
-    return list(itertools.islice(itertools.chain.from_iterable(itertools.repeat(loader)), n))
-
-
-def rounded(v, digits: int = 1):
-    return None if v is None else round(v, digits)
-
-
-def run_project(cfg: TrainConfig, target: float | None, steps: int, repeats: int, out: str) -> dict:
-    """The project pipeline: full fine-tune throughput (and the compute-bound rate), inference, then the recipe."""
-    device = resolve_device(cfg.device)
-    torch.manual_seed(cfg.seed)
-    data = load_data(cfg)
-    prep = Preprocessing.for_model(cfg.model, cfg.image_size)
-    images, labels = decode_split(data.train, prep, cfg)
-    images, labels = images.load().to(device), labels.to(device)  # on a GPU the epoch then runs from GPU memory
-    model = build_model(cfg.model, len(data.class_names), cfg.pretrained).to(device, memory_format=torch.channels_last)
-    generator = torch.Generator().manual_seed(cfg.seed)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    passes = math.ceil((steps + 1) * cfg.batch_size / len(labels)) + 1
-    order = torch.cat([torch.randperm(len(labels), generator=generator) for _ in range(passes)])
-    batches = [(images[idx], labels[idx]) for idx in order.split(cfg.batch_size)[: steps + 1]]
-    train_rate = timed_steps(model, batches, lambda x: prep.train_batch(x, generator), device, optimizer)
-    # the same steps on batches already normalised in device memory: the model's compute-bound rate
-    synthetic = [(torch.randn(len(y), 3, prep.crop, prep.crop, device=device).contiguous(
-        memory_format=torch.channels_last), y) for _, y in batches]
-    compute_rate = timed_steps(model, synthetic, nn.Identity(), device, optimizer)
-    del synthetic, batches, optimizer
-
-    infer_model = fold_batchnorm(copy.deepcopy(model).eval())
-    val_images, _ = decode_split(data.val, prep, cfg)
-    val_images = val_images.load().to(device)
-    infer_batch = 256 if device.type == "cuda" else 16  # CPU: small batches stay in cache and run faster
-    with torch.inference_mode(), autocast(device):
-        reps = max(1, 2048 // len(val_images)) if device.type == "cuda" else 1  # enough work to time on a GPU
-        infer_model(prep.eval_batch(val_images[:infer_batch]))
-        sync(device)
-        started = time.perf_counter()
-        for _ in range(reps):
-            for i in range(0, len(val_images), infer_batch):
-                infer_model(prep.eval_batch(val_images[i : i + infer_batch]))
-        sync(device)
-        infer_rate = reps * len(val_images) / (time.perf_counter() - started)
-    classifier = PetClassifier(model, data.class_names, prep, device=cfg.device)  # folds its own copy
-    p50, p95 = latencies_ms(classifier.predict, data.val.paths, repeats)
-    result = {"train_images_per_s": round(train_rate, 2), "compute_bound_images_per_s": round(compute_rate, 2),
-              "infer_images_per_s": round(infer_rate, 2), "latency_ms_p50": p50, "latency_ms_p95": p95}
-    del model, infer_model, classifier, images
-    if target is None:  # throughput only
-        return {**result, "peak_rss_mb": peak_rss_mb()}
-
+def predict_folder(checkpoint: Path, paths: list[str], workers: int, device: str) -> dict:
+    """Images per second from files to top-5 labels, the network already loaded."""
+    classifier = PetClassifier.from_checkpoint(checkpoint, device=device, flip_tta=False)
+    model, labels = classifier.model, classifier.class_names  # the same network, not folded: as the tutorial has it
+    _, eval_tf = tutorial_transforms(classifier.preprocessing)
+    loader = photo_loader(_split(paths), eval_tf, workers)
+    started, answers = time.perf_counter(), []
+    with torch.inference_mode(), autocast(classifier.device):
+        for x, _ in loader:
+            top = model(x.to(classifier.device)).float().softmax(1).topk(min(5, len(labels)))
+            answers += [[labels[i] for i in row] for row in top.indices.tolist()]
+    result = {"tutorial": {"images_per_s": rate(len(answers), started)}}
     started = time.perf_counter()
-    summary = fit(replace(cfg, out=out))
-    total = time.perf_counter() - started
-    rows = [json.loads(line) for line in open(f"{out}/metrics.jsonl")]
-    reached = next((r["elapsed"] for r in rows if r["val_accuracy"] >= target), None)
-    return {**result, "epoch_seconds": round(statistics.mean(r["seconds"] for r in rows), 3),
-            "peak_rss_mb": peak_rss_mb(), "seconds_to_target_accuracy": reached, "recipe_seconds": round(total, 1),
-            "recipe_images_per_s": round(len(rows) * len(labels) / total, 2),
-            "best_val_accuracy": summary["best_val_accuracy"], "test_accuracy": summary.get("test_accuracy")}
-
-
-def _child(fn, args, queue):
-    queue.put(fn(*args))
-
-
-def in_own_process(fn, *args) -> dict:
-    """Run a pipeline in a fresh process (its own peak memory) and return its result."""
-    ctx = multiprocessing.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_child, args=(fn, args, queue))
-    proc.start()
-    result = queue.get()
-    proc.join()
+    answers = classifier.predict_paths(paths, workers=workers)
+    result["project"] = {"images_per_s": rate(len(answers), started)}
+    if load_checkpoint(checkpoint).get("flip_tta"):
+        classifier = PetClassifier.from_checkpoint(checkpoint, device=device)
+        started = time.perf_counter()
+        answers = classifier.predict_paths(paths, workers=workers)
+        result["project_flip_tta"] = {"images_per_s": rate(len(answers), started)}
     return result
 
 
-def run_benchmark(cfg: TrainConfig, tutorial_epochs: int, steps: int, repeats: int, out: str) -> dict:
-    """Both pipelines, each in its own process; with tutorial_epochs 0, throughput and latency only."""
-    cfg = cfg.resolved()
-    if Path(out, "metrics.jsonl").exists():  # fit would append to it, and the times would mix two runs
-        raise UserError(f"{out} already holds a training run; give the benchmark a new --out folder")
+def _split(paths: list[str]) -> Split:
+    return Split(list(paths), [0] * len(paths))
+
+
+def percentiles_ms(predict_one, paths: list[str], repeats: int) -> dict:
+    """p50 and p95 of one photo's prediction from its path, after one warm-up."""
+    predict_one(paths[0])
+    times = []
+    for path in itertools.islice(itertools.cycle(paths), repeats):
+        started = time.perf_counter()
+        predict_one(path)
+        times.append((time.perf_counter() - started) * 1000)
+    return {"p50": round(statistics.median(times), 2), "p95": round(statistics.quantiles(times, n=20)[18], 2)}
+
+
+def latency(checkpoint: Path, paths: list[str], repeats: int, device: str) -> dict:
+    classifier = PetClassifier.from_checkpoint(checkpoint, device=device, flip_tta=False)
+    _, eval_tf = tutorial_transforms(classifier.preprocessing)
+
+    @torch.inference_mode()
+    def tutorial_one(path):
+        x = eval_tf(Image.open(path).convert("RGB"))[None].to(classifier.device)
+        with autocast(classifier.device):
+            return classifier.model(x).float().softmax(1).cpu()
+
+    result = {"tutorial": percentiles_ms(tutorial_one, paths, repeats),
+              "project": percentiles_ms(classifier.predict, paths, repeats)}
+    if load_checkpoint(checkpoint).get("flip_tta"):
+        with_tta = PetClassifier.from_checkpoint(checkpoint, device=device)
+        result["project_flip_tta"] = percentiles_ms(with_tta.predict, paths, repeats)
+    return result
+
+
+def timed_steps(model, batches, prepare, device, steps: int) -> float:
+    """Images per second of `steps` full training steps, batches drawn (and prepared) inside the timer."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    batches = iter(batches)
+    warm_up = [next(batches)]  # the first step allocates; the workers have started
+    train_one_epoch(model, warm_up, prepare, nn.CrossEntropyLoss(), optimizer, scheduler, device, desc="warm-up")
+    sync(device)
+    counted = []
+    started = time.perf_counter()
+    train_one_epoch(model, (counted.append(len(y)) or (x, y) for x, y in itertools.islice(batches, steps)), prepare,
+                    nn.CrossEntropyLoss(), optimizer, scheduler, device, desc="timed steps")
+    sync(device)
+    return rate(sum(counted), started)
+
+
+def train_step(cfg: TrainConfig, steps: int) -> dict:
+    """Full fine-tune throughput of the two data pipelines, and the compute-bound rate of the same steps."""
+    cfg = replace(cfg, trainable_stages=-1).resolved()
     device = resolve_device(cfg.device)
-    name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    tutorial = in_own_process(run_tutorial, cfg, tutorial_epochs, steps, repeats)
-    project = in_own_process(run_project, cfg, tutorial["best_val_accuracy"], steps, repeats, out)
-    return {"device": name, "model": cfg.model, "image_size": cfg.image_size, "batch_size": cfg.batch_size,
-            "tutorial": tutorial, "project": project}
+    data = load_data(cfg)
+    prep = Preprocessing.for_model(cfg.model, cfg.image_size)
+
+    def network() -> nn.Module:
+        torch.manual_seed(cfg.seed)
+        model = build_model(cfg.model, len(data.class_names), cfg.pretrained)
+        return model.to(device, memory_format=torch.channels_last)
+
+    train_tf, _ = tutorial_transforms(prep)
+    loader = photo_loader(data.train, train_tf, cfg.workers, shuffle=True, batch_size=cfg.batch_size)
+    tutorial = timed_steps(network(), itertools.chain.from_iterable(itertools.repeat(loader)), nn.Identity(), device,
+                           steps)
+    # the package's batches: rows of its decoded-photo store (decoded by the first epoch, as in training), cropped
+    # and flipped as whole batches on the device
+    images, labels = decode_split(data.train, prep, cfg)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    batches = ShardedBatches(images, labels, cfg.batch_size, cfg.seed)
+    epochs = (batches.set_position(epoch) or batches for epoch in itertools.count())
+    project = timed_steps(network(), itertools.chain.from_iterable(epochs), lambda x: prep.train_batch(x, generator),
+                          device, steps)
+    ready = [(torch.randn(cfg.batch_size, 3, prep.crop, prep.crop, device=device).contiguous(
+        memory_format=torch.channels_last), torch.randint(len(data.class_names), (cfg.batch_size,), device=device))
+        for _ in range(2)]
+    compute = timed_steps(network(), itertools.cycle(ready), nn.Identity(), device, steps)
+    return {"tutorial": {"images_per_s": tutorial}, "project": {"images_per_s": project},
+            "compute_bound": {"images_per_s": compute}}
+
+
+def startup(checkpoint: Path, photo: str, out: Path, repeats: int = 3) -> dict:
+    """Median wall seconds and peak memory of `petclassifier --help` and of predicting one photo, as processes."""
+    command = [sys.executable, "-m", "petclassifier"]
+    runs = {"help": command + ["--help"], "predict_one": command + ["predict", "--checkpoint", str(checkpoint), photo]}
+    result = {}
+    for name, argv in runs.items():
+        measured = [run_process(argv, out / f"{name}.log")[1:3] for _ in range(repeats)]
+        result[f"{name}_seconds"] = round(statistics.median(s for s, _ in measured), 2)
+        result[f"{name}_peak_rss_mb"] = round(statistics.median(m for _, m in measured), 1)
+    return result
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name()
+    return f"CPU, {os.cpu_count()} cores ({torch.backends.cpu.get_cpu_capability()})"
+
+
+def run_benchmark(cfg: TrainConfig, out: Path, tutorial_epochs: int = 5, steps: int = 8, repeats: int = 40) -> dict:
+    """Every figure, one measurement after another; run folders, logs and caches go under `out`."""
+    device = resolve_device(cfg.device)
+    resolved = cfg.resolved()
+    paths = (lambda data: (data.test or data.val).paths)(load_data(resolved))  # a wrong dataset: said before any run
+    out.mkdir(parents=True, exist_ok=True)
+    result = {"device": device_name(device), "model": resolved.model, "threads": torch.get_num_threads(),
+              "train": train_runs(cfg, tutorial_epochs, out)}
+    checkpoint = out / "project_cold" / "best.pt"  # the default recipe's model scores the photos on both sides
+    print("predict: a folder, then one photo at a time", flush=True)
+    result["predict_folder"] = predict_folder(checkpoint, paths, resolved.workers, cfg.device)
+    result["latency_ms"] = latency(checkpoint, paths, repeats, cfg.device)
+    print("train_step: full fine-tune steps", flush=True)
+    result["train_step"] = train_step(replace(cfg, cache_dir=str(out / "cache-cold")), steps)
+    print("startup: --help and predict of one photo", flush=True)
+    result["startup"] = startup(checkpoint, paths[0], out)
+    return result
 
 
 def format_table(result: dict) -> str:
-    keys = ["train_images_per_s", "compute_bound_images_per_s", "infer_images_per_s", "latency_ms_p50",
-            "latency_ms_p95", "epoch_seconds", "peak_rss_mb", "seconds_to_target_accuracy", "best_val_accuracy"]
-    t, p = result["tutorial"], result["project"]
-    lines = [f"{result['model']} at {result['image_size']} px, batch {result['batch_size']}, on {result['device']}",
-             f"{'':28s} {'tutorial':>12s} {'project':>12s} {'ratio':>8s}"]
-    for k in keys:
-        a, b = t.get(k), p.get(k)
-        ratio = f"{b / a:.2f}x" if isinstance(a, (int, float)) and isinstance(b, (int, float)) and a else ""
-        lines.append(f"{k:28s} {fmt(a):>12s} {fmt(b):>12s} {ratio:>8s}")
-    if "compute_bound_images_per_s" in p:
-        share = p["train_images_per_s"] / p["compute_bound_images_per_s"]
-        lines.append(f"project training runs at {share:.0%} of the model's compute-bound rate")
-    if "recipe_seconds" in p:
-        lines.append(f"project default recipe: {fmt(p['recipe_seconds'])} s in all, test accuracy "
-                     f"{fmt(p.get('test_accuracy'))}; tutorial best val accuracy {fmt(t.get('best_val_accuracy'))}")
+    """The figures as a user reads them."""
+    lines = [f"{result['model']} on {result['device']}, {result['threads']} threads",
+             f"{'train':17s} {'seconds':>8s} {'test acc':>9s} " + " ".join(f"{'to ' + t:>8s}" for t in THRESHOLDS)]
+    for name, run in result["train"].items():
+        reached = " ".join(f"{fmt(run['seconds_to_val_accuracy'][t]):>8s}" for t in THRESHOLDS)
+        lines.append(f"{name:17s} {run['seconds']:8.1f} {fmt(run['test_accuracy'], '.1%'):>9s} {reached}")
+    for section, unit in (("predict_folder", "images_per_s"), ("train_step", "images_per_s")):
+        figures = ", ".join(f"{k} {v[unit]:.1f}" for k, v in result[section].items())
+        lines.append(f"{section} (images/s): {figures}")
+    lines.append("latency_ms (p50 / p95): " + ", ".join(
+        f"{k} {v['p50']:.1f} / {v['p95']:.1f}" for k, v in result["latency_ms"].items()))
+    s = result["startup"]
+    lines.append(f"startup: --help {s['help_seconds']} s, {s['help_peak_rss_mb']:.0f} MB; predict one photo "
+                 f"{s['predict_one_seconds']} s, {s['predict_one_peak_rss_mb']:.0f} MB")
     return "\n".join(lines)
 
 
-def fmt(v) -> str:
-    return "-" if v is None else f"{v:.4g}" if isinstance(v, float) and not math.isnan(v) else str(v)
+def fmt(v, spec: str = ".1f") -> str:
+    return "-" if v is None else format(v, spec)

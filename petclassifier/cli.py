@@ -42,7 +42,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="share of each target spread over the other classes (default: recipe)")
     p.add_argument("--balance", action="store_true", default=None,
                    help="weight the loss by inverse class frequency (for unbalanced classes)")
-    p.add_argument("--augment-views", type=int, help=f"cached augmented views per photo (default {d.augment_views})")
+    p.add_argument("--augment-views", type=int,
+                   help="augmented views per photo the frozen body computes once, head-only training (default: recipe)")
     p.add_argument("--refit", action=argparse.BooleanOptionalAction,
                    help="head-only models: train the head again on train + val photos at the end (default on)")
     p.add_argument("--flip-tta", action=argparse.BooleanOptionalAction,

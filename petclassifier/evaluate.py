@@ -18,7 +18,7 @@ from .data import load_split
 from .errors import UserError
 from .metrics import calibration_report, metrics_report
 from .models import FlipAveraged
-from .runtime import resolve_device
+from .runtime import inference_batch_size, resolve_device
 from .store import Batches
 from .train import evaluate
 from .transforms import centre_crop
@@ -94,7 +94,7 @@ def evaluate_checkpoint(checkpoint: str | Path, dataset=None, data_dir=None, tas
     dev = resolve_device(device)
     model = model.to(dev, memory_format=torch.channels_last)
     # with species the loss that evaluate reports is meaningless (labels are not breeds); only the logits are used
-    loader = Batches(images, labels, batch_size=64)
+    loader = Batches(images, labels, batch_size=inference_batch_size(dev, bool(ckpt.get("flip_tta"))))
     scored = FlipAveraged(model) if ckpt.get("flip_tta") else model  # as predict scores them
     logits = evaluate(scored, loader, prep.eval_batch, nn.CrossEntropyLoss(), dev)["logits"]
     temperature = temperature_of(ckpt)

@@ -19,7 +19,7 @@ from .checkpoint import checkpoint_file, load_checkpoint, model_from_checkpoint,
 from .errors import UserError
 from .images import is_image_file, load_image, to_rgb, upright
 from .models import fold_batchnorm, mean_over_flip
-from .runtime import autocast, release_free_memory, resolve_device
+from .runtime import autocast, inference_batch_size, release_free_memory, resolve_device
 
 
 @dataclass
@@ -57,7 +57,6 @@ Photo = str | Path | Image.Image
 # Thresholds chosen with EfficientNet-Lite2 on the Oxford-IIIT Pet trainval photos (at most 1% flagged) and
 # 199 photos of objects, food and scenes (README: "not a pet").
 PET_CLASSES = {"cats and dogs": ([*range(151, 269), *range(281, 286)], 0.1), "animals": (list(range(398)), 0.2)}
-BATCH_SIZE = 32
 WORKERS = 2  # decoding processes, as in training
 
 
@@ -72,6 +71,7 @@ class PetClassifier:
         self.class_names = class_names
         self.temperature = temperature  # calibration: probabilities are softmax(logits / temperature)
         self.flip_tta = flip_tta  # scores averaged with the mirror image's
+        self.batch_size = inference_batch_size(self.device, flip_tta)  # photos per forward pass
         self.preprocessing = preprocessing
         self.pet_classes, self.pet_below = PET_CLASSES["cats and dogs" if species_of else "animals"]
         self.species_of = species_of or {}
@@ -79,12 +79,13 @@ class PetClassifier:
             self.species_of = {name: name for name in class_names}  # a species model: each class is its own species
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str = "auto") -> PetClassifier:
-        """A classifier from a checkpoint file, or from a run folder (its best.pt, else its last.pt)."""
+    def from_checkpoint(cls, path: str | Path, device: str = "auto", flip_tta: bool | None = None) -> PetClassifier:
+        """A classifier from a checkpoint file, or from a run folder (its best.pt, else its last.pt); flip_tta None:
+        as the checkpoint's recipe says (False halves the work per photo, for a little accuracy)."""
         ckpt = load_checkpoint(checkpoint_file(path))
         model, prep = model_from_checkpoint(ckpt)
-        return cls(model, ckpt["class_names"], prep, ckpt.get("species_of"), device, temperature_of(ckpt),
-                   ckpt.get("flip_tta", False))
+        flip_tta = ckpt.get("flip_tta", False) if flip_tta is None else flip_tta
+        return cls(model, ckpt["class_names"], prep, ckpt.get("species_of"), device, temperature_of(ckpt), flip_tta)
 
     def probabilities(self, images: list[Image.Image]) -> torch.Tensor:
         """Calibrated class probabilities [N, num_classes] for decoded photos, through the evaluation transform."""
@@ -129,14 +130,15 @@ class PetClassifier:
             return [flag for _, flag in self._each_output(image)]
         return self.not_a_pet([image])[0]
 
-    def predict_paths(self, paths: Sequence[str | Path], top_k: int = 5, batch_size: int = BATCH_SIZE,
-                      workers: int = WORKERS) -> list[Prediction]:
+    def predict_paths(self, paths: Sequence[str | Path], top_k: int = 5, workers: int = WORKERS,
+                      batch_size: int | None = None) -> list[Prediction]:
         """One Prediction per path, in order; a photo that cannot be read gets an error entry instead."""
         return list(self.iter_predictions(paths, top_k, workers, batch_size))
 
     def iter_predictions(self, paths: Sequence[str | Path], top_k: int = 5, workers: int = WORKERS,
-                         batch_size: int = BATCH_SIZE) -> Iterator[Prediction]:
+                         batch_size: int | None = None) -> Iterator[Prediction]:
         """`predict_paths` as a stream, each Prediction as soon as its batch is through; `workers` 0: decode here."""
+        batch_size = batch_size or self.batch_size
         batches = math.ceil(len(paths) / batch_size)
         workers = min(workers, batches) if batches > 1 else 0  # starting processes for one batch only costs time
         # the workers decode at most two batches each (the DataLoader's prefetch) ahead of the network, and nothing
@@ -168,9 +170,9 @@ class PetClassifier:
         return sorted(((k, round(v, 6)) for k, v in totals.items()), key=lambda kv: -kv[1])
 
     def _each_output(self, images: list[Photo]):
-        """Each photo's (class probabilities, "not a pet" flag), in order, computed BATCH_SIZE photos at a time."""
-        for start in range(0, len(images), BATCH_SIZE):
-            yield from zip(*self._outputs([self._image(image) for image in images[start : start + BATCH_SIZE]]))
+        """Each photo's (class probabilities, "not a pet" flag), in order, a batch at a time."""
+        for start in range(0, len(images), self.batch_size):
+            yield from zip(*self._outputs([self._image(image) for image in images[start : start + self.batch_size]]))
 
     def _image(self, image: Photo) -> Image.Image:
         """A PIL image gets what the loader does to a file: turned upright from its EXIF, then made RGB."""

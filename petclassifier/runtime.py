@@ -31,6 +31,13 @@ def autocast(device: torch.device):
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
 
 
+def inference_batch_size(device: torch.device, flip_tta: bool = False) -> int:
+    """Photos per forward pass when nothing is learned. A GPU wants large batches; a CPU small ones, which stay in its
+    caches: the network seeing 8 photos a pass runs the Lites 1.3x faster than 16, 1.5x than 32 (2 cores). With flip
+    TTA each pass also holds the mirror images, so half as many photos."""
+    return (256 if device.type == "cuda" else 8) // (2 if flip_tta else 1)
+
+
 def other_rank() -> bool:
     """True in every process but the first of a torchrun launch: they draw and print nothing."""
     return dist.is_available() and dist.is_initialized() and dist.get_rank() != 0

@@ -299,7 +299,8 @@ def run(cfg: TrainConfig, device: torch.device, features: FeatureStore) -> dict:
             row = {"epoch": epoch + 1, "train_loss": round(train_loss, 5), "val_loss": round(val_loss, 5),
                    "val_accuracy": round(val_accuracy, 5), "lr": epoch_lr,
                    "seconds": round(time.perf_counter() - started, 2),
-                   "elapsed": round(time.perf_counter() - run_started, 1)}  # since the run started, setup included
+                   "elapsed": round(time.perf_counter() - run_started, 1),  # since the run started, setup included
+                   "time": round(time.time(), 2)}  # the wall clock (Unix seconds): lines runs up with each other
             log(f"epoch {row['epoch']:3d}  train loss {train_loss:.4f}  val loss {val_loss:.4f}  "
                 f"val acc {val_accuracy:.1%}  {row['seconds']:.1f}s")
             if distributed.is_main():

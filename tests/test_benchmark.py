@@ -1,28 +1,70 @@
-"""The benchmark runs both pipelines end to end and reports every figure the JSON promises (no timing is judged)."""
+"""The benchmark script measures everything end to end on tiny photos and writes every JSON key (no timing judged)."""
 
-import pytest
+import json
+import subprocess
+import sys
 
-from petclassifier.benchmark import format_table, run_benchmark
+from petclassifier.benchmark import train_flags, train_result
 from petclassifier.config import TrainConfig
-from petclassifier.errors import UserError
 
-FIELDS = {"train_images_per_s", "infer_images_per_s", "latency_ms_p50", "latency_ms_p95", "epoch_seconds",
-          "peak_rss_mb", "seconds_to_target_accuracy"}
+from .conftest import ROOT, make_folder
+
+RUNS = {"tutorial", "tutorial_frozen", "project_cold", "project_warm", "project_fast"}
+THRESHOLDS = {"0.80", "0.85", "0.90"}
 
 
-def test_benchmark_reports_both_pipelines_and_refuses_a_used_folder(shapes_dir, cache_dir, tmp_path):
-    cfg = TrainConfig(dataset="folder", data_dir=str(shapes_dir), model="smallcnn", image_size=32, epochs=2,
-                      batch_size=4, workers=0, cache_dir=cache_dir)
-    out = tmp_path / "bench"
-    result = run_benchmark(cfg, tutorial_epochs=1, steps=2, repeats=3, out=str(out))
-    assert {"device", "model", "image_size", "tutorial", "project"} <= set(result)
-    for pipeline in ("tutorial", "project"):
-        assert FIELDS <= set(result[pipeline]), pipeline
-        measured = {k: result[pipeline][k] for k in FIELDS - {"seconds_to_target_accuracy"}}
-        assert all(isinstance(v, (int, float)) and v > 0 for v in measured.values()), (pipeline, measured)
-        assert measured["latency_ms_p95"] >= measured["latency_ms_p50"]
-        assert measured["peak_rss_mb"] > 100  # this process holds torch: a figure in MB, not bytes or GB
-    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2  # the recipe's own epochs, nothing older
-    assert "train_images_per_s" in format_table(result)
-    with pytest.raises(UserError, match="new --out folder"):
-        run_benchmark(cfg, tutorial_epochs=1, steps=2, repeats=3, out=str(out))
+def test_benchmark_script_writes_every_figure_of_both_pipelines(tmp_path):
+    data = make_folder(tmp_path / "shapes", per_class=6, splits=("train", "val", "test"))
+    out, report, chart = tmp_path / "bench", tmp_path / "bench.json", tmp_path / "bench.png"
+    command = [sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--dataset", "folder", "--data-dir", str(data),
+               "--model", "efficientnet_lite0", "--image-size", "32", "--epochs", "2", "--batch-size", "4",
+               "--workers", "0", "--out", str(out), "--json", str(report), "--plot", str(chart),
+               "--tutorial-epochs", "2", "--steps", "2", "--repeats", "3"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(report.read_text())
+    sections = {"device", "model", "threads", "train", "predict_folder", "latency_ms", "train_step", "startup"}
+    assert sections <= set(result)
+    assert result["model"] == "efficientnet_lite0" and result["threads"] >= 1
+
+    assert set(result["train"]) == RUNS
+    for name, run in result["train"].items():
+        assert 0 < run["seconds"] and 0 <= run["test_accuracy"] <= 1, name
+        assert set(run["seconds_to_val_accuracy"]) == THRESHOLDS, name
+        assert all(s is None or 0 < s <= run["seconds"] for s in run["seconds_to_val_accuracy"].values()), name
+        assert len(run["curve"]) == 2 and 0 < run["curve"][0][0] <= run["curve"][1][0] <= run["seconds"], name
+    # the project's warm run decoded nothing: its cache was the cold run's
+    assert "decoded" in (out / "project_cold.log").read_text()
+    assert "decoded" not in (out / "project_warm.log").read_text()
+
+    assert {"tutorial", "project"} <= set(result["predict_folder"])
+    assert all(v["images_per_s"] > 0 for v in result["predict_folder"].values())
+    assert {"tutorial", "project"} <= set(result["latency_ms"])
+    assert all(0 < v["p50"] <= v["p95"] for v in result["latency_ms"].values())
+    assert set(result["train_step"]) == {"tutorial", "project", "compute_bound"}
+    assert all(v["images_per_s"] > 0 for v in result["train_step"].values())
+
+    startup = result["startup"]
+    assert set(startup) == {"help_seconds", "help_peak_rss_mb", "predict_one_seconds", "predict_one_peak_rss_mb"}
+    assert 0 < startup["help_seconds"] < startup["predict_one_seconds"]
+    assert 0 < startup["help_peak_rss_mb"] < startup["predict_one_peak_rss_mb"] / 3  # --help loads no torch
+    assert chart.stat().st_size > 0
+    assert "project_fast" in done.stdout and "latency_ms" in done.stdout
+
+
+def test_runs_are_given_the_flags_of_their_config_and_reach_thresholds_in_order():
+    cfg = TrainConfig(dataset="folder", data_dir="/photos", image_size=32, refit=False, balance=True, cache_dir="/c")
+    flags = train_flags(cfg, epochs=3)
+    assert flags == ["--dataset", "folder", "--data-dir", "/photos", "--image-size", "32", "--epochs", "3",
+                     "--balance", "--no-refit"]
+    reached = train_result(30.0, 0.9, [[10.0, 0.5], [20.0, 0.86], [30.0, 0.95]])["seconds_to_val_accuracy"]
+    assert reached == {"0.80": 20.0, "0.85": 20.0, "0.90": 30.0}
+    assert train_result(5.0, 0.5, [[5.0, 0.5]])["seconds_to_val_accuracy"] == dict.fromkeys(THRESHOLDS)
+
+
+def test_benchmark_of_a_folder_that_is_not_there_is_one_line(tmp_path):
+    command = [sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--dataset", "folder", "--data-dir",
+               str(tmp_path / "nowhere"), "--out", str(tmp_path / "bench")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and done.stderr.startswith("error: ") and done.stderr.count("\n") == 1
+    assert not (tmp_path / "bench" / "tutorial.log").exists()  # refused before any run started

@@ -23,7 +23,7 @@ def test_training_writes_metrics_and_checkpoints(shapes_dir, cache_dir, tmp_path
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2, 3]
     for r in rows:
-        required = {"epoch", "train_loss", "val_loss", "val_accuracy", "lr", "seconds", "elapsed"}
+        required = {"epoch", "train_loss", "val_loss", "val_accuracy", "lr", "seconds", "elapsed", "time"}
         assert required <= set(r)
         assert all(isinstance(v, (int, float)) for v in r.values())
     assert (out / "best.pt").is_file() and (out / "last.pt").is_file() and (out / "config.json").is_file()
