@@ -19,7 +19,7 @@ def main() -> int:
     add_train_arguments(parser)  # the default recipe's run; --out is the folder for every run, log and cache
     parser.add_argument("--json", help="also write the results to this JSON file")
     parser.add_argument("--plot", help="draw validation accuracy against wall time of the training runs (PNG)")
-    parser.add_argument("--tutorial-epochs", type=int, default=5, help="epochs of each tutorial run (5; it says 25)")
+    parser.add_argument("--tutorial-epochs", type=int, default=25, help="epochs of each tutorial run (25, as it says)")
     parser.add_argument("--steps", type=int, default=8, help="full fine-tune steps timed per pipeline (8)")
     parser.add_argument("--repeats", type=int, default=40, help="single-photo predictions timed (40)")
     args = parser.parse_args()
