@@ -137,31 +137,33 @@ def rate(n: int, started: float) -> float:
     return round(n / (time.perf_counter() - started), 2)
 
 
+def classifiers(checkpoint: Path, device: str) -> dict[str, PetClassifier]:
+    """The package's classifier scoring each photo once, the tutorial's work ("project"), and, where the checkpoint's
+    recipe adds the mirror image's pass, as it comes ("project_flip_tta")."""
+    found = {"project": PetClassifier.from_checkpoint(checkpoint, device=device, flip_tta=False)}
+    if load_checkpoint(checkpoint).get("flip_tta"):
+        found["project_flip_tta"] = PetClassifier.from_checkpoint(checkpoint, device=device)
+    return found
+
+
 def predict_folder(checkpoint: Path, paths: list[str], workers: int, device: str) -> dict:
     """Images per second from files to top-5 labels, the network already loaded."""
-    classifier = PetClassifier.from_checkpoint(checkpoint, device=device, flip_tta=False)
-    model, labels = classifier.model, classifier.class_names  # the same network, not folded: as the tutorial has it
-    _, eval_tf = tutorial_transforms(classifier.preprocessing)
-    loader = photo_loader(_split(paths), eval_tf, workers)
+    ours = classifiers(checkpoint, device)
+    plain = ours["project"]
+    model, labels = plain.model, plain.class_names  # the same network, not folded: as the tutorial has it
+    _, eval_tf = tutorial_transforms(plain.preprocessing)
+    loader = photo_loader(Split(list(paths), [0] * len(paths)), eval_tf, workers)
     started, answers = time.perf_counter(), []
-    with torch.inference_mode(), autocast(classifier.device):
+    with torch.inference_mode(), autocast(plain.device):
         for x, _ in loader:
-            top = model(x.to(classifier.device)).float().softmax(1).topk(min(5, len(labels)))
+            top = model(x.to(plain.device)).float().softmax(1).topk(min(5, len(labels)))
             answers += [[labels[i] for i in row] for row in top.indices.tolist()]
     result = {"tutorial": {"images_per_s": rate(len(answers), started)}}
-    started = time.perf_counter()
-    answers = classifier.predict_paths(paths, workers=workers)
-    result["project"] = {"images_per_s": rate(len(answers), started)}
-    if load_checkpoint(checkpoint).get("flip_tta"):
-        classifier = PetClassifier.from_checkpoint(checkpoint, device=device)
+    for name, classifier in ours.items():
         started = time.perf_counter()
         answers = classifier.predict_paths(paths, workers=workers)
-        result["project_flip_tta"] = {"images_per_s": rate(len(answers), started)}
+        result[name] = {"images_per_s": rate(len(answers), started)}
     return result
-
-
-def _split(paths: list[str]) -> Split:
-    return Split(list(paths), [0] * len(paths))
 
 
 def percentiles_ms(predict_one, paths: list[str], repeats: int) -> dict:
@@ -176,21 +178,18 @@ def percentiles_ms(predict_one, paths: list[str], repeats: int) -> dict:
 
 
 def latency(checkpoint: Path, paths: list[str], repeats: int, device: str) -> dict:
-    classifier = PetClassifier.from_checkpoint(checkpoint, device=device, flip_tta=False)
-    _, eval_tf = tutorial_transforms(classifier.preprocessing)
+    ours = classifiers(checkpoint, device)
+    plain = ours["project"]
+    _, eval_tf = tutorial_transforms(plain.preprocessing)
 
     @torch.inference_mode()
     def tutorial_one(path):
-        x = eval_tf(Image.open(path).convert("RGB"))[None].to(classifier.device)
-        with autocast(classifier.device):
-            return classifier.model(x).float().softmax(1).cpu()
+        x = eval_tf(Image.open(path).convert("RGB"))[None].to(plain.device)
+        with autocast(plain.device):
+            return plain.model(x).float().softmax(1).cpu()
 
-    result = {"tutorial": percentiles_ms(tutorial_one, paths, repeats),
-              "project": percentiles_ms(classifier.predict, paths, repeats)}
-    if load_checkpoint(checkpoint).get("flip_tta"):
-        with_tta = PetClassifier.from_checkpoint(checkpoint, device=device)
-        result["project_flip_tta"] = percentiles_ms(with_tta.predict, paths, repeats)
-    return result
+    result = {"tutorial": percentiles_ms(tutorial_one, paths, repeats)}
+    return result | {name: percentiles_ms(classifier.predict, paths, repeats) for name, classifier in ours.items()}
 
 
 def timed_steps(model, batches, prepare, device, steps: int) -> float:

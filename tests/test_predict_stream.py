@@ -7,10 +7,12 @@ import os
 import sys
 
 import pytest
+import torch
 
 import petclassifier.cache
 from petclassifier.cli import main
 from petclassifier.predict import PetClassifier, expand_paths
+from petclassifier.runtime import inference_batch_size
 
 from .conftest import SAMPLE, draw_photo
 from .photos import BAD, GOOD, write_all
@@ -96,7 +98,7 @@ class Recorder(io.StringIO):
 @pytest.mark.parametrize("style", ["--jsonl", "--json", "--text"])
 def test_results_are_printed_as_they_come(tmp_path, monkeypatch, style):
     checkpoint = write_checkpoint(tmp_path / "best.pt", ["disc", "square"])
-    photos = shapes(tmp_path / "photos", 40)  # two batches of 32 photos
+    photos = shapes(tmp_path / "photos", 40)  # five batches of 8 photos (a CPU's inference batch)
     missing, corrupt = tmp_path / "photos" / "gone.png", tmp_path / "photos" / "corrupt.jpg"
     corrupt.write_bytes(b"\xff\xd8\xff\xe0" + bytes(range(256)))
     paths = [photos[0], missing, corrupt, *photos[1:]]
@@ -105,7 +107,8 @@ def test_results_are_printed_as_they_come(tmp_path, monkeypatch, style):
     flags = [] if style == "--text" else [style]
     assert main(["predict", "--checkpoint", str(checkpoint), "--device", "cpu", "--workers", "0", *flags,
                  *map(str, paths)]) == 0
-    assert out.at[0] == 32 and out.at[-1] == len(paths)  # the first batch's results before the second's decode
+    batch = inference_batch_size(torch.device("cpu"))
+    assert out.at[0] == batch and out.at[-1] == len(paths)  # the first batch's results before the second's decode
     text = out.getvalue()
     if style == "--jsonl":
         lines = text.splitlines()
