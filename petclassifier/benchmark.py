@@ -263,7 +263,10 @@ def run_benchmark(cfg: TrainConfig, out: Path, tutorial_epochs: int = 25, steps:
     """Every figure, one measurement after another; run folders, logs and caches go under `out`."""
     device = resolve_device(cfg.device)
     resolved = cfg.resolved()
-    paths = (lambda data: (data.test or data.val).paths)(load_data(resolved))  # a wrong dataset: said before any run
+    # a wrong dataset or model, or a missing weights package: said before any run, not after the tutorial's hour
+    paths = (lambda data: (data.test or data.val).paths)(load_data(resolved))
+    build_model(resolved.model, 2, resolved.pretrained)
+    build_model(FAST_MODEL, 2, pretrained=True)
     out.mkdir(parents=True, exist_ok=True)
     result = {"device": device_name(device), "model": resolved.model, "threads": torch.get_num_threads(),
               "train": train_runs(cfg, tutorial_epochs, out)}

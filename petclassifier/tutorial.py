@@ -7,7 +7,7 @@ layer, or, as its "fixed feature extractor", only the last one (the body frozen,
 So that the benchmark compares pipelines, not networks, it trains this package's network (same weights, same head),
 channels_last, under the same autocast, with the same loop (`train.train_one_epoch`).
 
-    python -m petclassifier.tutorial --dataset oxford-iiit-pet --data-dir ../shared/data --epochs 5 [--frozen]
+    python -m petclassifier.tutorial --dataset oxford-iiit-pet --data-dir ../shared/data [--epochs 25] [--frozen]
 
 prints one JSON line per epoch ({"epoch", "val_accuracy", "time"}) and a last one with "test_accuracy".
 """
@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import sys
 import time
 
 import torch
@@ -28,6 +29,7 @@ from torchvision import transforms as T
 from .cli import add_train_arguments, config_from_args
 from .config import TrainConfig
 from .data import Split, load_data
+from .errors import UserError
 from .models import build_model
 from .runtime import resolve_device
 from .train import evaluate, train_one_epoch
@@ -100,7 +102,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frozen", action="store_true", help="train the last layer only (fixed feature extractor)")
     args = parser.parse_args(argv)
     cfg = config_from_args(args)
-    train_tutorial(cfg, cfg.epochs or 5, args.frozen, report=lambda line: print(line, flush=True))
+    try:
+        train_tutorial(cfg, cfg.epochs or 25, args.frozen, report=lambda line: print(line, flush=True))
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from petclassifier.benchmark import train_flags, train_result
 from petclassifier.config import TrainConfig
 
@@ -62,9 +64,13 @@ def test_runs_are_given_the_flags_of_their_config_and_reach_thresholds_in_order(
     assert train_result(5.0, 0.5, [[5.0, 0.5]])["seconds_to_val_accuracy"] == dict.fromkeys(THRESHOLDS)
 
 
-def test_benchmark_of_a_folder_that_is_not_there_is_one_line(tmp_path):
+@pytest.mark.parametrize("wrong", ["folder", "model"])
+def test_a_wrong_folder_or_model_is_one_line_before_any_run(tmp_path, wrong):
+    data = make_folder(tmp_path / "shapes", per_class=2, splits=("train", "val")) if wrong == "model" else tmp_path
     command = [sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--dataset", "folder", "--data-dir",
-               str(tmp_path / "nowhere"), "--out", str(tmp_path / "bench")]
+               str(data / "nowhere" if wrong == "folder" else data), "--model",
+               "efficientnet_lite9" if wrong == "model" else "smallcnn", "--out", str(tmp_path / "bench")]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and done.stderr.startswith("error: ") and done.stderr.count("\n") == 1
-    assert not (tmp_path / "bench" / "tutorial.log").exists()  # refused before any run started
+    assert ("did you mean efficientnet_lite2" in done.stderr) == (wrong == "model")
+    assert not (tmp_path / "bench").exists()  # refused before any run started
