@@ -31,9 +31,8 @@ from PIL import Image
 from torch import nn
 
 from .cache import decode_split
-from .checkpoint import load_checkpoint
 from .config import TrainConfig
-from .data import Split, load_data
+from .data import PetData, Split, load_data
 from .distributed import ShardedBatches
 from .errors import UserError
 from .models import build_model
@@ -140,9 +139,10 @@ def rate(n: int, started: float) -> float:
 def classifiers(checkpoint: Path, device: str) -> dict[str, PetClassifier]:
     """The package's classifier scoring each photo once, the tutorial's work ("project"), and, where the checkpoint's
     recipe adds the mirror image's pass, as it comes ("project_flip_tta")."""
+    as_saved = PetClassifier.from_checkpoint(checkpoint, device=device)
     found = {"project": PetClassifier.from_checkpoint(checkpoint, device=device, flip_tta=False)}
-    if load_checkpoint(checkpoint).get("flip_tta"):
-        found["project_flip_tta"] = PetClassifier.from_checkpoint(checkpoint, device=device)
+    if as_saved.flip_tta:
+        found["project_flip_tta"] = as_saved
     return found
 
 
@@ -208,11 +208,10 @@ def timed_steps(model, batches, prepare, device, steps: int) -> float:
     return rate(sum(counted), started)
 
 
-def train_step(cfg: TrainConfig, steps: int) -> dict:
+def train_step(cfg: TrainConfig, data: PetData, steps: int) -> dict:
     """Full fine-tune throughput of the two data pipelines, and the compute-bound rate of the same steps."""
     cfg = replace(cfg, trainable_stages=-1).resolved()
     device = resolve_device(cfg.device)
-    data = load_data(cfg)
     prep = Preprocessing.for_model(cfg.model, cfg.image_size)
 
     def network() -> nn.Module:
@@ -264,7 +263,8 @@ def run_benchmark(cfg: TrainConfig, out: Path, tutorial_epochs: int = 25, steps:
     device = resolve_device(cfg.device)
     resolved = cfg.resolved()
     # a wrong dataset or model, or a missing weights package: said before any run, not after the tutorial's hour
-    paths = (lambda data: (data.test or data.val).paths)(load_data(resolved))
+    data = load_data(resolved)
+    paths = (data.test or data.val).paths
     build_model(resolved.model, 2, resolved.pretrained)
     build_model(FAST_MODEL, 2, pretrained=True)
     out.mkdir(parents=True, exist_ok=True)
@@ -275,7 +275,7 @@ def run_benchmark(cfg: TrainConfig, out: Path, tutorial_epochs: int = 25, steps:
     result["predict_folder"] = predict_folder(checkpoint, paths, resolved.workers, cfg.device)
     result["latency_ms"] = latency(checkpoint, paths, repeats, cfg.device)
     print("train_step: full fine-tune steps", flush=True)
-    result["train_step"] = train_step(replace(cfg, cache_dir=str(out / "cache-cold")), steps)
+    result["train_step"] = train_step(replace(cfg, cache_dir=str(out / "cache-cold")), data, steps)
     print("startup: --help and predict of one photo", flush=True)
     result["startup"] = startup(checkpoint, paths[0], out)
     return result

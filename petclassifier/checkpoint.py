@@ -96,6 +96,11 @@ def temperature_of(ckpt: dict) -> float:
     return float(ckpt.get("temperature", 1.0))
 
 
+def flip_tta_of(ckpt: dict) -> bool:
+    """Whether the model's scores are averaged with the mirror image's, as its recipe said (False before TTA)."""
+    return bool(ckpt.get("flip_tta", False))
+
+
 def model_from_checkpoint(ckpt: dict) -> tuple[PetNet, Preprocessing]:
     """Rebuild the network from the checkpoint alone (no weights download) and load its weights strictly."""
     model = build_model(ckpt["model_name"], len(ckpt["class_names"]), False, ckpt.get("imagenet_stages"))

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from .cache import decode_split, warn_unreadable
-from .checkpoint import load_checkpoint, model_from_checkpoint, temperature_of
+from .checkpoint import flip_tta_of, load_checkpoint, model_from_checkpoint, temperature_of
 from .config import TrainConfig
 from .data import load_split
 from .errors import UserError
@@ -94,8 +94,8 @@ def evaluate_checkpoint(checkpoint: str | Path, dataset=None, data_dir=None, tas
     dev = resolve_device(device)
     model = model.to(dev, memory_format=torch.channels_last)
     # with species the loss that evaluate reports is meaningless (labels are not breeds); only the logits are used
-    loader = Batches(images, labels, batch_size=inference_batch_size(dev, bool(ckpt.get("flip_tta"))))
-    scored = FlipAveraged(model) if ckpt.get("flip_tta") else model  # as predict scores them
+    loader = Batches(images, labels, batch_size=inference_batch_size(dev, flip_tta_of(ckpt)))
+    scored = FlipAveraged(model) if flip_tta_of(ckpt) else model  # as predict scores them
     logits = evaluate(scored, loader, prep.eval_batch, nn.CrossEntropyLoss(), dev)["logits"]
     temperature = temperature_of(ckpt)
     # scored as predict scores them, with the temperature; without it only for the calibration before/after

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoint import load_checkpoint, model_from_checkpoint, temperature_of
+from .checkpoint import flip_tta_of, load_checkpoint, model_from_checkpoint, temperature_of
 from .errors import UserError
 from .models import FlipAveraged, fold_batchnorm
 from .transforms import Preprocessing
@@ -40,7 +40,7 @@ def deployable(ckpt: dict) -> nn.Module:
     model, _ = model_from_checkpoint(ckpt)
     model = fold_batchnorm(model.eval())
     model.imagenet = None  # the "not a pet" head is not exported: the file gives class probabilities only
-    return WithSoftmax(FlipAveraged(model) if ckpt.get("flip_tta") else model, temperature_of(ckpt)).eval()
+    return WithSoftmax(FlipAveraged(model) if flip_tta_of(ckpt) else model, temperature_of(ckpt)).eval()
 
 
 def sidecar(ckpt: dict, fmt: str) -> dict:
@@ -56,7 +56,7 @@ def sidecar(ckpt: dict, fmt: str) -> dict:
         "input": {"name": "image", "shape": ["batch", 3, prep.crop, prep.crop], "dtype": "float32",
                   "layout": "NCHW, RGB"},
         "output": {"name": "probabilities", "shape": ["batch", len(ckpt["class_names"])], "softmax_included": True,
-                   "temperature_included": True, "flip_tta_included": bool(ckpt.get("flip_tta"))},
+                   "temperature_included": True, "flip_tta_included": flip_tta_of(ckpt)},
         "temperature": temperature_of(ckpt),  # the outputs are softmax(logits / temperature): calibrated
         "input_size": prep.crop,
         "resize": prep.resize,

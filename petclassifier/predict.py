@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from .cache import PhotoDecoder
-from .checkpoint import checkpoint_file, load_checkpoint, model_from_checkpoint, temperature_of
+from .checkpoint import checkpoint_file, flip_tta_of, load_checkpoint, model_from_checkpoint, temperature_of
 from .errors import UserError
 from .images import is_image_file, load_image, to_rgb, upright
 from .models import fold_batchnorm, mean_over_flip
@@ -84,7 +84,7 @@ class PetClassifier:
         as the checkpoint's recipe says (False halves the work per photo, for a little accuracy)."""
         ckpt = load_checkpoint(checkpoint_file(path))
         model, prep = model_from_checkpoint(ckpt)
-        flip_tta = ckpt.get("flip_tta", False) if flip_tta is None else flip_tta
+        flip_tta = flip_tta_of(ckpt) if flip_tta is None else flip_tta
         return cls(model, ckpt["class_names"], prep, ckpt.get("species_of"), device, temperature_of(ckpt), flip_tta)
 
     def probabilities(self, images: list[Image.Image]) -> torch.Tensor:

