@@ -85,10 +85,14 @@ def load_checkpoint(path: str | Path) -> dict:
 
 def describe(ckpt: dict) -> str:
     """What a checkpoint tells apart: 'species: cat, dog' or 'breed: 37 classes: abyssinian, american_bulldog, ...'."""
-    names = ckpt["class_names"]
-    kind = ckpt.get("task", "breed") if ckpt.get("species_of") else "folder"  # only Oxford runs know species
+    names, kind = ckpt["class_names"], task_of(ckpt)
     shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
     return f"{kind}: {len(names)} classes: {shown}" if len(names) > 3 else f"{kind}: {shown}"
+
+
+def task_of(ckpt: dict) -> str:
+    """breed, species, or folder (a model of a user's own class folders: only Oxford runs know species)."""
+    return ckpt.get("task", "breed") if ckpt.get("species_of") else "folder"
 
 
 def temperature_of(ckpt: dict) -> float:

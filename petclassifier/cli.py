@@ -1,4 +1,4 @@
-"""Command line: `petclassifier train|predict|evaluate|explain|compare|export ...`; scripts call the same parsers."""
+"""Command line: `petclassifier train|predict|evaluate|explain|compare|export|serve ...`; scripts share parsers."""
 
 from __future__ import annotations
 
@@ -239,6 +239,26 @@ def run_cache(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_serve_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", help="a best.pt, or a run folder (default: the newest runs/*/best.pt)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this computer only; 0.0.0.0: your network too)")
+    p.add_argument("--port", type=int, default=8000, help="(default 8000; 0: any free port)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    try:
+        from .web import serve
+    except ModuleNotFoundError as e:
+        missing = (e.name or "").split(".")[0]
+        if missing not in ("starlette", "uvicorn", "multipart", "python_multipart"):
+            raise
+        raise UserError(f'the web page needs the web extra ({missing} is missing): pip install -e ".[web]"') from None
+    serve(chosen_checkpoint(args.checkpoint), args.host, args.port, args.device)
+    return 0
+
+
 COMMANDS = {
     "train": (add_train_arguments, run_train, "train a classifier and save checkpoints in a run folder"),
     "predict": (add_predict_arguments, run_predict, "rank labels for photos with a trained checkpoint"),
@@ -247,6 +267,7 @@ COMMANDS = {
     "explain": (add_explain_arguments, run_explain, "Grad-CAM heat-maps, filters and feature maps for photos"),
     "compare": (add_compare_arguments, run_compare, "hand-crafted features vs learned ones, on the same split"),
     "cache": (add_cache_arguments, run_cache, "show the size of the decoded-photo cache, or --clear it"),
+    "serve": (add_serve_arguments, run_serve, "a local web page and JSON API: drop photos, see labels and Grad-CAM"),
 }
 
 

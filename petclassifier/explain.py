@@ -57,6 +57,13 @@ def upsample(cam: torch.Tensor, size: int) -> torch.Tensor:
     return out if cam.dim() == 3 else out[0]
 
 
+def heat_overlay(photo: torch.Tensor, cam: torch.Tensor, alpha: float = 0.45) -> torch.Tensor:
+    """A uint8 photo [3, H, W] under its 0-1 cam [H, W] in jet colours (blue cold, red hot): uint8 [3, H, W]."""
+    x = cam.float().clamp(0, 1)[None]
+    jet = torch.cat([(1.5 - (4 * x - k).abs()).clamp(0, 1) for k in (3, 2, 1)])  # red, green, blue rise in turn
+    return ((1 - alpha) * photo.float() + alpha * 255 * jet).round().clamp(0, 255).to(torch.uint8)
+
+
 def hottest_inside(cams: torch.Tensor) -> dict[str, torch.Tensor]:
     """Per cam [B, h, w]: is the hottest grid cell off the outer ring, is the hottest pixel in the central 60% box."""
     b, h, w = cams.shape

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 
@@ -9,9 +10,17 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torchvision.transforms.v2 import functional as TF
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".avif", ".heic", ".heif")
 MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb limit (about 9,500 x 9,500)
 BACKGROUND = (128, 128, 128)  # transparent pixels become neutral grey, not black
+
+
+try:  # HEIC/HEIF phone photos, where the pillow-heif plugin is installed (the web extra brings it)
+    from pillow_heif import register_heif_opener
+
+    register_heif_opener()
+except ImportError:
+    pass
 
 
 class ImageError(Exception):
@@ -33,7 +42,12 @@ def open_checked(path: str | Path) -> Image.Image:
     """Open a photo's header (no pixels decoded yet), refusing decompression bombs before they use memory."""
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        img = Image.open(path)
+        try:
+            img = Image.open(path)
+        except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
+            count = re.search(r"\d+", str(e))  # Pillow's message starts with the image's pixel count
+            pixels = f"{int(count[0]):,} pixels" if count else "its size"
+            raise ImageError(f"{pixels} is over the {MAX_PIXELS:,} pixel limit") from None
     if img.width * img.height > MAX_PIXELS:
         img.close()
         raise ImageError(f"{img.width}x{img.height} pixels is over the {MAX_PIXELS:,} pixel limit")

@@ -144,17 +144,24 @@ class PetClassifier:
         # the workers decode at most two batches each (the DataLoader's prefetch) ahead of the network, and nothing
         # is kept once yielded: memory stays flat however many paths there are
         decoded = torch.utils.data.DataLoader(PhotoDecoder(_PathTable(paths), self.preprocessing),
-                                              batch_size=batch_size, collate_fn=_stack_readable, num_workers=workers)
+                                              batch_size=batch_size, collate_fn=stack_readable, num_workers=workers)
         for names, errors, squares in decoded:
-            probs, flags = self._square_outputs(squares) if squares is not None else ((), ())
-            outputs = zip(probs, flags)
-            for name, error in zip(names, errors):
-                if error is not None:
-                    yield Prediction(name, error=error)
-                    continue
-                p, flag = next(outputs)
-                yield Prediction(name, self.rank(p, top_k), self._species(p), flag)
+            yield from self.scored(names, errors, squares, top_k)
             release_free_memory()  # a stream over 100,000 photos stays at its starting size
+
+    def scored(self, names: list[str], errors: list[str | None], squares: torch.Tensor | None,
+               top_k: int = 5) -> list[Prediction]:
+        """A decoded batch's Predictions, as `stack_readable` hands it over: each name gets its error, or the labels
+        of the next of `squares` (uint8 [N, 3, R, R], the readable photos in order; None when none was readable)."""
+        probs, flags = self._square_outputs(squares) if squares is not None else ((), ())
+        outputs, out = zip(probs, flags), []
+        for name, error in zip(names, errors):
+            if error is not None:
+                out.append(Prediction(name, error=error))
+                continue
+            p, flag = next(outputs)
+            out.append(Prediction(name, self.rank(p, top_k), self._species(p), flag))
+        return out
 
     def rank(self, probs: torch.Tensor, top_k: int) -> list[tuple[str, float]]:
         values, indices = probs.topk(min(top_k, len(self.class_names)))
@@ -199,7 +206,7 @@ class _PathTable:
         return self.text[self.ends[i] : self.ends[i + 1]]
 
 
-def _stack_readable(items: list[tuple[str, torch.Tensor | str]]) -> tuple[list[str], list, torch.Tensor | None]:
+def stack_readable(items: list[tuple[str, torch.Tensor | str]]) -> tuple[list[str], list, torch.Tensor | None]:
     """A batch of decoded photos (in the worker): its paths, each one's error or None, the read squares stacked."""
     errors = [x if isinstance(x, str) else None for _, x in items]
     squares = [x for _, x in items if not isinstance(x, str)]

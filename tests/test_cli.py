@@ -96,15 +96,16 @@ def test_a_folder_run_is_named_and_recorded_as_what_it_is(tmp_path):
 
 
 def test_help_loads_no_torch_and_the_package_still_hands_on_its_names():
-    """`petclassifier --help` and `train --help` import neither torch nor the models; the package's names load when
-    used, and `petclassifier.train` stays the function even after the train module is imported."""
+    """`petclassifier --help`, `train --help` and `serve --help` import neither torch, the models nor the web server;
+    the package's names load when used, and `petclassifier.train` stays the function after train.py is imported."""
     import subprocess
     import sys
 
     code = ("import sys\nfrom petclassifier.cli import main\n"
-            "for args in (['--help'], ['train', '--help']):\n"
+            "for args in (['--help'], ['train', '--help'], ['serve', '--help']):\n"
             "    try:\n        main(args)\n    except SystemExit:\n        pass\n"
-            "print(sorted(m for m in ('torch', 'torchvision', 'timm', 'petclassifier.models') if m in sys.modules))\n"
+            "print(sorted(m for m in ('torch', 'torchvision', 'timm', 'petclassifier.models', 'starlette', 'uvicorn')\n"
+            "             if m in sys.modules))\n"
             "import petclassifier, petclassifier.train\n"
             "print(petclassifier.train.__name__, petclassifier.fit.__name__, petclassifier.PetClassifier.__name__)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
@@ -112,12 +113,14 @@ def test_help_loads_no_torch_and_the_package_still_hands_on_its_names():
 
 
 def test_inference_checkpoints_data_and_models_never_import_the_training_loop():
-    """A command loads only what it runs: predict, export and their layers below never load train.py."""
+    """A command loads only what it runs: predict, export, the web server and their layers below never load
+    train.py."""
     import subprocess
     import sys
 
     code = ("import sys\nimport petclassifier.predict, petclassifier.export, petclassifier.checkpoint\n"
-            "import petclassifier.data, petclassifier.models, petclassifier.cache\n"
+            "import petclassifier.data, petclassifier.models, petclassifier.cache, importlib.util\n"
+            "if importlib.util.find_spec('starlette'):\n    import petclassifier.web\n"
             "from petclassifier.checkpoint import library_versions\nlibrary_versions()\n"
             "print('petclassifier.train' in sys.modules)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -3,14 +3,14 @@
 Three scenarios cover the matrix in a Latin square: each dataset kind (Oxford breeds, Oxford species, a user's
 3-class folder) and each model family (the default pretrained EfficientNet-Lite2 on its fast path, with its refit
 and flip test-time augmentation; a torchvision network from scratch; smallcnn) appears once, and each scenario runs
-train, predict (text and JSON), evaluate, explain, export, and an interrupted training resumed with
+train, predict (text and JSON), evaluate, explain, export, serve (its API), and an interrupted training resumed with
 `--resume RUN_DIR` alone. Tiny real photos, one or two epochs.
 """
 
+import importlib
 import json
 import os
 import signal
-import sys
 
 import pytest
 import torch
@@ -59,7 +59,7 @@ def datasets(tmp_path_factory):
 
 def interrupt_in_epoch_2(monkeypatch):
     """Press Ctrl-C (SIGINT to this process) as the second epoch starts, as a user at the terminal would."""
-    module = sys.modules["petclassifier.train"]
+    module = importlib.import_module("petclassifier.train")  # the module: the package's `train` is the function
     one_epoch, calls = module.train_one_epoch, []
 
     def press_ctrl_c_then_train(*args, **kwargs):
@@ -149,3 +149,19 @@ def test_every_command_on_this_dataset_and_model(name, datasets, tmp_path, monke
     x = classifier.preprocessing.eval_batch(classifier.preprocessing.square(image)[None]).contiguous()
     with torch.no_grad():
         assert torch.allclose(exported(x), classifier.probabilities([image]), atol=1e-4)
+
+    # serve: the web API answers as predict --json did, explains with Grad-CAM and describes the run
+    pytest.importorskip("starlette")
+    from starlette.testclient import TestClient
+
+    from petclassifier.web import PhotoService, create_app
+
+    client = TestClient(create_app(PhotoService(run_dir / "best.pt", device="cpu")))
+    answered = client.post("/api/predict", files=[("file", (p.name, p.read_bytes())) for p in photos]).json()
+    for got, want in zip(answered, entries, strict=True):
+        assert {**got, "path": None} == pytest.approx({**want, "path": None}, abs=1e-5)
+    overlay = client.post("/api/explain", files=[("file", (photos[0].name, photos[0].read_bytes()))])
+    assert overlay.status_code == 200 and overlay.headers["x-class"] == entries[0]["predictions"][0]["label"]
+    info = client.get("/api/model").json()
+    assert info["task"] == task and info["class_names"] == class_names and len(info["curve"]) == 2
+    assert info["accuracy"]["value"] == pytest.approx(summary["test_accuracy"])

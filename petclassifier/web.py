@@ -1,0 +1,234 @@
+"""The local web page and its JSON API: photos in; labels, cat or dog, "not a pet" and Grad-CAM out."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import ipaddress
+import json
+import socket
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import python_multipart  # noqa: F401  (Starlette parses uploads with it: checked at start, not at the first upload)
+import torch
+import uvicorn
+from PIL import Image
+from starlette.applications import Starlette
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from .checkpoint import describe, flip_tta_of, load_checkpoint, task_of, temperature_of
+from .errors import UserError
+from .explain import GradCAM, heat_overlay, upsample
+from .images import ImageError, load_image
+from .predict import PetClassifier, stack_readable
+from .transforms import centre_crop
+
+MAX_UPLOAD_BYTES = 32 * 2**20  # per request: a 48-megapixel phone JPEG fits; a larger body gets 413
+MAX_FILES = 64  # photos per request
+STATIC = Path(__file__).with_name("static")
+
+
+class PhotoService:
+    """The trained classifier behind the API, loaded and run on one thread of its own, a request at a time in
+    arrival order. A forward pass already uses every core; and on 2 CPU cores a second thread running torch
+    made every pass about half as slow again (each thread gets its own OpenMP team, which compete), and the
+    server's memory grew with each new thread that ran the network (glibc gives each its own heap). One thread
+    also means one decoded photo of up to 89 megapixels in memory at a time, however many requests wait."""
+
+    def __init__(self, checkpoint: Path, device: str = "auto"):
+        self.worker = ThreadPoolExecutor(1, thread_name_prefix="network")
+        self.worker.submit(self._load, checkpoint, device).result()
+
+    def _load(self, checkpoint: Path, device: str) -> None:
+        self.classifier = PetClassifier.from_checkpoint(checkpoint, device=device)
+        self.gradcam = GradCAM(self.classifier.model.requires_grad_(False))  # gradients of activations, not weights
+        self.info = model_info(checkpoint, load_checkpoint(checkpoint))
+
+    async def run(self, work, *args):
+        """`work(*args)` on the service's thread, awaited."""
+        return await asyncio.get_running_loop().run_in_executor(self.worker, work, *args)
+
+    def decode(self, name: str, data: bytes) -> tuple[str, torch.Tensor | str]:
+        """(name, the uint8 square [3, R, R] the network sees) or (name, why the bytes are not a readable photo)."""
+        if not data:
+            return name, "empty file (0 bytes)"
+        prep = self.classifier.preprocessing
+        try:  # the name is only a label: nothing is ever opened by it
+            return name, prep.square(load_image(io.BytesIO(data), min_size=prep.resize))
+        except ImageError as e:
+            return name, str(e)
+
+    def predict(self, uploads: list[tuple[str, bytes]], top_k: int) -> list[dict]:
+        """One `predict --json` entry per upload, in upload order; unreadable ones get an error entry."""
+        decoded = [self.decode(name, data) for name, data in uploads]
+        out, size = [], self.classifier.batch_size
+        for start in range(0, len(decoded), size):
+            names, errors, squares = stack_readable(decoded[start : start + size])
+            out += [p.as_dict() for p in self.classifier.scored(names, errors, squares, top_k)]
+        return out
+
+    def explain(self, name: str, data: bytes, class_name: str | None) -> tuple[bytes, str, float]:
+        """(PNG of the Grad-CAM overlay on the square the network sees, its class, that class's probability)."""
+        c = self.classifier
+        if class_name is not None and class_name not in c.class_names:
+            raise HTTPException(400, f"unknown class {class_name!r}; the model knows: {', '.join(c.class_names)}")
+        _, square = self.decode(name, data)
+        if isinstance(square, str):
+            raise HTTPException(400, f"{name}: {square}")
+        probs = c._square_outputs(square[None])[0][0]  # as predict reports them: temperature, flip TTA
+        k = c.class_names.index(class_name) if class_name else int(probs.argmax())
+        cam, _ = self.gradcam(c.preprocessing.eval_batch(square[None].to(c.device)), torch.tensor([k]).to(c.device))
+        crop = c.preprocessing.crop
+        overlay = heat_overlay(centre_crop(square, crop), upsample(cam[0].cpu(), crop))
+        png = io.BytesIO()
+        Image.fromarray(overlay.permute(1, 2, 0).numpy()).save(png, "PNG")
+        return png.getvalue(), c.class_names[k], float(probs[k])
+
+
+def model_info(checkpoint: Path, ckpt: dict) -> dict:
+    """What the page shows about the model: task, classes, accuracy from its run, and the run's learning curve."""
+    run = checkpoint.parent
+    summary = read_json(run / "summary.json")
+    if summary and Path(summary.get("checkpoint", "")).name == checkpoint.name and "test_accuracy" in summary:
+        accuracy = {"split": "test", "value": summary["test_accuracy"], "photos": summary.get("photos", {}).get("test")}
+    elif (ckpt.get("metrics") or {}).get("val_accuracy") is not None:
+        accuracy = {"split": "validation", "value": ckpt["metrics"]["val_accuracy"], "photos": None}
+    else:
+        accuracy = None
+    keys = ("epoch", "train_loss", "val_loss", "val_accuracy")
+    curve = [{k: row.get(k) for k in keys} for row in read_jsonl(run / "metrics.jsonl")]
+    return {"checkpoint": f"{run.name}/{checkpoint.name}", "description": describe(ckpt), "model": ckpt["model_name"],
+            "task": task_of(ckpt), "class_names": ckpt["class_names"], "species_of": ckpt.get("species_of") or None,
+            "image_size": ckpt["preprocessing"]["crop"], "flip_tta": flip_tta_of(ckpt),
+            "temperature": temperature_of(ckpt), "not_a_pet": ckpt.get("imagenet_stages") is not None,
+            "accuracy": accuracy, "curve": curve, "max_upload_bytes": MAX_UPLOAD_BYTES, "max_files": MAX_FILES}
+
+
+def read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    try:
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except (OSError, ValueError):
+        return []
+
+
+async def uploaded_files(request: Request) -> tuple[list[tuple[str, bytes]], dict[str, str]]:
+    """The request's `file` uploads as (file name, bytes), in upload order, and its plain form fields."""
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise HTTPException(400, "send photos as multipart/form-data, one 'file' field per photo")
+    async with request.form(max_files=MAX_FILES, max_fields=16) as form:
+        files = form.getlist("file")
+        if not files or not all(isinstance(f, UploadFile) for f in files):
+            raise HTTPException(400, "no photo: send each one as a 'file' field of multipart/form-data")
+        uploads = [(f.filename or "upload", await f.read()) for f in files]
+        return uploads, {k: v for k, v in form.items() if isinstance(v, str)}
+
+
+def create_app(service: PhotoService) -> UploadLimit:
+    """The ASGI app: the page at /, its files under /static/, the JSON API under /api/."""
+
+    async def predict(request: Request) -> JSONResponse:
+        uploads, fields = await uploaded_files(request)
+        top_k = fields.get("top_k", request.query_params.get("top_k", "5"))
+        if not top_k.isdigit() or int(top_k) < 1:
+            raise HTTPException(400, f"top_k must be a whole number, at least 1 (got {top_k!r})")
+        return JSONResponse(await service.run(service.predict, uploads, int(top_k)))
+
+    async def explain(request: Request) -> Response:
+        uploads, fields = await uploaded_files(request)
+        if len(uploads) != 1:
+            raise HTTPException(400, f"explain takes one photo, not {len(uploads)}")
+        png, label, probability = await service.run(service.explain, *uploads[0], fields.get("class"))
+        return Response(png, media_type="image/png",
+                        headers={"X-Class": label, "X-Probability": f"{probability:.6f}"})
+
+    async def model(request: Request) -> JSONResponse:
+        return JSONResponse(service.info)
+
+    async def health(request: Request) -> JSONResponse:
+        info = service.info
+        return JSONResponse({"status": "ok", "model": info["model"], "classes": len(info["class_names"])})
+
+    async def page(request: Request) -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    async def error(request: Request, exc: HTTPException) -> JSONResponse:
+        return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+    routes = [Route("/", page), Route("/api/predict", predict, methods=["POST"]),
+              Route("/api/explain", explain, methods=["POST"]), Route("/api/model", model),
+              Route("/api/health", health), Mount("/static", StaticFiles(directory=STATIC), name="static")]
+    return UploadLimit(Starlette(routes=routes, exception_handlers={HTTPException: error}), MAX_UPLOAD_BYTES)
+
+
+class UploadLimit:
+    """ASGI wrapper that answers 413 to a request body over `limit` bytes: at once when its Content-Length says
+    so, or as soon as that many bytes of a body without one have arrived."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length", b"0")
+        if length.isdigit() and int(length) > self.limit:
+            too_large = JSONResponse({"error": self.message(length.decode("latin-1"))}, status_code=413)
+            return await too_large(scope, receive, send)
+        received = 0
+
+        async def counted():
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.limit:  # raised inside the route: its error handler answers 413
+                raise HTTPException(413, self.message(f"more than {received:,}"))
+            return message
+
+        await self.app(scope, counted, send)
+
+    def message(self, size: str) -> str:
+        return f"the upload ({size} bytes) is over the limit of {self.limit // 2**20} MiB per request"
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to host:port (0: any free port) and listening, or a one-line UserError."""
+    try:
+        family, kind, protocol, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as e:
+        raise UserError(f"cannot listen on {host}: {e.strerror}") from None
+    # protocol TCP, not 0: asyncio turns Nagle's algorithm off only on sockets that say so; with it on, every
+    # answer's body waited ~40 ms for the client's delayed acknowledgement of its headers
+    listener = socket.socket(family, kind, protocol)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind(address)
+        listener.listen(128)  # connections wait from now on, while the model loads
+    except OSError as e:
+        listener.close()
+        raise UserError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+    return listener
+
+
+def serve(checkpoint: Path, host: str = "127.0.0.1", port: int = 8000, device: str = "auto") -> None:
+    """Load the checkpoint, listen on host:port (0: any free port) and serve until Ctrl+C."""
+    listener = listening_socket(host, port)
+    service = PhotoService(checkpoint, device)
+    address = listener.getsockname()
+    url = f"http://{host if ':' not in host else f'[{host}]'}:{address[1]}"
+    print(f"serving {checkpoint} ({service.info['description']}) at {url}  (Ctrl+C stops)", flush=True)
+    if not ipaddress.ip_address(address[0]).is_loopback:
+        print(f"note: {host} lets other machines reach this page; there is no login", flush=True)
+    uvicorn.Server(uvicorn.Config(create_app(service), log_level="info")).run(sockets=[listener])

@@ -1,0 +1,82 @@
+"""The page in a real browser: headless Chromium opens `petclassifier serve`, uploads a real photo, and the page
+shows the label, cat or dog, the model's facts and, on demand, the Grad-CAM overlay."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from .test_web import ZERO_SHOT, photo, run_dir  # noqa: F401  (module fixture: a four-breed checkpoint)
+
+CHROMIUM = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
+CHROMEDRIVER = shutil.which("chromedriver")
+pytest.importorskip("starlette", reason="the web extra is not installed (pip install -e '.[web]')")
+webdriver = pytest.importorskip("selenium.webdriver", reason="selenium (dev extra) drives the browser")
+pytestmark = pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
+                                reason="no Chromium with its chromedriver (Debian: apt-get install chromium "
+                                       "chromium-driver)")
+
+
+@pytest.fixture
+def server(run_dir, tmp_path):  # noqa: F811
+    """`petclassifier serve` on a free port, as a user starts it; yields its URL."""
+    log = tmp_path / "serve.log"
+    with open(log, "w") as stderr:
+        process = subprocess.Popen([sys.executable, "-m", "petclassifier", "serve", "--checkpoint", str(run_dir),
+                                    "--port", "0", "--device", "cpu"], stdout=subprocess.PIPE, stderr=stderr,
+                                   text=True)
+    try:
+        line = process.stdout.readline()  # "serving <checkpoint> (<what it tells apart>) at <url>  (Ctrl+C stops)"
+        expected = f"serving {run_dir / 'best.pt'} (breed: 4 classes: Persian, Siamese, beagle, ...) at http://"
+        assert line.startswith(expected), line + log.read_text()
+        yield line.split(" at ")[1].split()[0]
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+@pytest.fixture
+def browser():
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1200,1000"):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+    yield driver
+    driver.quit()
+
+
+def test_the_page_labels_an_uploaded_photo_and_shows_where_the_network_looked(server, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def shown(selector: str, count: int = 1):
+        WebDriverWait(browser, 60).until(lambda b: len(b.find_elements(By.CSS_SELECTOR, selector)) >= count)
+        return browser.find_elements(By.CSS_SELECTOR, selector)
+
+    browser.get(server)
+    shown("#facts dd", 7)
+    facts = dict(zip((e.text for e in shown("#facts dt")), (e.text for e in shown("#facts dd"))))
+    assert facts["accuracy"] == "87.5% on 8 test photos" and facts["classes"] == "4", facts
+    assert len(shown("#curves svg", 2)) == 2  # accuracy and loss per epoch
+
+    pug, persian = photo("pug", 1), photo("Persian", 1)
+    shown("#files")[0].send_keys(f"{pug}\n{persian}")
+    labels = [e.text for e in shown(".card .label", 2)]
+    assert labels == ["pug", "Persian"], labels
+    assert [e.text.split()[0] for e in shown(".card .species", 2)] == ["dog", "cat"]
+    assert [e.text for e in shown(".card .name", 2)] == [pug.name, persian.name]
+    assert len(shown(".card .bars li", 8)) == 8  # four classes, each with its bar, for both photos
+
+    shown(".card button")[0].click()
+    overlay = shown(".card img.overlay")[0]
+    WebDriverWait(browser, 60).until(lambda b: overlay.get_property("naturalWidth") == 160)
+    assert "evidence for pug" in shown(".cam figcaption")[0].text
+    assert not [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+    browser.save_screenshot(str(tmp_path / "page.png"))
+    assert (tmp_path / "page.png").stat().st_size > 10_000
