@@ -226,9 +226,13 @@ def serve(checkpoint: Path, host: str = "127.0.0.1", port: int = 8000, device: s
     """Load the checkpoint, listen on host:port (0: any free port) and serve until Ctrl+C."""
     listener = listening_socket(host, port)
     service = PhotoService(checkpoint, device)
-    address = listener.getsockname()
-    url = f"http://{host if ':' not in host else f'[{host}]'}:{address[1]}"
-    print(f"serving {checkpoint} ({service.info['description']}) at {url}  (Ctrl+C stops)", flush=True)
-    if not ipaddress.ip_address(address[0]).is_loopback:
-        print(f"note: {host} lets other machines reach this page; there is no login", flush=True)
-    uvicorn.Server(uvicorn.Config(create_app(service), log_level="info")).run(sockets=[listener])
+    ip, port = ipaddress.ip_address(listener.getsockname()[0]), listener.getsockname()[1]
+    shown = "localhost" if ip.is_unspecified else f"[{host}]" if ip.version == 6 and host == str(ip) else host
+    print(f"serving {checkpoint} ({service.info['description']}) at http://{shown}:{port}  (Ctrl+C stops)", flush=True)
+    if not ip.is_loopback:
+        print(f"note: other machines can reach this page at this machine's address, port {port}; there is no login",
+              flush=True)
+    try:
+        uvicorn.Server(uvicorn.Config(create_app(service), log_level="info")).run(sockets=[listener])
+    except KeyboardInterrupt:  # Ctrl+C is how a server stops: uvicorn has shut down cleanly, and says so
+        pass
