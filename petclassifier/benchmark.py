@@ -35,6 +35,7 @@ from .config import TrainConfig
 from .data import PetData, Split, load_data
 from .distributed import ShardedBatches
 from .errors import UserError
+from .metrics import epoch_rows
 from .models import build_model
 from .predict import PetClassifier
 from .runtime import autocast, resolve_device
@@ -106,7 +107,7 @@ def train_project_run(cfg: TrainConfig, cache: Path, out: Path, log: Path) -> di
     argv = [sys.executable, "-m", "petclassifier", "train", *train_flags(cfg), "--cache-dir", str(cache),
             "--out", str(out)]
     started, seconds, _, _ = run_process(argv, log)
-    rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    rows = epoch_rows(out / "metrics.jsonl")
     summary = json.loads((out / "summary.json").read_text())
     curve = [[round(r["time"] - started, 1), r["val_accuracy"]] for r in rows]
     return train_result(seconds, summary.get("test_accuracy"), curve)

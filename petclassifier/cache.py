@@ -109,6 +109,14 @@ def clear_cache(cache_dir: str | Path) -> None:
     shutil.rmtree(cache_dir, ignore_errors=True)
 
 
+def square_or_reason(source, prep: Preprocessing) -> torch.Tensor | str:
+    """The uint8 square [3, R, R] the network sees for a photo (a path or a file object), or why it is unreadable."""
+    try:
+        return prep.square(load_image(source, min_size=prep.resize))
+    except ImageError as e:
+        return str(e)
+
+
 class PhotoDecoder(torch.utils.data.Dataset):
     """Decodes one photo per item in a worker process; an unreadable one yields its reason instead."""
 
@@ -119,7 +127,4 @@ class PhotoDecoder(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int):
-        try:
-            return self.paths[i], self.prep.square(load_image(self.paths[i], min_size=self.prep.resize))
-        except ImageError as e:
-            return self.paths[i], str(e)
+        return self.paths[i], square_or_reason(self.paths[i], self.prep)

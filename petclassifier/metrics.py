@@ -1,8 +1,17 @@
-"""Classification metrics: confusion matrix, precision and recall, top-k accuracy, expected calibration error."""
+"""Classification metrics: confusion matrix, precision and recall, top-k accuracy, expected calibration error; and
+the per-epoch rows a training run records."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import torch
+
+
+def epoch_rows(metrics_path: str | Path) -> list[dict]:
+    """The rows training appends to a run's metrics.jsonl, one per epoch (epoch, losses, val_accuracy, ...)."""
+    return [json.loads(line) for line in Path(metrics_path).read_text().splitlines() if line.strip()]
 
 
 def confusion_matrix(labels: torch.Tensor, predictions: torch.Tensor, num_classes: int) -> torch.Tensor:

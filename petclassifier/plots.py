@@ -5,7 +5,6 @@ matplotlib is an optional extra, imported only when something is drawn.
 
 from __future__ import annotations
 
-import json
 import math
 import textwrap
 from pathlib import Path
@@ -13,6 +12,7 @@ from pathlib import Path
 import torch
 
 from .errors import UserError
+from .metrics import epoch_rows
 
 PLOTS_HINT = 'plotting needs matplotlib: pip install -e ".[plots]"'
 
@@ -47,7 +47,7 @@ def save(fig, path: str | Path) -> Path:
 
 def plot_curves(metrics_path: str | Path, out: str | Path) -> Path:
     """Train and validation loss, and validation accuracy, per epoch, from a run's metrics.jsonl."""
-    rows = [json.loads(line) for line in Path(metrics_path).read_text().splitlines() if line.strip()]
+    rows = epoch_rows(metrics_path)
     plt = pyplot()
     epochs = [r["epoch"] for r in rows]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.4), dpi=90)

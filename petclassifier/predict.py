@@ -82,7 +82,11 @@ class PetClassifier:
     def from_checkpoint(cls, path: str | Path, device: str = "auto", flip_tta: bool | None = None) -> PetClassifier:
         """A classifier from a checkpoint file, or from a run folder (its best.pt, else its last.pt); flip_tta None:
         as the checkpoint's recipe says (False halves the work per photo, for a little accuracy)."""
-        ckpt = load_checkpoint(checkpoint_file(path))
+        return cls.from_loaded(load_checkpoint(checkpoint_file(path)), device, flip_tta)
+
+    @classmethod
+    def from_loaded(cls, ckpt: dict, device: str = "auto", flip_tta: bool | None = None) -> PetClassifier:
+        """`from_checkpoint` for a checkpoint already read with `load_checkpoint`."""
         model, prep = model_from_checkpoint(ckpt)
         flip_tta = flip_tta_of(ckpt) if flip_tta is None else flip_tta
         return cls(model, ckpt["class_names"], prep, ckpt.get("species_of"), device, temperature_of(ckpt), flip_tta)

@@ -10,6 +10,8 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -70,15 +72,25 @@ def send(url: str, photo: Path, count: int, clients: int) -> list[float]:
     return latencies
 
 
+@contextmanager
+def started_server(checkpoint: str, *flags: str, stderr=subprocess.DEVNULL) -> Iterator[tuple[subprocess.Popen, str]]:
+    """`petclassifier serve --checkpoint CHECKPOINT --port 0 FLAGS` in its own process, as a user starts it:
+    (the process, the first line it prints: "serving <checkpoint> (...) at <url>  (Ctrl+C stops)"); stopped on exit."""
+    process = subprocess.Popen([sys.executable, "-m", "petclassifier", "serve", "--checkpoint", checkpoint, "--port",
+                                "0", *flags], stdout=subprocess.PIPE, stderr=stderr, text=True)
+    try:
+        yield process, process.stdout.readline()
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
 def measure(checkpoint: str, photo: Path, requests: int = 1000, clients: int = 4, device: str = "auto") -> dict:
     """Start the server, send the first tenth of the requests (warm-up; memory noted), then the rest, timed."""
     if not photo.is_file():
         raise UserError(f"no such photo: {photo}")
     warm_up = max(1, requests // 10)
-    server = subprocess.Popen([sys.executable, "-m", "petclassifier", "serve", "--checkpoint", checkpoint, "--port",
-                               "0", "--device", device], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    try:
-        line = server.stdout.readline()  # "serving <checkpoint> (...) at <url>  (Ctrl+C stops)"
+    with started_server(checkpoint, "--device", device) as (server, line):
         if " at http://" not in line:
             raise UserError(f"the server did not start: {line.strip() or 'see petclassifier serve'}")
         url = line.split(" at ")[-1].split()[0]
@@ -88,9 +100,6 @@ def measure(checkpoint: str, photo: Path, requests: int = 1000, clients: int = 4
         latencies = send(url, photo, requests - warm_up, clients)
         seconds = time.perf_counter() - started
         rss_end = rss_mb(server.pid)
-    finally:
-        server.terminate()
-        server.wait(30)
     cuts = statistics.quantiles(latencies, n=100)
     return {"checkpoint": checkpoint, "photo": photo.name, "clients": clients, "requests": requests,
             "timed_requests": len(latencies), "requests_per_second": round(len(latencies) / seconds, 2),

@@ -22,10 +22,11 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from .cache import square_or_reason
 from .checkpoint import describe, flip_tta_of, load_checkpoint, task_of, temperature_of
 from .errors import UserError
 from .explain import GradCAM, heat_overlay, upsample
-from .images import ImageError, load_image
+from .metrics import epoch_rows
 from .predict import PetClassifier, stack_readable
 from .transforms import centre_crop
 
@@ -46,9 +47,10 @@ class PhotoService:
         self.worker.submit(self._load, checkpoint, device).result()
 
     def _load(self, checkpoint: Path, device: str) -> None:
-        self.classifier = PetClassifier.from_checkpoint(checkpoint, device=device)
+        ckpt = load_checkpoint(checkpoint)
+        self.classifier = PetClassifier.from_loaded(ckpt, device)
         self.gradcam = GradCAM(self.classifier.model.requires_grad_(False))  # gradients of activations, not weights
-        self.info = model_info(checkpoint, load_checkpoint(checkpoint))
+        self.info = model_info(checkpoint, ckpt)
 
     async def run(self, work, *args):
         """`work(*args)` on the service's thread, awaited."""
@@ -58,11 +60,7 @@ class PhotoService:
         """(name, the uint8 square [3, R, R] the network sees) or (name, why the bytes are not a readable photo)."""
         if not data:
             return name, "empty file (0 bytes)"
-        prep = self.classifier.preprocessing
-        try:  # the name is only a label: nothing is ever opened by it
-            return name, prep.square(load_image(io.BytesIO(data), min_size=prep.resize))
-        except ImageError as e:
-            return name, str(e)
+        return name, square_or_reason(io.BytesIO(data), self.classifier.preprocessing)  # the name is never opened
 
     def predict(self, uploads: list[tuple[str, bytes]], top_k: int) -> list[dict]:
         """One `predict --json` entry per upload, in upload order; unreadable ones get an error entry."""
@@ -101,8 +99,11 @@ def model_info(checkpoint: Path, ckpt: dict) -> dict:
         accuracy = {"split": "validation", "value": ckpt["metrics"]["val_accuracy"], "photos": None}
     else:
         accuracy = None
-    keys = ("epoch", "train_loss", "val_loss", "val_accuracy")
-    curve = [{k: row.get(k) for k in keys} for row in read_jsonl(run / "metrics.jsonl")]
+    try:
+        rows = epoch_rows(run / "metrics.jsonl")
+    except (OSError, ValueError):  # a checkpoint without its run folder, or a damaged file: no curve
+        rows = []
+    curve = [{k: row.get(k) for k in ("epoch", "train_loss", "val_loss", "val_accuracy")} for row in rows]
     return {"checkpoint": f"{run.name}/{checkpoint.name}", "description": describe(ckpt), "model": ckpt["model_name"],
             "task": task_of(ckpt), "class_names": ckpt["class_names"], "species_of": ckpt.get("species_of") or None,
             "image_size": ckpt["preprocessing"]["crop"], "flip_tta": flip_tta_of(ckpt),
@@ -115,13 +116,6 @@ def read_json(path: Path) -> dict | None:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    try:
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    except (OSError, ValueError):
-        return []
 
 
 async def uploaded_files(request: Request) -> tuple[list[tuple[str, bytes]], dict[str, str]]:

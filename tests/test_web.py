@@ -329,17 +329,10 @@ def test_the_server_s_connections_send_answers_at_once():
 
 
 def test_serve_names_its_checkpoint_and_says_when_other_machines_can_reach_it(run_dir):
-    import subprocess
-    import sys
+    from petclassifier.serve_load import started_server
 
-    process = subprocess.Popen([sys.executable, "-m", "petclassifier", "serve", "--checkpoint", str(run_dir),
-                                "--host", "0.0.0.0", "--port", "0", "--device", "cpu"], stdout=subprocess.PIPE,
-                               stderr=subprocess.DEVNULL, text=True)
-    try:
-        first, second = process.stdout.readline(), process.stdout.readline()
-    finally:
-        process.terminate()
-        process.wait(30)
+    with started_server(str(run_dir), "--host", "0.0.0.0", "--device", "cpu") as (process, first):
+        second = process.stdout.readline()
     assert first.startswith(f"serving {run_dir / 'best.pt'} (breed: 4 classes: Persian, Siamese, beagle, ...) at "
                             "http://localhost:"), first
     assert second.startswith("note: other machines can reach this page") and "no login" in second

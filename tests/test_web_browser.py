@@ -4,8 +4,6 @@ shows the label, cat or dog, the model's facts and, on demand, the Grad-CAM over
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 
 import pytest
 
@@ -23,19 +21,13 @@ pytestmark = pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
 @pytest.fixture
 def server(run_dir, tmp_path):  # noqa: F811
     """`petclassifier serve` on a free port, as a user starts it; yields its URL."""
+    from petclassifier.serve_load import started_server
+
     log = tmp_path / "serve.log"
-    with open(log, "w") as stderr:
-        process = subprocess.Popen([sys.executable, "-m", "petclassifier", "serve", "--checkpoint", str(run_dir),
-                                    "--port", "0", "--device", "cpu"], stdout=subprocess.PIPE, stderr=stderr,
-                                   text=True)
-    try:
-        line = process.stdout.readline()  # "serving <checkpoint> (<what it tells apart>) at <url>  (Ctrl+C stops)"
+    with open(log, "w") as stderr, started_server(str(run_dir), "--device", "cpu", stderr=stderr) as (_, line):
         expected = f"serving {run_dir / 'best.pt'} (breed: 4 classes: Persian, Siamese, beagle, ...) at http://"
         assert line.startswith(expected), line + log.read_text()
         yield line.split(" at ")[1].split()[0]
-    finally:
-        process.terminate()
-        process.wait(30)
 
 
 @pytest.fixture
