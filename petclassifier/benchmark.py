@@ -35,11 +35,11 @@ from .config import TrainConfig
 from .data import PetData, Split, load_data
 from .distributed import ShardedBatches
 from .errors import UserError
+from .loop import train_one_epoch
 from .metrics import epoch_rows
 from .models import build_model
 from .predict import PetClassifier
 from .runtime import autocast, resolve_device
-from .train import train_one_epoch
 from .transforms import Preprocessing
 from .tutorial import photo_loader, tutorial_transforms
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import tempfile
+import zipfile
 from pathlib import Path
 
 import torch
@@ -16,6 +18,7 @@ from .transforms import Preprocessing
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("format_version", "model_name", "class_names", "preprocessing", "model_state")
 ZIP_MAGIC = b"PK\x03\x04"
+EXPORTS = {"torchscript": ("TorchScript", "torch.jit.load"), "onnx": ("ONNX", "onnxruntime")}  # name, loader
 
 
 def library_versions() -> dict[str, str]:
@@ -55,6 +58,7 @@ def checkpoint_file(path: str | Path, names: tuple[str, ...] = ("best.pt", "last
         return path
     found = [path / name for name in names if (path / name).is_file()]
     if not found:
+        refuse_export(path / str(sidecar_of(path / "model.json").get("model_file", "model.pt")))
         raise UserError(f"no checkpoint file in {path} (no {' or '.join(names)})")
     return found[0]
 
@@ -66,6 +70,7 @@ def load_checkpoint(path: str | Path) -> dict:
         raise UserError(f"no checkpoint file {path}")
     with open(path, "rb") as f:
         head = f.read(4)
+    refuse_export(path, head)
     if head != ZIP_MAGIC:  # torch.save writes zip archives; anything else would reach the pickle loader
         raise UserError(f"{path} is not a petclassifier checkpoint ({'not a PyTorch file' if head else 'empty file'})")
     try:
@@ -81,6 +86,34 @@ def load_checkpoint(path: str | Path) -> dict:
     if missing := [k for k in REQUIRED_KEYS if k not in ckpt]:
         raise UserError(f"{path} is not a petclassifier checkpoint (no {', '.join(missing)})")
     return ckpt
+
+
+def refuse_export(path: Path, head: bytes = ZIP_MAGIC) -> None:
+    """UserError when `path` is a model `petclassifier export` wrote (torch.load would advise on weights_only)."""
+    # its sidecar names it; without one, TorchScript's own layout (code and constants beside the weights) does
+    if not path.is_file():
+        return
+    meta = sidecar_of(path.with_name("model.json"))
+    fmt = meta.get("format") if meta.get("model_file") == path.name else None
+    if fmt not in EXPORTS and head == ZIP_MAGIC:
+        try:
+            with zipfile.ZipFile(path) as archive:
+                fmt = "torchscript" if any(n.endswith("/constants.pkl") for n in archive.namelist()) else None
+        except (OSError, zipfile.BadZipFile):
+            return  # torch.load then says what is wrong with it
+    if fmt in EXPORTS:
+        name, loader = EXPORTS[fmt]
+        raise UserError(f"{path} is an exported {name} model, not a checkpoint; give a best.pt or a run folder "
+                        f"(load the export with {loader})")
+
+
+def sidecar_of(path: Path) -> dict:
+    """The model.json an export wrote beside its model file; {} where there is none (or it is not one)."""
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
 
 
 def describe(ckpt: dict) -> str:

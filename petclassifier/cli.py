@@ -11,7 +11,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from .config import TrainConfig
-from .errors import UserError
+from .errors import SavedAndStopped, UserError
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
@@ -21,7 +21,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"bundled sample photos, Oxford-IIIT Pet, or your own class folders (default {d.dataset})")
     p.add_argument("--data-dir", help="dataset root (Oxford: the folder holding oxford-iiit-pet/)")
     p.add_argument("--download", action="store_true", default=None, help="download Oxford-IIIT Pet if missing")
-    p.add_argument("--task", choices=("breed", "species"), help=f"37 breeds or cat/dog (default {d.task})")
+    p.add_argument("--task", choices=("breed", "species"),
+                   help="Oxford-IIIT Pet: 37 breeds or cat/dog (default breed); a folder's classes are its sub-folders")
     p.add_argument("--val-fraction", type=float, help=f"share of training photos held out (default {d.val_fraction})")
     p.add_argument("--strict-images", action="store_true", default=None,
                    help="stop at an unreadable photo instead of skipping it with a warning")
@@ -33,8 +34,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-size", type=int,
                    help="side of the square the network sees (default: recipe; torchvision: its weights' crop)")
     p.add_argument("--epochs", type=int, help="passes over the training photos")
-    p.add_argument("--batch-size", type=int,
-                   help=f"photos per step, over all processes under torchrun (default {d.batch_size})")
+    p.add_argument("--batch-size", type=int, help="photos per step, over all processes under torchrun "
+                   "(default: recipe, from the number of photos)")
     p.add_argument("--lr", type=float, help="peak learning rate")
     p.add_argument("--weight-decay", type=float, help=f"AdamW weight decay (default {d.weight_decay})")
     p.add_argument("--warmup-epochs", type=float, help=f"linear warm-up length (default {d.warmup_epochs})")
@@ -48,9 +49,11 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="head-only models: train the head again on train + val photos at the end (default on)")
     p.add_argument("--flip-tta", action=argparse.BooleanOptionalAction,
                    help="score each photo and its mirror image, averaged (default: on for efficientnet_lite1/2)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), help=f"(default {d.device})")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"),
+                   help=f"where to train: auto picks CUDA when present, else the CPU (default {d.device})")
     p.add_argument("--workers", type=int, help=f"image-decoding processes (default {d.workers})")
-    p.add_argument("--seed", type=int, help=f"(default {d.seed})")
+    p.add_argument("--seed", type=int,
+                   help=f"seeds the split, initial weights, augmentation and batch order (default {d.seed})")
     p.add_argument("--out", help="run folder (default runs/<date-time>-<model>-<task>)")
     p.add_argument("--resume", help="continue from a last.pt, exactly where it stopped (default run folder: its own)")
     p.add_argument("--save-every", type=int, help="also save last.pt every N steps (default: each epoch's end)")
@@ -59,9 +62,11 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="deterministic algorithms only, for bit-identical reruns and resumes (slower on GPUs)")
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
+def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, set[str]]:
+    """The config the flags make, and the fields they set (a flag given at its default value counts)."""
     names = {f.name for f in fields(TrainConfig)}
-    return TrainConfig(**{k: v for k, v in vars(args).items() if k in names and v is not None})
+    given = {k: v for k, v in vars(args).items() if k in names and v is not None}
+    return TrainConfig(**given), set(given)
 
 
 def add_predict_arguments(p: argparse.ArgumentParser) -> None:
@@ -94,7 +99,8 @@ def run_export(args: argparse.Namespace) -> int:
 def run_train(args: argparse.Namespace) -> int:
     from .train import fit
 
-    fit(config_from_args(args))
+    cfg, given = config_from_args(args)
+    fit(cfg, given)
     return 0
 
 
@@ -273,6 +279,7 @@ COMMANDS = {
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="petclassifier", description="Pet photo classifier (PyTorch).")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (add_arguments, _, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
@@ -282,10 +289,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def package_version() -> str:
+    """The installed distribution's version; the package's own where it runs uninstalled (from a checkout)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("petclassifier")
+    except PackageNotFoundError:
+        from . import __version__
+
+        return __version__
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if args.command is None:  # `petclassifier` alone: say what it can do
+        if unknown:
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
         parser.print_help()
         return 0
     if unknown:  # the command's own usage, not the top-level one
@@ -297,8 +318,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        if not isinstance(e, SavedAndStopped):  # that one has said where it stopped and how to go on
+            print("interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `predict ... | head` stopped reading: stop quietly, as command-line tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes

@@ -16,7 +16,7 @@ from torchvision.datasets import ImageFolder, OxfordIIITPet
 
 from .config import SAMPLE_DIR, TrainConfig
 from .errors import UserError
-from .images import ImageError, check_image, is_image_file, is_photo_under
+from .images import ImageError, check_image, is_image_file, is_photo_under, photos_under
 from .runtime import progress
 
 DATASETS = ("sample", "oxford-iiit-pet", "folder")
@@ -259,6 +259,13 @@ class _PhotoFolder(ImageFolder):
     def find_classes(self, directory):
         classes = class_folders(Path(directory))
         return classes, {name: i for i, name in enumerate(classes)}
+
+    @staticmethod
+    def make_dataset(directory, class_to_idx, extensions=None, is_valid_file=None, allow_empty=False):
+        # torchvision's own listing goes round a folder linked into itself some 40 times, each photo again
+        valid = is_valid_file or is_image_file
+        return [(path, index) for name, index in sorted(class_to_idx.items())
+                for path in photos_under(os.path.join(directory, name)) if valid(path)]
 
 
 def class_folders(root: Path) -> list[str]:

@@ -16,11 +16,11 @@ from .checkpoint import flip_tta_of, load_checkpoint, model_from_checkpoint, tem
 from .config import TrainConfig
 from .data import load_split
 from .errors import UserError
-from .metrics import calibration_report, metrics_report
+from .loop import evaluate
+from .metrics import at_chance, calibration_report, chance_accuracy, metrics_report
 from .models import FlipAveraged
 from .runtime import inference_batch_size, resolve_device
 from .store import Batches
-from .train import evaluate
 from .transforms import centre_crop
 
 SPLITS = ("train", "val", "test", "all")
@@ -105,6 +105,8 @@ def evaluate_checkpoint(checkpoint: str | Path, dataset=None, data_dir=None, tas
     if groups:
         report.update(scored_through="species", model_classes=len(ckpt["class_names"]))
     report["calibration"] = calibration_report(raw.softmax(1), scores.softmax(1), labels, temperature)
+    report["chance_top1"] = chance_accuracy(labels, len(class_names))
+    report["at_chance"] = at_chance(report["top1"], labels, len(class_names))
     return {"report": report, "images": images, "labels": labels, "probs": scores.softmax(1), "crop": prep.crop}
 
 
@@ -159,6 +161,10 @@ def summary_lines(report: dict) -> list[str]:
     top5 = f"top-5 {report['top5']:.1%}  " if "top5" in report else ""
     lines.append(f"{report['split']} split, {report['photos']} photos: top-1 {report['top1']:.1%}  {top5}"
                  f"mean per-class accuracy {report['mean_per_class_accuracy']:.1%}")
+    if report.get("at_chance"):
+        lines.append(f"at chance: top-1 {report['top1']:.1%} is no better than always answering the commonest class "
+                     f"({report['chance_top1']:.1%}); the model has not learned to tell these classes apart (train "
+                     "from ImageNet weights, with more photos or more epochs)")
     lines.append(calibration_line(report["calibration"]))
     scored = [(m["recall"], name, m) for name, m in report["per_class"].items() if m["recall"] is not None]
     for recall, name, m in sorted(scored, key=lambda t: t[0])[:5]:

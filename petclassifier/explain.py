@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -131,7 +132,7 @@ def explain_photos(classifier, paths: list[str | Path], out: str | Path, classes
                                 f"First-layer filters: {conv.weight.shape[0]} learned {conv.kernel_size[0]}x"
                                 f"{conv.kernel_size[1]} colour detectors (edges, colour blobs)"))
     gradcam = GradCAM(model)
-    for path in paths:
+    for path, stem in zip(paths, output_names(paths)):
         try:
             image = classifier._load(path)
         except ImageError as e:
@@ -147,9 +148,25 @@ def explain_photos(classifier, paths: list[str | Path], out: str | Path, classes
             k = names.index(name)
             cam_k, _ = gradcam(x, torch.tensor([k], device=x.device))
             panels.append((f"evidence for {name} ({probs[k]:.0%})", upsample(cam_k[0], prep.crop).cpu()))
-        stem = Path(path).stem
         written.append(plot_gradcam(photo, panels, out / f"{stem}_gradcam.png",
                                     f"Grad-CAM: where the network looked ({Path(path).name})"))
         written.append(plot_feature_maps(photo, stage_maps(model, x), out / f"{stem}_features.png",
                                          "Feature maps: edges and colours early, parts of the pet late"))
     return written
+
+
+def output_names(paths: list[str | Path]) -> list[str]:
+    """A name per photo for its pictures, so that none overwrite another's: its stem, made unique where needed."""
+    # photos that share a stem (IMG_0001.jpg from two cameras) get their folder's name before it, then a number
+    stems = [Path(p).stem for p in paths]
+    shared = Counter(stems)
+    wanted = [f"{Path(p).resolve().parent.name}_{s}" if shared[s] > 1 else s for p, s in zip(paths, stems)]
+    taken, seen, names = set(wanted), set(), []
+    for name in wanted:
+        unique = name
+        if name in seen:  # the same folder name too: number the later ones
+            unique = next(f"{name}_{k}" for k in range(2, len(wanted) + 2) if f"{name}_{k}" not in taken)
+            taken.add(unique)
+        seen.add(name)
+        names.append(unique)
+    return names

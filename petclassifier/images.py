@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import warnings
 from pathlib import Path
@@ -36,6 +37,26 @@ def is_image_file(path: str | Path) -> bool:
 def is_photo_under(path: str | Path, root: str | Path) -> bool:
     """An image file under `root` and not inside a hidden folder (.git, .thumbnails) below it."""
     return is_image_file(path) and not any(part.startswith(".") for part in Path(path).relative_to(root).parts)
+
+
+def photos_under(root: str | Path) -> list[str]:
+    """The image files under a folder from its listings alone (no stat per file), in ImageFolder's order."""
+    # Hidden folders are left out. Linked folders are followed, as ImageFolder does, but not a link to a folder it
+    # sits in: that would list the same photos forever. So each folder goes with the real paths of it and its parents.
+    found, folders = {}, [(str(root), (os.path.realpath(root),))]
+    while folders:
+        folder, inside = folders.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:  # a folder the user cannot list (or a dangling link) holds none of their photos
+            continue
+        found[folder] = sorted(e.name for e in entries if is_image_file(e.name) and e.is_file())
+        for e in entries:
+            if e.is_dir() and not e.name.startswith("."):
+                real = os.path.realpath(e.path) if e.is_symlink() else os.path.join(inside[-1], e.name)
+                if real not in inside:
+                    folders.append((e.path, (*inside, real)))
+    return [os.path.join(folder, name) for folder in sorted(found) for name in found[folder]]
 
 
 def open_checked(path: str | Path) -> Image.Image:

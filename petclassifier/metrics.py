@@ -95,3 +95,15 @@ def calibration_report(before: torch.Tensor, after: torch.Tensor, labels: torch.
         report[f"reliability_{when}"] = {"photos": photos.long().tolist(), "confidence": confidence.tolist(),
                                          "accuracy": accuracy.tolist()}
     return report
+
+
+def chance_accuracy(labels: torch.Tensor, num_classes: int) -> float:
+    """What a model that learned nothing scores: always answering the most common class (1 / classes if balanced)."""
+    return torch.bincount(labels.cpu(), minlength=num_classes).max().item() / max(1, len(labels))
+
+
+def at_chance(accuracy: float, labels: torch.Tensor, num_classes: int) -> bool:
+    """Whether `accuracy` on these photos is within two standard errors of chance, where they can tell at all."""
+    chance = chance_accuracy(labels, num_classes)
+    margin = 2 * (chance * (1 - chance) / max(1, len(labels))) ** 0.5
+    return chance + margin < 1 and accuracy <= chance + margin

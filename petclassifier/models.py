@@ -104,13 +104,21 @@ def registry_model(name: str, num_classes: int, pretrained: bool) -> PetNet:
         return small_cnn(num_classes)
     if name in LITE_SIZES:
         return efficientnet_lite(name, num_classes, pretrained)
+    check_model_name(name)
+    return wrap_torchvision(name, torchvision_net(name, pretrained), num_classes)
+
+
+def check_model_name(name: str) -> None:
+    """UserError, in one line, for a name `--model` does not take (checked before any photo is listed)."""
+    if name in OWN_MODELS:
+        return
     if name in TORCHVISION_MODELS:
         why = next((why for prefix, why in REFUSED.items() if name.startswith(prefix)), None)
         if why is None and family(name) is None:
             why = "this package does not know how to cut it into feature stages and a head"
         if why:
             raise UserError(f"model {name} is not supported: {why}; use a model such as {EXAMPLES}")
-        return wrap_torchvision(name, torchvision_net(name, pretrained), num_classes)
+        return
     close = difflib.get_close_matches(name, model_names(), n=1)
     hint = f" (did you mean {close[0]}?)" if close else ""
     raise UserError(f"unknown model {name!r}{hint}; choose efficientnet_lite0/1/2, smallcnn or a torchvision model "

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 from array import array
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -17,7 +16,7 @@ from PIL import Image
 from .cache import PhotoDecoder
 from .checkpoint import checkpoint_file, flip_tta_of, load_checkpoint, model_from_checkpoint, temperature_of
 from .errors import UserError
-from .images import is_image_file, load_image, to_rgb, upright
+from .images import load_image, photos_under, to_rgb, upright
 from .models import fold_batchnorm, mean_over_flip
 from .runtime import autocast, inference_batch_size, release_free_memory, resolve_device
 
@@ -28,6 +27,8 @@ class Prediction:
 
     path: str
     labels: list[tuple[str, float]] = field(default_factory=list)
+    # reported only for a photo not flagged as no pet ("not a pet? ... [cat 55.7%]" contradicts itself): a flagged
+    # one's JSON says null, so an Oxford model's entries always have the key (a folder model's never)
     species: list[tuple[str, float]] = field(default_factory=list)
     not_a_pet: bool | None = None  # None: the model has no ImageNet head to tell
     error: str | None = None
@@ -38,7 +39,7 @@ class Prediction:
         out = {"path": self.path, "predictions": [{"label": lab, "probability": p} for lab, p in self.labels],
                "not_a_pet": self.not_a_pet}
         if self.species:
-            out["species"] = [{"label": lab, "probability": p} for lab, p in self.species]
+            out["species"] = None if self.not_a_pet else [{"label": lab, "probability": p} for lab, p in self.species]
         return out
 
     def as_text(self) -> str:
@@ -46,7 +47,7 @@ class Prediction:
         if self.error is not None:
             return f"{self.path}: error: {self.error}"
         ranked = ", ".join(f"{label} {p:.1%}" for label, p in self.labels)
-        species = f"  [{self.species[0][0]} {self.species[0][1]:.1%}]" if self.species else ""
+        species = f"  [{self.species[0][0]} {self.species[0][1]:.1%}]" if self.species and not self.not_a_pet else ""
         return f"{self.path}: {'not a pet? ' if self.not_a_pet else ''}{ranked}{species}"
 
 
@@ -225,29 +226,12 @@ def expand_paths(paths: list[str], missing_ok: bool = False) -> list[Path]:
     out = []
     for p in map(Path, paths):
         if p.is_dir():
-            out += photos_under(p)
+            out += sorted(map(Path, photos_under(p)))
         elif p.exists() or missing_ok:
             out.append(p)
         else:
             raise UserError(f"no such file or folder: {p}")
     return out
-
-
-def photos_under(root: Path) -> list[Path]:
-    """The image files under a folder, sorted, from folder listings alone (no stat per file), hidden folders unseen."""
-    found, folders = [], [root]
-    while folders:
-        try:
-            entries = list(os.scandir(folders.pop()))
-        except PermissionError:  # a folder the user cannot list holds none of their photos
-            continue
-        for e in entries:
-            if e.is_dir(follow_symlinks=False):
-                if not e.name.startswith("."):
-                    folders.append(e.path)
-            elif is_image_file(e.name) and e.is_file():
-                found.append(e.path)
-    return sorted(map(Path, found))
 
 
 def newest_checkpoint(runs_dir: str | Path = "runs") -> Path:

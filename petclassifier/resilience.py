@@ -102,26 +102,35 @@ def training_state(path: str | Path) -> tuple[Path, dict]:
     return path, ckpt
 
 
-def resume_config(cfg: TrainConfig) -> TrainConfig:
+def resume_config(cfg: TrainConfig, given: set[str] | None = None) -> TrainConfig:
     """The interrupted run's own configuration, with the runtime settings `cfg` changes; nothing else may differ.
 
-    A field counts as given when it differs from TrainConfig's default (the CLI leaves unset flags at the
-    default). --epochs may be raised: the learning-rate schedule then stretches to the new length.
+    `given` names the fields the user set (a flag given at its default value counts); None: those that differ from
+    TrainConfig's defaults. --epochs may be raised: the learning-rate schedule then stretches to the new length.
     """
     path, ckpt = training_state(cfg.resume)
     saved, defaults = TrainConfig.from_dict(ckpt.get("config", {})), TrainConfig()
-    for f in fields(TrainConfig):
-        given, was = getattr(cfg, f.name), getattr(saved, f.name)
-        if f.name in RUNTIME_FIELDS or given == getattr(defaults, f.name) or given == was:
+    if given is None:
+        given = {f.name for f in fields(TrainConfig) if getattr(cfg, f.name) != getattr(defaults, f.name)}
+    for name in sorted(given - set(RUNTIME_FIELDS)):
+        value, was = getattr(cfg, name), getattr(saved, name)
+        if value == was or (name == "epochs" and value > was):
             continue
-        if f.name == "epochs" and given > was:
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        hint = "it can only be raised" if f.name == "epochs" else "leave it out to go on as the run was"
-        raise UserError(f"{flag} {given} contradicts the run being resumed ({path} has {was}); {hint}")
-    runtime = {name: getattr(cfg, name) for name in RUNTIME_FIELDS if getattr(cfg, name) != getattr(defaults, name)}
+        flag = "--" + name.replace("_", "-")
+        hint = "it can only be raised" if name == "epochs" else "leave it out to go on as the run was"
+        raise UserError(f"{flag} {shown(value)} contradicts the run being resumed ({path} has {shown(was)}); {hint}")
+    runtime = {name: getattr(cfg, name) for name in RUNTIME_FIELDS if name in given}
     runtime.update(resume=str(path), out=cfg.out or str(path.parent))  # the run goes on in its own folder
-    return replace(saved, **runtime, epochs=cfg.epochs if cfg.epochs is not None else saved.epochs)
+    epochs = cfg.epochs if "epochs" in given else saved.epochs
+    if ckpt["epoch"] >= epochs and (path.parent / "summary.json").is_file():  # trained, calibrated and scored
+        raise UserError(f"{path.parent} has finished its {epochs} epochs; to train it longer, resume it with more: "
+                        f"--resume {path.parent} --epochs {2 * epochs}")
+    return replace(saved, **runtime, epochs=epochs)
+
+
+def shown(value) -> str:
+    """A setting as a user reads it: on/off for a switch."""
+    return ("off", "on")[value] if isinstance(value, bool) else str(value)
 
 
 def resume_from(path, model, optimizer, scheduler, meta) -> dict:

@@ -72,9 +72,10 @@ class RowFile:
         return self[0 : self.count]
 
     def close(self) -> None:
-        if self.fd is not None:
+        # no fd at all: the constructor (or a worker's unpickling) stopped before the file was open
+        if getattr(self, "fd", None) is not None:
             os.close(self.fd)
-            self.fd = None
+        self.fd = None
 
     def __del__(self):
         self.close()

@@ -1,4 +1,6 @@
-"""The training loop: forward propagation, loss, backpropagation by autograd, a gradient step; repeated for epochs.
+"""A training run, as named phases: prepare (the photos, the model, the frozen views) -> epochs (forward, loss,
+backpropagation, step; checkpoints and resume) -> finish (the temperature for the model it scores, the refit, the
+test score). The loop itself is loop.py.
 
 Fast path for transfer learning: the frozen first stages of a pretrained body compute their features once
 (for a few augmented views of every photo), and the loop trains only the last stages and the head on them.
@@ -8,10 +10,9 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import time
 from collections import Counter
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -23,10 +24,13 @@ from .cache import decode_split, warn_unreadable
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .data import PetData, load_data
-from .frozen import fits_on_gpu, frozen_features, is_global_pool, to_float
-from .metrics import mean_class_accuracy
-from .models import build_model, fold_batchnorm
+from .errors import SavedAndStopped
+from .frozen import Views, fast_frozen, fits_on_gpu, is_global_pool, to_float
+from .loop import evaluate, optimizer_and_schedule, train_one_epoch
+from .metrics import at_chance, chance_accuracy, expected_calibration_error, mean_class_accuracy
+from .models import build_model, check_model_name
 from .plots import write_curves
+from .refit import cross_fitted_logits, refit
 from .resilience import (
     StopRequest,
     describe_position,
@@ -37,78 +41,11 @@ from .resilience import (
     rng_state,
     set_rng_state,
 )
-from .runtime import autocast, log, progress, resolve_device
+from .runtime import log, resolve_device
 from .store import Batches, FeatureStore
 from .transforms import Preprocessing
 
-
-def train_one_epoch(model, loader, prepare, criterion, optimizer, scheduler, device, desc="train", totals=None,
-                    on_step=None) -> float:
-    """One pass over the training batches; returns the mean training loss (of this rank's photos).
-
-    `totals` (the epoch's running loss sum and photo count) carries a resumed epoch on; `on_step(totals)` runs
-    after every complete gradient step, when weights, optimizer and totals agree, to save or stop there.
-    """
-    model.train()
-    totals = {"loss_sum": 0.0, "seen": 0} if totals is None else totals
-    bar = progress(loader, desc=desc, unit="batch", leave=False)
-    for x, y in bar:
-        x, y = prepare(x.to(device, non_blocking=True)), y.to(device, non_blocking=True)
-        with autocast(device):
-            logits = model(x)  # forward propagation: [B, num_classes]
-            loss = criterion(logits, y)
-        value = loss.item()
-        if distributed.any_rank(not math.isfinite(value)):  # stop before a bad step spoils the weights
-            raise FloatingPointError(f"training loss became {value}; lower --lr")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()  # backpropagation: autograd fills every parameter's .grad with d(loss)/d(parameter)
-        optimizer.step()  # gradient descent: move each parameter a small step against its gradient
-        scheduler.step()
-        totals["loss_sum"] += value * len(y)
-        totals["seen"] += len(y)
-        bar.set_postfix(loss=f"{totals['loss_sum'] / totals['seen']:.3f}")
-        if on_step is not None:
-            on_step(totals)
-    return totals["loss_sum"] / max(totals["seen"], 1)
-
-
-@torch.inference_mode()
-def evaluate(model, loader, prepare, criterion, device) -> dict:
-    """Loss, accuracy and the logits [N, num_classes] over a whole split."""
-    model.eval()
-    total_loss, logits, labels = 0.0, [], []
-    for x, y in loader:
-        x, y = prepare(x.to(device, non_blocking=True)), y.to(device, non_blocking=True)
-        with autocast(device):
-            out = model(x).float()
-        total_loss += criterion(out, y).item() * len(y)
-        logits.append(out.cpu())
-        labels.append(y.cpu())
-    logits, labels = torch.cat(logits), torch.cat(labels)
-    accuracy = (logits.argmax(1) == labels).float().mean().item()
-    return {"loss": total_loss / len(labels), "accuracy": accuracy, "logits": logits, "labels": labels}
-
-
-def warmup_cosine(warmup_steps: int, total_steps: int):
-    """Learning-rate factor: linear warm-up to 1, then cosine decay to 0."""
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-    return factor
-
-
-def optimizer_and_schedule(trained: nn.Module, labels: torch.Tensor, cfg: TrainConfig):
-    """AdamW over `trained`'s parameters, its warm-up and cosine schedule over cfg.epochs, and the batches per epoch
-    (counted on the labels alone: no view of the photos is computed for it)."""
-    optimizer = torch.optim.AdamW(trained.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = len(distributed.ShardedBatches(labels, labels, cfg.batch_size, cfg.seed))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, warmup_cosine(round(cfg.warmup_epochs * steps_per_epoch), cfg.epochs * steps_per_epoch))
-    return optimizer, scheduler, steps_per_epoch
+CHANCE_CHECK_EPOCH = 3  # after this many epochs (or a quarter of them, if more) a run still at chance says so
 
 
 def run_dir_for(cfg: TrainConfig) -> Path:
@@ -119,42 +56,121 @@ def run_dir_for(cfg: TrainConfig) -> Path:
     return Path("runs") / f"{datetime.now():%Y%m%d-%H%M%S}-{cfg.model}-{what}"
 
 
-def describe(data: PetData) -> str:
-    counts = Counter(data.train.labels)
-    per_class = ", ".join(f"{name} {counts[i]}" for i, name in enumerate(data.class_names))
-    n_test = len(data.test.paths) if data.test else 0
-    return (f"{len(data.class_names)} classes; {len(data.train.paths)} train / {len(data.val.paths)} val / "
-            f"{n_test} test photos\ntrain photos per class: {per_class}")
-
-
 def class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Inverse class frequency, scaled so a balanced set gets weight 1 everywhere (for --balance)."""
     counts = torch.bincount(labels, minlength=num_classes).clamp(min=1).float()
     return len(labels) / (num_classes * counts)
 
 
-def fit(cfg: TrainConfig) -> dict:
+def plural(n: int, noun: str) -> str:
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
+def fit(cfg: TrainConfig, given: set[str] | None = None) -> dict:
     """Train a model as the config says; returns the run's summary (accuracies, checkpoint path).
 
-    Under torchrun every process runs this: each trains on its share of every batch and rank 0 writes the files.
+    `given`: the fields the user set (flags on the command line), which a resumed run checks against its own even
+    where they equal the defaults; None counts the fields that differ from the defaults. Under torchrun every process
+    runs this: each trains on its share of every batch and rank 0 writes the files.
     """
-    cfg = (resume_config(cfg) if cfg.resume else cfg).resolved()
-    device, created = distributed.setup(resolve_device(cfg.device))
+    cfg = resume_config(cfg, given) if cfg.resume else cfg
+    check_model_name(cfg.model)  # before the photos are listed, which can take a while
+    resolved = cfg.resolved()
+    device, created = distributed.setup(resolve_device(resolved.device))
     try:
-        with deterministic_mode(cfg.deterministic), FeatureStore(Path(cfg.cache_dir) / "features") as features:
+        with deterministic_mode(resolved.deterministic), \
+                FeatureStore(Path(resolved.cache_dir) / "features") as features:
             return run(cfg, device, features)
     finally:
         distributed.teardown(created)
 
 
+def train(**overrides) -> dict:
+    """Python API: `train(epochs=3, model="smallcnn")` takes the same fields as the CLI flags."""
+    return fit(replace(TrainConfig(), **overrides), given=set(overrides))
+
+
+@dataclass
+class Prepared:
+    """What the epochs and the finish work on: the photos, the model and its parts, and how inputs reach it."""
+
+    cfg: TrainConfig
+    data: PetData
+    prep: Preprocessing
+    model: nn.Module
+    trainable: nn.Module  # the stages that learn, and the head
+    frozen_fast: nn.Module | None  # the frozen stages, BatchNorm folded (None: nothing is frozen)
+    pooled: bool  # only the head learns, from globally pooled features: the refit and cross-fitting take seconds
+    train_images: object  # uint8 squares [N, 3, R, R] (a cache file, or a tensor on the GPU)
+    train_labels: torch.Tensor
+    val_images: object
+    val_labels: torch.Tensor
+    skipped: list  # (path, reason) of photos left out as unreadable
+    initial_head: dict | None  # the head's initial weights, where the finish trains heads again from them
+    train_views: Views | None = None
+    val_views: Views | None = None
+
+    def train_inputs(self, epoch: int):
+        """What epoch `epoch` trains on: a frozen view of the training photos (cycling), or the photos."""
+        return self.train_views[epoch % self.cfg.augment_views] if self.train_views else self.train_images
+
+    def scored(self, images, views: Views | None, labels: torch.Tensor, criterion, device) -> tuple:
+        """(logits, labels) of a split on every rank; with flip TTA averaged with the mirror images' logits."""
+        if views is not None:
+            passes = [(views[v], to_float) for v in ((0, 1) if self.cfg.flip_tta else (0,))]
+        else:
+            passes = [(images, self.prep.eval_batch)]
+            if self.cfg.flip_tta:
+                passes.append((images, lambda x: self.prep.eval_batch(x).flip(-1)))
+        rank, world = distributed.rank(), distributed.world_size()
+        scored = [distributed.gathered(evaluate(self.trainable, Batches(rows, labels, self.cfg.batch_size * 2, rank,
+                                                                        world), prepare, criterion, device))
+                  for rows, prepare in passes]
+        return torch.stack([logits for logits, _ in scored]).mean(0), scored[0][1]
+
+
 def run(cfg: TrainConfig, device: torch.device, features: FeatureStore) -> dict:
-    """The body of `fit` on one process (one rank) with its device chosen."""
+    """The body of `fit` on one process (one rank) with its device chosen: the phases in order."""
     run_started = time.perf_counter()
-    rank, world = distributed.rank(), distributed.world_size()
     torch.manual_seed(cfg.seed)
     data = distributed.per_machine(lambda: load_data(cfg))  # each machine's first process checks the photos
     warn_unreadable(data.skipped)
-    log(describe(data))
+    cfg = cfg.resolved(train_photos=len(data.train.paths))  # the recipe sized to the photos (a resumed run's stays)
+    p = prepare(cfg, data, device, features)
+    run_dir = Path(distributed.gather(str(run_dir_for(cfg)))[0])  # rank 0's name, in case the clock ticked
+    if distributed.is_main():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        cfg.save(run_dir / "config.json")
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    train_criterion = criterion
+    if cfg.balance:  # validation keeps the plain loss, so epochs stay comparable with and without --balance
+        weights = class_weights(p.train_labels, len(data.class_names)).to(device)
+        train_criterion = nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing)
+    trained = distributed.wrap(p.trainable, device)
+    if cfg.compile:
+        trained = torch.compile(trained)
+    best_accuracy = train_epochs(p, trained, train_criterion, criterion, device, run_dir, run_started)
+    summary = finish(p, trained, train_criterion, criterion, device, run_dir, best_accuracy, features)
+    split_name, accuracy = ("test", summary["test_accuracy"]) if "test_accuracy" in summary else ("val", best_accuracy)
+    log(f"{split_name} accuracy {accuracy:.1%}; checkpoint {summary['checkpoint']}")
+    return summary
+
+
+def describe(cfg: TrainConfig, data: PetData, train_labels: torch.Tensor, val_labels: torch.Tensor) -> str:
+    """The photos a run learns from (readable ones only) and the recipe sized to them."""
+    counts = Counter(train_labels.tolist())
+    per_class = ", ".join(f"{name} {counts[i]}" for i, name in enumerate(data.class_names))
+    n_test = len(data.test.paths) if data.test else 0
+    steps = max(1, len(train_labels) // cfg.batch_size)
+    views = f", {plural(cfg.augment_views, 'frozen view')} of each photo" if cfg.trainable_stages >= 0 else ""
+    return (f"{len(data.class_names)} classes; {len(train_labels):,} train / {len(val_labels):,} val / {n_test:,} "
+            f"test photos\ntrain photos per class: {per_class}\nrecipe: batches of {cfg.batch_size}, "
+            f"{plural(steps, 'step')} an epoch for {plural(cfg.epochs, 'epoch')} ({steps * cfg.epochs:,} steps), "
+            f"learning rate {cfg.lr:g}{views}")
+
+
+def prepare(cfg: TrainConfig, data: PetData, device: torch.device, features: FeatureStore) -> Prepared:
+    """Phase 1: the model (pretrained body, new head), the decoded photos, and the frozen views' sources."""
     prep = Preprocessing.for_model(cfg.model, cfg.image_size)
     # a pretrained model keeps its ImageNet classifier beside the new head: it says when a photo shows no pet
     imagenet_stages = cfg.trainable_stages if cfg.pretrained and cfg.trainable_stages >= 0 else None
@@ -162,232 +178,234 @@ def run(cfg: TrainConfig, device: torch.device, features: FeatureStore) -> dict:
     model = model.to(device, memory_format=torch.channels_last)
     frozen, trainable = model.split(cfg.trainable_stages)
     frozen.requires_grad_(False)
-
     skipped = list(data.skipped)
     train_images, train_labels = decode_split(data.train, prep, cfg, skipped)
     val_images, val_labels = decode_split(data.val, prep, cfg, skipped)
+    log(describe(cfg, data, train_labels, val_labels))
     if device.type == "cuda" and fits_on_gpu(train_images, val_images):  # whole epochs then run from GPU memory
         train_images, train_labels, val_images = train_images.load().to(device), train_labels.to(device), \
             val_images.load().to(device)
+    pooled = len(frozen) > 0 and cfg.trainable_stages == 0 and is_global_pool(model.head[0])
+    if pooled and isinstance(model.head[-1], nn.Linear):  # zeros: a random start would stay in every direction
+        nn.init.zeros_(model.head[-1].weight)  # that a few training photos never move it along
+        nn.init.zeros_(model.head[-1].bias)
+    p = Prepared(cfg, data, prep, model, trainable, None, pooled, train_images, train_labels, val_images,
+                 val_labels, skipped, copy.deepcopy(trainable.state_dict()) if pooled else None)
+    if len(frozen):  # the frozen stages run once per view, not once per epoch
+        p.frozen_fast = fast_frozen(frozen, model.head[0] if pooled else None)
+        p.train_views, p.val_views = (
+            Views(p.frozen_fast, images, prep, name, cfg.augment_views, cfg.flip_tta, cfg.seed + i, device, features)
+            for i, (name, images) in enumerate((("train", train_images), ("val", val_images))))
+    return p
+
+
+def train_epochs(p: Prepared, trained: nn.Module, train_criterion, criterion, device, run_dir: Path,
+                 run_started: float) -> float:
+    """Phase 2: the epochs, from the start or from where a last.pt stopped; returns the best validation accuracy.
+
+    best.pt holds the best epoch's weights, last.pt all it takes to go on (at each epoch's end, every --save-every
+    steps, and on Ctrl-C after the current step).
+    """
+    cfg, rank, world = p.cfg, distributed.rank(), distributed.world_size()
     # Dropout masks: the same whether the photos were decoded or came from the cache (decoding draws from
     # torch's generator), and each rank its own, after the same initial weights everywhere.
     torch.manual_seed(cfg.seed + rank)
-    generator = torch.Generator().manual_seed(cfg.seed)
     augment = torch.Generator().manual_seed(cfg.seed + rank)  # each rank its own crops and flips
-    views, pooled = [], False  # fast path: the frozen stages' features of each view of the training photos, once
-    if len(frozen):  # the frozen stages run once per view, not once per epoch
-        frozen_fast = fold_batchnorm(copy.deepcopy(frozen).eval())  # same function, fewer memory passes
-        pooled = cfg.trainable_stages == 0 and is_global_pool(model.head[0])
-        if pooled:  # the head averages the maps away first:
-            frozen_fast = nn.Sequential(frozen_fast, model.head[0])  # keep [C, 1, 1] per photo, not [C, h, w]
-        val_inputs = frozen_features(frozen_fast, val_images, prep.eval_batch, device, "frozen features (val)",
-                                     features)
-        train_prepare = eval_prepare = to_float
-    else:
-        val_inputs = val_images
-        train_prepare, eval_prepare = lambda x: prep.train_batch(x, augment), prep.eval_batch
-
-    # the head alone learns, from pooled features: training it again on train + val photos takes seconds. Only
-    # where a test split remains to measure the result: afterwards no validation photo is unseen.
-    refitting = cfg.refit and pooled and data.test is not None
-    initial_head = copy.deepcopy(trainable.state_dict()) if refitting else None
-
-    def view_transform(v: int):
-        """View 0 is the plain centre crop, the others random crops and flips, all drawn from one generator."""
-        return prep.eval_batch if v == 0 else lambda x: prep.train_batch(x, generator)
-
-    def train_view(epoch: int) -> torch.Tensor:
-        """The frozen features epoch `epoch` trains on: view 0 is the plain centre crop, the others random crops
-        and flips. Each is computed when first needed, so the first epoch starts early; always in order and from
-        one generator, so the views are the same whatever epoch a run resumes at and however many ranks share it
-        (every rank needs every photo: the shuffled shares change each epoch)."""
-        while len(views) <= epoch % cfg.augment_views:
-            v = len(views)
-            views.append(frozen_features(frozen_fast, train_images, view_transform(v), device,
-                                         f"frozen features (train, view {v + 1}/{cfg.augment_views})", features))
-        return views[epoch % cfg.augment_views]
-
-    def train_loader(epoch: int, start: int = 0) -> distributed.ShardedBatches:
-        inputs = train_view(epoch) if len(frozen) else train_images
-        batches = distributed.ShardedBatches(inputs, train_labels, cfg.batch_size, cfg.seed)
-        batches.set_position(epoch, start)
-        return batches
-
-    # each rank evaluates every world-th photo; the sums are reduced across ranks
-    val_loader = Batches(val_inputs, val_labels, cfg.batch_size * 2, rank, world)
-    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    train_criterion = criterion
-    if cfg.balance:  # validation keeps the plain loss, so epochs stay comparable with and without --balance
-        weights = class_weights(train_labels, len(data.class_names)).to(device)
-        train_criterion = nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing)
-    optimizer, scheduler, steps_per_epoch = optimizer_and_schedule(trainable, train_labels, cfg)
-    trained = distributed.wrap(trainable, device)
-    if cfg.compile:
-        trained = torch.compile(trained)
-
-    run_dir = Path(distributed.gather(str(run_dir_for(cfg)))[0])  # rank 0's name, in case the clock ticked
+    train_prepare = to_float if p.train_views else (lambda x: p.prep.train_batch(x, augment))
+    eval_prepare = to_float if p.val_views else p.prep.eval_batch
+    val_loader = Batches(p.val_views[0] if p.val_views else p.val_images, p.val_labels, cfg.batch_size * 2, rank,
+                         world)  # each rank evaluates every world-th photo; the sums are reduced across ranks
+    optimizer, scheduler, steps_per_epoch = optimizer_and_schedule(p.trainable, p.train_labels, cfg)
     last, metrics_file = run_dir / "last.pt", run_dir / "metrics.jsonl"
-    if distributed.is_main():
-        run_dir.mkdir(parents=True, exist_ok=True)
-        cfg.save(run_dir / "config.json")
-    meta = {"model_name": cfg.model, "class_names": data.class_names, "task": cfg.task,
-            "species_of": data.species_of, "preprocessing": prep.as_dict(), "config": asdict(cfg),
-            "imagenet_stages": imagenet_stages, "flip_tta": cfg.flip_tta}
-    start_epoch, start_step, best_accuracy, totals, epoch_lr = 0, 0, -1.0, None, None
+    meta = checkpoint_meta(p)
+    state = {"epoch": 0, "step": 0, "best": -1.0, "totals": None, "epoch_lr": None}
     if cfg.resume:
-        ckpt = resume_from(cfg.resume, model, optimizer, scheduler, meta)
-        start_epoch, start_step, best_accuracy = ckpt["epoch"], ckpt["step"], ckpt["best_accuracy"]
-        mine = rank_state(ckpt, start_step)
-        set_rng_state(mine["rng"], augment, device)
-        if start_step:
-            totals, epoch_lr = dict(mine["totals"]), ckpt["epoch_lr"]
-        if distributed.is_main() and metrics_file.exists():  # rows after the checkpoint are redone below
-            rows = [line for line in metrics_file.read_text().splitlines()
-                    if line.strip() and json.loads(line)["epoch"] <= start_epoch]
-            metrics_file.write_text("".join(row + "\n" for row in rows))
-        log(f"resumed from {cfg.resume} {describe_position(start_epoch, start_step)}")
-        if cfg.epochs != ckpt["config"]["epochs"]:
-            log(f"--epochs {cfg.epochs}: the learning-rate schedule is stretched from the run's "
-                f"{ckpt['config']['epochs']} epochs to {cfg.epochs}")
-    log(f"training {cfg.model} ({sum(p.numel() for p in trainable.parameters()):,} trainable parameters) on "
+        state.update(resumed_state(p, optimizer, scheduler, augment, device, metrics_file, run_dir))
+    log(f"training {cfg.model} ({sum(x.numel() for x in p.trainable.parameters()):,} trainable parameters) on "
         f"{device}{f' x {world} processes' if world > 1 else ''} for {plural(cfg.epochs, 'epoch')}; "
         f"run folder {run_dir}")
 
-    def save_last(epoch: int, step: int, totals: dict, metrics: dict | None) -> None:
+    def save_last(epoch: int, step: int, metrics: dict | None) -> None:
         """last.pt: all it takes to go on exactly after `step` batches of epoch `epoch` (0-based); rank 0 writes."""
-        ranks = distributed.gather({"rng": rng_state(augment, device), "totals": dict(totals)})
+        ranks = distributed.gather({"rng": rng_state(augment, device), "totals": dict(state["totals"])})
         if distributed.is_main():
-            save_checkpoint({**meta, "model_state": model.state_dict(), "metrics": metrics, "epoch": epoch,
-                             "step": step, "epoch_lr": epoch_lr, "best_accuracy": best_accuracy,
+            save_checkpoint({**meta, "model_state": p.model.state_dict(), "metrics": metrics, "epoch": epoch,
+                             "step": step, "epoch_lr": state["epoch_lr"], "best_accuracy": state["best"],
                              "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                              "ranks": ranks}, last)
 
-    def stop_here(epoch: int, step: int) -> None:
-        log(f"interrupted: saved {last} {describe_position(epoch, step)}; continue with --resume {run_dir}")
-        raise KeyboardInterrupt
-
-    position = {"epoch": start_epoch, "step": start_step}
-
     def on_step(totals: dict) -> None:
-        position["step"] += 1
-        epoch, step = position["epoch"], position["step"]
+        """After every complete step: save last.pt every --save-every steps, or on Ctrl-C and stop there."""
+        state["step"] += 1
+        epoch, step = state["epoch"], state["step"]
         stopping = distributed.any_rank(stop.requested)
         if stopping or (cfg.save_every and (epoch * steps_per_epoch + step) % cfg.save_every == 0
                         and step < steps_per_epoch):  # the epoch's own save follows its last step
-            save_last(epoch, step, totals, None)
+            save_last(epoch, step, None)
         if stopping:
-            stop_here(epoch, step)
+            stop_here(last, run_dir, epoch, step)
 
     with StopRequest() as stop:
-        for epoch in range(start_epoch, cfg.epochs):
-            started = time.perf_counter()
-            skip, start_step = start_step, 0
-            position.update(epoch=epoch, step=skip)
+        for epoch in range(state["epoch"], cfg.epochs):
+            started, skip = time.perf_counter(), state["step"]
+            state["epoch"] = epoch
             if not skip:
-                totals, epoch_lr = {"loss_sum": 0.0, "seen": 0}, optimizer.param_groups[0]["lr"]
+                state["totals"], state["epoch_lr"] = {"loss_sum": 0.0, "seen": 0}, optimizer.param_groups[0]["lr"]
+            batches = distributed.ShardedBatches(p.train_inputs(epoch), p.train_labels, cfg.batch_size, cfg.seed)
+            batches.set_position(epoch, skip)
             try:
-                train_one_epoch(trained, train_loader(epoch, skip), train_prepare, train_criterion, optimizer,
-                                scheduler, device, desc=f"epoch {epoch + 1}/{cfg.epochs}", totals=totals,
-                                on_step=on_step)
+                train_one_epoch(trained, batches, train_prepare, train_criterion, optimizer, scheduler, device,
+                                desc=f"epoch {epoch + 1}/{cfg.epochs}", totals=state["totals"], on_step=on_step)
             except FloatingPointError as e:
                 kept = f"; {last} holds the last good state" if last.is_file() else ""
                 raise FloatingPointError(f"{e}{kept}") from None
-            loss_sum, seen = distributed.sum_over_ranks([totals["loss_sum"], totals["seen"]])
-            train_loss = loss_sum / max(seen, 1)
-            val_result = evaluate(trainable, val_loader, eval_prepare, criterion, device)
-            val_loss, val_accuracy = distributed.reduced(val_result)
-            row = {"epoch": epoch + 1, "train_loss": round(train_loss, 5), "val_loss": round(val_loss, 5),
-                   "val_accuracy": round(val_accuracy, 5), "lr": epoch_lr,
-                   "seconds": round(time.perf_counter() - started, 2),
-                   "elapsed": round(time.perf_counter() - run_started, 1),  # since the run started, setup included
-                   "time": round(time.time(), 2)}  # the wall clock (Unix seconds): lines runs up with each other
-            log(f"epoch {row['epoch']:3d}  train loss {train_loss:.4f}  val loss {val_loss:.4f}  "
-                f"val acc {val_accuracy:.1%}  {row['seconds']:.1f}s")
+            state["step"] = 0
+            row = epoch_row(p, epoch, state, evaluate(p.trainable, val_loader, eval_prepare, criterion, device),
+                            started, run_started)
             if distributed.is_main():
                 with open(metrics_file, "a") as f:
                     f.write(json.dumps(row) + "\n")
-            if val_accuracy > best_accuracy:
-                best_accuracy = val_accuracy
+            if row["val_accuracy"] > state["best"]:
+                state["best"] = row["val_accuracy"]
                 if distributed.is_main():
-                    save_checkpoint({**meta, "model_state": model.state_dict(), "metrics": row}, run_dir / "best.pt")
-            save_last(epoch + 1, 0, totals, row)
+                    save_checkpoint({**meta, "model_state": p.model.state_dict(), "metrics": row}, run_dir / "best.pt")
+            save_last(epoch + 1, 0, row)
+            if epoch + 1 == min(max(CHANCE_CHECK_EPOCH, cfg.epochs // 4), cfg.epochs):
+                warn_if_at_chance(p, row["val_accuracy"], f"after {plural(epoch + 1, 'epoch')}")
             if distributed.any_rank(stop.requested) and epoch + 1 < cfg.epochs:
-                stop_here(epoch + 1, 0)
+                stop_here(last, run_dir, epoch + 1, 0)
+    return state["best"]
 
+
+def epoch_row(p: Prepared, epoch: int, state: dict, val_result: dict, started: float, run_started: float) -> dict:
+    """The epoch's line of metrics.jsonl (all ranks' sums), also printed."""
+    loss_sum, seen = distributed.sum_over_ranks([state["totals"]["loss_sum"], state["totals"]["seen"]])
+    train_loss = loss_sum / max(seen, 1)
+    val_loss, val_accuracy = distributed.reduced(val_result)
+    row = {"epoch": epoch + 1, "train_loss": round(train_loss, 5), "val_loss": round(val_loss, 5),
+           "val_accuracy": round(val_accuracy, 5), "lr": state["epoch_lr"],
+           "seconds": round(time.perf_counter() - started, 2),
+           "elapsed": round(time.perf_counter() - run_started, 1),  # since the run started, setup included
+           "time": round(time.time(), 2)}  # the wall clock (Unix seconds): lines runs up with each other
+    log(f"epoch {row['epoch']:3d}  train loss {train_loss:.4f}  val loss {val_loss:.4f}  "
+        f"val acc {val_accuracy:.1%}  {row['seconds']:.1f}s")
+    return row
+
+
+def checkpoint_meta(p: Prepared) -> dict:
+    """What every checkpoint of the run carries besides weights: enough to rebuild and use the model alone."""
+    cfg = p.cfg
+    imagenet_stages = cfg.trainable_stages if cfg.pretrained and cfg.trainable_stages >= 0 else None
+    return {"model_name": cfg.model, "class_names": p.data.class_names, "task": cfg.task,
+            "species_of": p.data.species_of, "preprocessing": p.prep.as_dict(), "config": asdict(cfg),
+            "imagenet_stages": imagenet_stages, "flip_tta": cfg.flip_tta}
+
+
+def resumed_state(p: Prepared, optimizer, scheduler, augment, device, metrics_file: Path, run_dir: Path) -> dict:
+    """Where a resumed run goes on: the weights, optimizer, schedule and generators of its last.pt, loaded."""
+    cfg = p.cfg
+    ckpt = resume_from(cfg.resume, p.model, optimizer, scheduler, checkpoint_meta(p))
+    epoch, step = ckpt["epoch"], ckpt["step"]
+    mine = rank_state(ckpt, step)
+    set_rng_state(mine["rng"], augment, device)
+    state = {"epoch": epoch, "step": step, "best": ckpt["best_accuracy"]}
+    if step:
+        state.update(totals=dict(mine["totals"]), epoch_lr=ckpt["epoch_lr"])
+    if distributed.is_main() and metrics_file.exists():  # rows after the checkpoint are redone below
+        rows = [line for line in metrics_file.read_text().splitlines()
+                if line.strip() and json.loads(line)["epoch"] <= epoch]
+        metrics_file.write_text("".join(row + "\n" for row in rows))
+    log(f"resumed from {cfg.resume} {describe_position(epoch, step)}")
+    if cfg.epochs != ckpt["config"]["epochs"]:
+        log(f"--epochs {cfg.epochs}: the learning-rate schedule is stretched from the run's "
+            f"{ckpt['config']['epochs']} epochs to {cfg.epochs}")
+    return state
+
+
+def stop_here(last: Path, run_dir: Path, epoch: int, step: int) -> None:
+    log(f"interrupted: saved {last} {describe_position(epoch, step)}; continue with --resume {run_dir}")
+    raise SavedAndStopped
+
+
+def warn_if_at_chance(p: Prepared, accuracy: float, when: str) -> None:
+    """A warning, with what to try, when validation accuracy is no better than answering the commonest class."""
+    classes = len(p.data.class_names)
+    if not at_chance(accuracy, p.val_labels, classes):
+        return
+    chance = chance_accuracy(p.val_labels, classes)
+    tips = ["more epochs", "more photos"] if p.cfg.pretrained else \
+        ["ImageNet weights (leave out --no-pretrained, or use the default model)", "more photos", "more epochs"]
+    log(f"warning: {when} validation accuracy {accuracy:.1%} is at chance ({chance:.1%}: always answering the "
+        f"commonest of {classes} classes); the network has not learned to tell these photos apart yet. Try "
+        f"{', '.join(tips)}, or a lower --lr if the training loss is not falling")
+
+
+def finish(p: Prepared, trained: nn.Module, train_criterion, criterion, device, run_dir: Path, best_accuracy: float,
+           features: FeatureStore) -> dict:
+    """Phase 3: the model to keep and its temperature, each fitted on photos the scored model never learned from;
+    then the test score, once.
+
+    A head on pooled features: the temperature comes from cross-fitting (every train and val photo scored by a head
+    trained the same way without it), and with a test split the kept head is trained again on train + val photos
+    (the refit). Otherwise: the best epoch's weights, and a temperature fitted on the validation photos.
+    """
+    cfg = p.cfg
     summary = {"run_dir": str(run_dir), "checkpoint": str(run_dir / "best.pt"), "best_val_accuracy": best_accuracy,
-               "photos": {"train": len(train_labels), "val": len(val_labels)}}
+               "photos": {"train": len(p.train_labels), "val": len(p.val_labels)}}
     # rank 0 wrote best.pt on its machine's disk; the other machines may not see the run folder
     best = distributed.from_main(lambda: load_checkpoint(run_dir / "best.pt"))
-    model.load_state_dict(best["model_state"])
+    refitting = cfg.refit and p.pooled and p.data.test is not None  # afterwards no validation photo is unseen
+    if p.pooled:
+        labels = torch.cat([p.train_labels, p.val_labels.to(p.train_labels.device)])
+        joined = {}
 
-    def split_logits(images, inputs, labels: torch.Tensor, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """(logits, labels) of a split, every rank's share; with --flip-tta averaged with the mirror images'."""
-        passes = [(inputs, eval_prepare)]
-        if cfg.flip_tta:
-            def mirror(x):
-                return prep.eval_batch(x).flip(-1)
-            passes.append((frozen_features(frozen_fast, images, mirror, device, f"frozen features ({split}, mirrored)",
-                                          features), to_float) if len(frozen) else (images, mirror))
-        scored = [distributed.gathered(evaluate(trainable, Batches(rows, labels, cfg.batch_size * 2, rank, world),
-                                                prepare, criterion, device)) for rows, prepare in passes]
-        return torch.stack([logits for logits, _ in scored]).mean(0), scored[0][1]
+        def inputs_of(epoch: int) -> torch.Tensor:  # the train and val photos' features of the epoch's view
+            v = epoch % cfg.augment_views
+            if v not in joined:
+                joined[v] = torch.cat([p.train_views[v][:], p.val_views[v][:]])
+            return joined[v]
 
-    # fitted on all ranks' validation logits; rank 0's T goes to every rank, so all agree to the last bit
-    fitted = distributed.gather(calibration.fit_temperature(*split_logits(val_images, val_inputs, val_labels,
-                                                                          "val")))[0]
+        scored_views = [inputs_of(v) for v in ((0, 1) if cfg.flip_tta else (0,))]
+        fitted = calibration.fit_temperature(*cross_fitted_logits(
+            p.trainable, trained, p.initial_head, inputs_of, scored_views, labels, train_criterion, cfg, device),
+            source="cross-fitted")
+        p.trainable.load_state_dict(p.initial_head)
+        if refitting:  # 10% more photos to learn from: about +0.7% on the breeds
+            refit(trained, inputs_of, labels, train_criterion, cfg, device)
+            best.update(model_state=p.model.state_dict(), refit=True)
+    if not refitting:
+        best.pop("refit", None)
+        p.model.load_state_dict(best["model_state"])
+        if not p.pooled:
+            fitted = calibration.fit_temperature(*p.scored(p.val_images, p.val_views, p.val_labels, criterion, device))
+    fitted = distributed.gather(fitted)[0]  # rank 0's T goes to every rank, so all agree to the last bit
     log(calibration.describe(fitted))
-    summary["calibration"], summary["refit"] = fitted, initial_head is not None
+    summary["calibration"], summary["refit"] = fitted, refitting
     best["temperature"] = fitted["temperature"]
-    if initial_head is not None:  # 10% more photos to learn from: about +0.7% on the breeds
-        val_views = [val_inputs] + [frozen_features(frozen_fast, val_images, view_transform(v), device,
-                                                    f"frozen features (val, view {v + 1}/{cfg.augment_views})",
-                                                    features) for v in range(1, min(cfg.augment_views, cfg.epochs))]
-        trainable.load_state_dict(initial_head)
-        refit(trained, lambda epoch: torch.cat([train_view(epoch)[:], val_views[epoch % cfg.augment_views][:]]),
-              torch.cat([train_labels, val_labels.to(train_labels.device)]), train_criterion, cfg, device)
-        best.update(model_state=model.state_dict(), refit=True)
     if distributed.is_main():  # atomic again: a crash leaves best.pt as it was, without a temperature
         save_checkpoint(best, run_dir / "best.pt")
-    if data.test is not None:
-        test_images, test_labels = decode_split(data.test, prep, cfg, skipped)
-        summary["photos"]["test"] = len(test_labels)
-        test_inputs = test_images
-        if len(frozen):
-            test_inputs = frozen_features(frozen_fast, test_images, prep.eval_batch, device, "frozen features (test)",
-                                          features)
-        logits, labels = split_logits(test_images, test_inputs, test_labels, "test")
-        summary["test_accuracy"] = (logits.argmax(1) == labels).float().mean().item()
-        summary["test_mean_class_accuracy"] = mean_class_accuracy(logits, labels)
-    summary["skipped"] = [{"path": path, "reason": reason} for path, reason in skipped]
-    if skipped:
-        log(f"warning: {len(skipped)} unreadable photo(s) were skipped (listed above); --strict-images stops "
+    warn_if_at_chance(p, best_accuracy, "at the end")
+    if p.data.test is not None:
+        scores = test_scores(p, criterion, device, fitted["temperature"], features)
+        summary["photos"]["test"] = scores.pop("photos")
+        summary.update(scores)
+    summary["skipped"] = [{"path": path, "reason": reason} for path, reason in p.skipped]
+    if p.skipped:
+        log(f"warning: {len(p.skipped)} unreadable photo(s) were skipped (listed above); --strict-images stops "
             "at the first instead")
     if distributed.is_main():
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         write_curves(run_dir)  # loss and accuracy per epoch, for people to see the learning
-    split_name, accuracy = ("test", summary["test_accuracy"]) if "test_accuracy" in summary else ("val", best_accuracy)
-    log(f"{split_name} accuracy {accuracy:.1%}; checkpoint {summary['checkpoint']}")
     return summary
 
 
-def refit(trained: nn.Module, inputs_of, labels: torch.Tensor, criterion, cfg: TrainConfig, device) -> None:
-    """Train `trained` (back at its initial weights) for the run's epochs on all labelled photos: `inputs_of(epoch)`
-    [N, ...] with `labels` [N]. The epoch count and the temperature were chosen on the validation photos, which are
-    now among the training photos: that is why those choices come first."""
-    log("refit: training the head again on the train and validation photos together")
-    optimizer, scheduler, _ = optimizer_and_schedule(trained, labels, cfg)
-    for epoch in range(cfg.epochs):
-        batches = distributed.ShardedBatches(inputs_of(epoch), labels, cfg.batch_size, cfg.seed)
-        batches.set_position(epoch, 0)
-        loss = train_one_epoch(trained, batches, to_float, criterion, optimizer, scheduler, device,
-                               desc=f"refit {epoch + 1}/{cfg.epochs}")
-    log(f"refit: {plural(cfg.epochs, 'epoch')} on {len(labels):,} photos, final train loss {loss:.4f}")
-
-
-def plural(n: int, noun: str) -> str:
-    return f"{n} {noun}{'' if n == 1 else 's'}"
-
-
-def train(**overrides) -> dict:
-    """Python API: `train(epochs=3, model="smallcnn")` takes the same fields as the CLI flags."""
-    return fit(replace(TrainConfig(), **overrides))
+def test_scores(p: Prepared, criterion, device, temperature: float, features: FeatureStore) -> dict:
+    """Accuracy, mean per-class accuracy and calibration error of the kept model on the test photos."""
+    cfg = p.cfg
+    images, labels = decode_split(p.data.test, p.prep, cfg, p.skipped)
+    views = Views(p.frozen_fast, images, p.prep, "test", 1, cfg.flip_tta, cfg.seed, device, features) \
+        if p.frozen_fast is not None else None
+    logits, labels = p.scored(images, views, labels, criterion, device)
+    ece = expected_calibration_error((logits.double() / temperature).softmax(1), labels)
+    return {"photos": len(labels), "test_accuracy": (logits.argmax(1) == labels).float().mean().item(),
+            "test_mean_class_accuracy": mean_class_accuracy(logits, labels), "test_ece": ece}

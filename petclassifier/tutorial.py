@@ -30,9 +30,9 @@ from .cli import add_train_arguments, config_from_args
 from .config import TrainConfig
 from .data import Split, load_data
 from .errors import UserError
+from .loop import evaluate, train_one_epoch
 from .models import build_model
 from .runtime import resolve_device
-from .train import evaluate, train_one_epoch
 from .transforms import Preprocessing
 
 BATCH_SIZE = 4  # the tutorial's
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     add_train_arguments(parser)
     parser.add_argument("--frozen", action="store_true", help="train the last layer only (fixed feature extractor)")
     args = parser.parse_args(argv)
-    cfg = config_from_args(args)
+    cfg, _ = config_from_args(args)
     try:
         train_tutorial(cfg, cfg.epochs or 25, args.frozen, report=lambda line: print(line, flush=True))
     except UserError as e:

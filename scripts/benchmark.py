@@ -23,7 +23,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=8, help="full fine-tune steps timed per pipeline (8)")
     parser.add_argument("--repeats", type=int, default=40, help="single-photo predictions timed (40)")
     args = parser.parse_args()
-    cfg = config_from_args(args)
+    cfg, _ = config_from_args(args)
     out = Path(cfg.out or f"runs/{datetime.now():%Y%m%d-%H%M%S}-benchmark")
     try:
         from petclassifier.benchmark import format_table, run_benchmark  # imports torch: after --help

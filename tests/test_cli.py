@@ -125,3 +125,41 @@ def test_inference_checkpoints_data_and_models_never_import_the_training_loop():
             "print('petclassifier.train' in sys.modules)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False"]
+
+
+def test_version_prints_the_version_and_an_unknown_option_is_an_error(capsys):
+    import importlib.metadata
+
+    import pytest
+
+    from petclassifier import __version__
+    from petclassifier.cli import main
+
+    try:
+        expected = importlib.metadata.version("petclassifier")
+    except importlib.metadata.PackageNotFoundError:
+        expected = __version__
+    with pytest.raises(SystemExit) as ended:
+        main(["--version"])
+    assert ended.value.code in (0, None) and capsys.readouterr().out == f"petclassifier {expected}\n"
+    with pytest.raises(SystemExit) as ended:
+        main(["--bogus"])
+    said = capsys.readouterr()
+    assert ended.value.code == 2 and said.out == "", said.out  # an argparse error, not the help
+    assert said.err.startswith("usage: petclassifier") and "unrecognized arguments: --bogus" in said.err
+
+
+def test_every_train_flag_says_what_it_does_and_no_default_reads_none(capsys):
+    import argparse
+
+    from petclassifier.cli import add_train_arguments
+
+    parser = argparse.ArgumentParser(prog="petclassifier train")
+    add_train_arguments(parser)
+    helps = {a.option_strings[0]: a.help for a in parser._actions if a.option_strings and a.dest != "help"}
+    assert not [flag for flag, text in helps.items() if not text or "None" in text], helps
+    assert "auto" in helps["--device"] and "CUDA" in helps["--device"]
+    assert "breed" in helps["--task"] and "folder" in helps["--task"]
+    assert helps["--batch-size"].endswith("(default: recipe, from the number of photos)")
+    parser.print_help()
+    assert "(default None)" not in capsys.readouterr().out

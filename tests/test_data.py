@@ -1,4 +1,5 @@
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -157,3 +158,26 @@ def test_cache_command_shows_the_size_and_clears_it(shapes_dir, cache_dir, capsy
     assert capsys.readouterr().out.splitlines()[0] == f"{cache_dir}: {size / 1e6:,.1f} MB"
     assert main(["cache", "--cache-dir", cache_dir, "--clear"]) == 0
     assert not Path(cache_dir).exists() and "removed" in capsys.readouterr().out
+
+
+def test_the_per_class_count_leaves_out_photos_only_a_full_decode_finds_broken(shapes_dir, cache_dir, tmp_path,
+                                                                                capsys):
+    """A truncated JPEG passes the header check that builds the dataset; the decode finds it. The counts a run
+    prints at its start are of the photos it learns from."""
+    from petclassifier import train
+    from petclassifier.images import check_image
+
+    from .photos import truncated_jpeg
+    from .test_train import TINY
+
+    broken = shapes_dir / "disc" / "disc_cut.jpg"
+    truncated_jpeg(broken, 0)
+    check_image(broken)  # the premise: its header is fine
+    cfg = TrainConfig(**{**TINY, "epochs": 1}, data_dir=str(shapes_dir), cache_dir=cache_dir)
+    data = load_data(cfg)
+    readable = Counter(y for p, y in zip(data.train.paths, data.train.labels) if p != str(broken))
+    capsys.readouterr()
+    train(**{**TINY, "epochs": 1}, data_dir=str(shapes_dir), cache_dir=cache_dir, out=str(tmp_path / "run"))
+    said = capsys.readouterr().out
+    assert f"skipped unreadable photo {broken}" in said  # found by the decode, after the dataset was built
+    assert f"train photos per class: disc {readable[0]}, square {readable[1]}" in said.splitlines(), said

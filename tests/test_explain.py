@@ -128,3 +128,29 @@ def test_first_conv_filters_have_the_stem_shape(size):
     from petclassifier.explain import first_conv
 
     assert first_conv(build_model("smallcnn", 2)).weight.shape == (16, 3, 3, 3)
+
+
+def test_photos_with_the_same_name_in_two_folders_each_get_their_own_pictures(trained, tmp_path, capsys):  # noqa: F811
+    """IMG_0001.jpg from two cameras' folders: neither photo's pictures overwrite the other's."""
+    data, run = trained
+    photos = [tmp_path / "phone" / "IMG_0001.png", tmp_path / "camera" / "IMG_0001.png", tmp_path / "IMG_0002.png"]
+    sources = [*sorted((data / "test" / "disc").glob("*.png"))[:2], sorted((data / "test" / "square").glob("*.png"))[0]]
+    for photo, source in zip(photos, sources):
+        photo.parent.mkdir(parents=True, exist_ok=True)
+        photo.write_bytes(source.read_bytes())
+    out = tmp_path / "explain"
+    assert main(["explain", "--checkpoint", str(run / "best.pt"), "--out", str(out), *map(str, photos)]) == 0
+    written = [line.removeprefix("wrote ") for line in capsys.readouterr().out.splitlines()]
+    assert len(written) == len(set(written)) == 1 + 2 * len(photos)  # filters.png, then two pictures per photo
+    assert {p.name for p in out.iterdir()} == {
+        "filters.png", "phone_IMG_0001_gradcam.png", "phone_IMG_0001_features.png", "camera_IMG_0001_gradcam.png",
+        "camera_IMG_0001_features.png", "IMG_0002_gradcam.png", "IMG_0002_features.png"}
+
+
+def test_output_names_stay_apart_however_the_photos_collide():
+    from petclassifier.explain import output_names
+
+    paths = ["a/x/IMG.jpg", "b/x/IMG.jpg", "x/IMG.png", "IMG_1.jpg", "other.jpg"]
+    names = output_names(paths)
+    assert len(set(names)) == len(paths) and names[-1] == "other" and names[3] == "IMG_1"
+    assert all("IMG" in name for name in names[:3])

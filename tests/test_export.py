@@ -108,3 +108,29 @@ def test_sidecar_names_the_resize_interpolation():
     assert meta["interpolation"] == "bilinear" and meta["resize"] == 232 and "(bilinear)" in meta["preprocessing"]
     old = {**ckpt, "preprocessing": {"resize": 256, "crop": 224, "mean": [0.5] * 3, "std": [0.5] * 3}}
     assert sidecar(old, "onnx")["interpolation"] == "bicubic"  # written before the field: bicubic then
+
+
+def test_an_export_given_as_a_checkpoint_is_named_as_one_in_one_line(tmp_path, capsys):
+    """predict (evaluate, explain, serve) take a checkpoint: an exported model.pt, or its folder, says what it is
+    rather than torch's advice about weights_only."""
+    photo = str(PHOTOS[0])
+    assert main(["export", "--checkpoint", str(checkpoint(tmp_path)), "--out", str(tmp_path / "ts")]) == 0
+    capsys.readouterr()
+    for given in (tmp_path / "ts" / "model.pt", tmp_path / "ts"):
+        assert main(["predict", "--checkpoint", str(given), photo]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("error: ") and "weights_only" not in err, err
+        assert f"{tmp_path / 'ts' / 'model.pt'} is an exported TorchScript model, not a checkpoint" in err
+        assert "best.pt" in err and "torch.jit.load" in err
+    # TorchScript's own layout tells, without the sidecar too
+    (tmp_path / "ts" / "model.json").unlink()
+    assert main(["predict", "--checkpoint", str(tmp_path / "ts" / "model.pt"), photo]) == 2
+    assert "is an exported TorchScript model" in capsys.readouterr().err
+    # an ONNX export is no zip file: its sidecar names it
+    onnx = tmp_path / "onnx"
+    onnx.mkdir()
+    (onnx / "model.onnx").write_bytes(b"\x08\x09\x12\x07pytorch")
+    (onnx / "model.json").write_text(json.dumps({"format": "onnx", "model_file": "model.onnx"}))
+    assert main(["predict", "--checkpoint", str(onnx / "model.onnx"), photo]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{onnx / 'model.onnx'} is an exported ONNX model, not a checkpoint" in err

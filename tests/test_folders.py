@@ -81,3 +81,20 @@ def test_a_flat_or_empty_folder_says_the_layout_expected(tmp_path, capsys, photo
     err = capsys.readouterr().err
     assert "one sub-folder per class" in err and f"{root}/cat/*.jpg" in err and len(err.strip().splitlines()) == 1
     assert (f"3 photos directly in {root}" in err) == bool(photos)
+
+
+def test_class_folders_that_are_links_train_and_a_link_into_itself_is_walked_once(tmp_path):
+    real = make_folder(tmp_path / "real", per_class=3)
+    pets = tmp_path / "pets"
+    pets.mkdir()
+    for kind in ("disc", "square"):
+        (pets / kind).symlink_to(real / kind, target_is_directory=True)
+    (real / "square" / "again").symlink_to(real / "square", target_is_directory=True)  # square/again/again/...
+    data = folder_data(pets, 0.25, 0)
+    paths = data.train.paths + data.val.paths
+    assert data.class_names == ["disc", "square"] and len(paths) == len(set(paths)) == 6, paths
+    assert sorted(paths) == [str(pets / kind / f"{kind}_{i}.png") for kind in ("disc", "square") for i in range(3)]
+    argv = ["train", "--dataset", "folder", "--data-dir", str(pets), "--cache-dir", str(tmp_path / "cache"),
+            "--out", str(tmp_path / "run"), "--epochs", "1", "--model", "smallcnn", "--image-size", "32",
+            "--batch-size", "4", "--workers", "0"]
+    assert main(argv) == 0 and (tmp_path / "run" / "best.pt").is_file()

@@ -93,3 +93,30 @@ def test_a_folder_model_flags_objects_and_not_pets():
     objects = sorted(NOT_PETS.iterdir())[5::10]  # 20 other photos than the breed test's
     assert sum(folder.not_a_pet(objects)) >= 16
     assert not any(folder.not_a_pet(PETS))
+
+
+def chessboard(path):
+    """A black and white board: no animal for the ImageNet head (it flags it), yet the new head sums to a species."""
+    from PIL import Image, ImageDraw
+
+    board = Image.new("RGB", (320, 320), "white")
+    draw = ImageDraw.Draw(board)
+    for i in range(64):
+        if (i // 8 + i % 8) % 2:
+            draw.rectangle([i // 8 * 40, i % 8 * 40, i // 8 * 40 + 39, i % 8 * 40 + 39], fill="black")
+    board.save(path)
+    return path
+
+
+def test_a_photo_flagged_as_no_pet_gets_no_species(saved, tmp_path, capsys):
+    """`not a pet? ... [cat 55.7%]` contradicts itself: a flagged photo's line and JSON name no cat or dog (the
+    JSON keeps its key, null); a pet photo keeps its species."""
+    board, pet = chessboard(tmp_path / "board.png"), str(PETS[0])
+    assert main(["predict", "--checkpoint", str(saved), "--device", "cpu", "--json", str(board), pet]) == 0
+    flagged, kept = json.loads(capsys.readouterr().out)
+    assert flagged["not_a_pet"] is True and "species" in flagged and flagged["species"] is None
+    assert kept["not_a_pet"] is False and {s["label"] for s in kept["species"]} == {"cat", "dog"}
+    assert main(["predict", "--checkpoint", str(saved), "--device", "cpu", str(board), pet]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"{board}: not a pet? ") and "[cat" not in lines[0] and "[dog" not in lines[0]
+    assert lines[1].endswith("%]")  # the pet's species, as before

@@ -170,3 +170,21 @@ def test_the_newest_checkpoint_is_named_with_its_task_and_classes(tmp_path, monk
     assert main(["predict", "--device", "cpu", str(photo)]) == 0
     newest = tmp_path / "runs" / "new" / "best.pt"
     assert capsys.readouterr().err == f"using the newest checkpoint, {newest.relative_to(tmp_path)} {said}\n"
+
+
+def test_linked_folders_are_followed_and_a_link_into_itself_is_walked_once(tmp_path, checkpoint, predict):
+    """Sub-folders that are symbolic links hold the user's photos (torchvision's ImageFolder follows them too); a
+    link to a folder it sits in would list them forever."""
+    from .conftest import make_folder
+
+    real = make_folder(tmp_path / "real", per_class=2)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for kind in ("disc", "square"):
+        (photos / kind).symlink_to(real / kind, target_is_directory=True)
+    (real / "disc" / "again").symlink_to(real / "disc", target_is_directory=True)  # disc/again/again/...
+    (real / "square" / "up").symlink_to(photos, target_is_directory=True)  # square/up/square/up/...
+    status, text = predict(checkpoint, "--top-k", "1", photos)
+    assert status == 0, text
+    listed = [line.split(": ", 1)[0] for line in text.splitlines()]
+    assert listed == [str(photos / kind / f"{kind}_{i}.png") for kind in ("disc", "square") for i in range(2)]

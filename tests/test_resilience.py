@@ -109,7 +109,7 @@ def test_ctrl_c_saves_last_pt_and_the_suggested_resume_continues_the_run(shapes_
                                     "out": out})
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 130, stderr
-    assert "Traceback" not in stderr and "interrupted" in stderr
+    assert "Traceback" not in stderr and (stdout + stderr).count("interrupted") == 1  # said once, with the way on
     assert "\r" not in stdout + stderr  # no progress bars in a log: output is not a terminal
     said = f"interrupted: saved {out / 'last.pt'} after step 3 of epoch 1; continue with --resume {out}"
     assert said in stdout.splitlines(), stdout  # a line of its own
@@ -149,7 +149,7 @@ def test_resume_of_a_dataset_changed_on_disk_or_of_a_best_pt_is_a_clear_error(sh
     train(**{**CFG, "epochs": 1, "save_every": 0}, data_dir=str(data), cache_dir=cache_dir, out=str(out))
     (data / "disc").rename(data / "circle")
     with pytest.raises(UserError, match="trained on other classes than the photos found now"):
-        train(resume=str(out / "last.pt"))
+        train(resume=str(out / "last.pt"), epochs=2)  # a finished run goes on only with more epochs
     with pytest.raises(UserError, match="holds no training state"):
         train(resume=str(out / "best.pt"))
 
@@ -199,3 +199,65 @@ def test_fast_path_resumed_run_computes_the_same_views(shapes_dir, cache_dir, tm
     resumed, uninterrupted = load_checkpoint(cut / "last.pt"), load_checkpoint(whole / "last.pt")
     for key, value in uninterrupted["model_state"].items():
         assert torch.equal(resumed["model_state"][key], value), key
+
+
+def test_ctrl_c_during_a_frozen_pass_stops_within_a_batch():
+    """A frozen pass is work redone on resume, not a step to finish: Ctrl-C stops it at once, even while training's
+    handler (save after this step) is in place, which is then back for the steps."""
+    from petclassifier.frozen import frozen_features
+    from petclassifier.resilience import StopRequest
+    from petclassifier.store import FeatureStore
+
+    batches = []
+
+    def frozen(x):
+        batches.append(len(x))
+        if len(batches) == 2:
+            os.kill(os.getpid(), signal.SIGINT)  # the user presses Ctrl-C during the second batch
+        return x.float().mean((2, 3), keepdim=True)
+
+    images = torch.zeros(40 * 64, 3, 4, 4, dtype=torch.uint8)  # 40 batches of the CPU's 64
+    with StopRequest() as stop, FeatureStore("unused", budget=1 << 30) as store:
+        handler = signal.getsignal(signal.SIGINT)
+        with pytest.raises(KeyboardInterrupt):
+            frozen_features(Frozen(frozen), images, lambda x: x, torch.device("cpu"),
+                            "frozen features (train, view 2/4)", store)
+        assert len(batches) <= 3 and signal.getsignal(signal.SIGINT) == handler and not stop.requested
+
+
+class Frozen(torch.nn.Module):
+    """A stand-in for the frozen stages that runs `forward` as given."""
+
+    def __init__(self, forward):
+        super().__init__()
+        self.run = forward
+
+    def forward(self, x):
+        return self.run(x)
+
+
+def test_ctrl_c_in_a_frozen_pass_of_a_training_run_says_interrupted_once(shapes_dir, cache_dir, tmp_path):
+    """The whole command: the second view's pass is cut short, one `interrupted` line, and nothing else after it."""
+    patch = """
+        import os, signal
+        import petclassifier.frozen as frozen
+        frozen.inference_batch_size = lambda *args: 2  # 11 batches a pass over the 22 training photos
+        shown = frozen.progress
+        def press_ctrl_c_in_the_training_pass(items, desc="", **kwargs):
+            for i, item in enumerate(shown(items, desc=desc, **kwargs)):
+                if "(train" in desc:  # computed once training has begun, its Ctrl-C handler in place
+                    print("train pass batch", i + 1, flush=True)
+                    if i == 1:
+                        os.kill(os.getpid(), signal.SIGINT)
+                yield item
+        frozen.progress = press_ctrl_c_in_the_training_pass
+    """
+    cfg = {**CFG, "model": "efficientnet_lite0", "pretrained": True, "trainable_stages": 1, "image_size": 48,
+           "save_every": 0}
+    proc = launch(tmp_path, patch, {**cfg, "data_dir": shapes_dir, "cache_dir": cache_dir, "out": tmp_path / "run"})
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 130, stderr
+    assert stdout.count("train pass batch") <= 3, stdout  # not the whole pass of 11 batches
+    said = [line for line in (stdout + stderr).splitlines() if "interrupt" in line or "stopping" in line]
+    assert said == ["interrupted"], stdout + stderr
+    assert "Traceback" not in stderr and "Exception ignored" not in stderr, stderr

@@ -91,3 +91,13 @@ def test_a_head_only_run_caches_pooled_features(shapes_dir, cache_dir, tmp_path,
     train(**{**TINY, "model": "efficientnet_lite0", "pretrained": True, "trainable_stages": 0, "image_size": 48,
              "epochs": 1}, data_dir=str(shapes_dir), cache_dir=cache_dir, out=str(tmp_path / "run"))
     assert shapes and set(shapes) == {(1280, 1, 1)}  # not [1280, 2, 2]: the head averages the maps first
+
+
+def test_a_row_file_that_never_opened_is_closed_and_collected_quietly(tmp_path):
+    """Ctrl-C (or a missing file) inside the constructor leaves an object without its descriptor; closing it and
+    collecting it must not add `Exception ignored in RowFile.__del__` to the user's screen."""
+    with pytest.raises(FileNotFoundError):
+        RowFile(tmp_path / "gone", (2,), torch.float16, 3)
+    half = RowFile.__new__(RowFile)  # what the constructor leaves when interrupted before the open
+    half.close()
+    half.__del__()

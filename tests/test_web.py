@@ -25,6 +25,7 @@ from petclassifier.transforms import Preprocessing  # noqa: E402
 from petclassifier.web import MAX_UPLOAD_BYTES, PhotoService, create_app  # noqa: E402
 
 from .conftest import SAMPLE  # noqa: E402
+from .nested import approx_nested  # noqa: E402
 from .photos import png_header  # noqa: E402
 
 IMAGES = SAMPLE / "oxford-iiit-pet" / "images"
@@ -129,7 +130,7 @@ def test_predict_answers_as_predict_json_does_in_upload_order_with_error_entries
     readable = [e for e in entries if "error" not in e]
     for got, want in zip(readable, expected, strict=True):
         assert got["path"] == Path(want["path"]).name
-        assert {**got, "path": None} == pytest.approx({**want, "path": None}, abs=1e-5)
+        assert {**got, "path": None} == approx_nested({**want, "path": None}, abs=1e-5)
     assert [e["predictions"][0]["label"] for e in readable] == ["pug", "Persian", "beagle", "Siamese"]
     assert [e["species"][0]["label"] for e in readable] == ["dog", "cat", "dog", "cat"]
     assert client.get("/api/health").status_code == 200  # still serving

@@ -145,7 +145,7 @@ function showResult(file, result, card, body) {
   body.querySelector(".pending")?.remove();
   const [best] = result.predictions;
   const badges = el("div", { className: "badges" });
-  if (result.species?.length) {
+  if (result.species?.length && !result.not_a_pet) {  // no cat or dog to name where there may be no pet
     const [likely] = result.species;
     badges.append(el("span", { className: "badge species", textContent: `${likely.label} ${percent(likely.probability)}` }));
   }
