@@ -33,10 +33,11 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trainable-stages", type=int, help="last body stages fine-tuned; 0 head only, -1 all")
     p.add_argument("--image-size", type=int,
                    help="side of the square the network sees (default: recipe; torchvision: its weights' crop)")
-    p.add_argument("--epochs", type=int, help="passes over the training photos")
+    p.add_argument("--epochs", type=int,
+                   help="passes over the training photos (default: recipe, raised to 200 steps for few photos)")
     p.add_argument("--batch-size", type=int, help="photos per step, over all processes under torchrun "
                    "(default: recipe, from the number of photos)")
-    p.add_argument("--lr", type=float, help="peak learning rate")
+    p.add_argument("--lr", type=float, help="peak learning rate (default: recipe)")
     p.add_argument("--weight-decay", type=float, help=f"AdamW weight decay (default {d.weight_decay})")
     p.add_argument("--warmup-epochs", type=float, help=f"linear warm-up length (default {d.warmup_epochs})")
     p.add_argument("--label-smoothing", type=float,
