@@ -54,5 +54,5 @@ def describe(fit: dict) -> str:
         return line + "; the fit failed, so the model's own probabilities are kept (T = 1)"
     if fit.get("wrong", FEW_WRONG) < FEW_WRONG:
         return (line + f"; only {fit['wrong']} of them wrong: too few mistakes to measure confidence on, so T rests "
-                "on its prior (near 1) as much as on the photos; more photos calibrate it better")
+                "on its prior (log T around 0) as much as on the photos; more photos calibrate it better")
     return line
