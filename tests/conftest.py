@@ -43,6 +43,15 @@ def make_folder(root: Path, per_class: int = 12, splits: tuple[str, ...] = ()) -
     return root
 
 
+def linked_class_folders(root: Path, per_class: int) -> tuple[Path, Path]:
+    """(real, linked): a shapes folder, and a folder whose class sub-folders are symbolic links to its classes."""
+    real, linked = make_folder(root / "real", per_class=per_class), root / "linked"
+    linked.mkdir()
+    for kind in ("disc", "square"):
+        (linked / kind).symlink_to(real / kind, target_is_directory=True)
+    return real, linked
+
+
 def make_tiny_oxford(root: Path, breeds=("Abyssinian", "Bengal", "beagle", "pug"), per_split=(5, 2),
                      side: int = 96) -> Path:
     """An Oxford-IIIT Pet copy (torchvision's layout) of a few bundled breeds, two cat and two dog, photos shrunk."""

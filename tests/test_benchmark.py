@@ -43,7 +43,7 @@ def test_benchmark_script_writes_every_figure_of_both_pipelines(tmp_path):
         assert [accuracy for _, accuracy in run["curve"]] == recorded and len(recorded) == 2, name
         assert all(0 <= accuracy <= 1 for accuracy in recorded), name
         times = [at for at, _ in run["curve"]]  # seconds since the run started (not Unix times), rounded to 0.1
-        assert 0 <= times[0] <= times[1] <= run["seconds"] + 0.2, name  # in order, within the run: no speed judged
+        assert 0 <= times[0] <= times[1], name  # one clock, in epoch order: no duration is compared
         reached = run["seconds_to_val_accuracy"]
         assert set(reached) == THRESHOLDS, name
         for t, at in reached.items():  # reached at an epoch whose accuracy is at least t; None: no epoch reached t

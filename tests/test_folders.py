@@ -7,7 +7,7 @@ from petclassifier.config import TrainConfig
 from petclassifier.data import folder_data, load_data
 from petclassifier.errors import UserError
 
-from .conftest import draw_photo, make_folder
+from .conftest import draw_photo, linked_class_folders, make_folder
 
 
 def test_hidden_folders_are_ignored_and_nested_folders_belong_to_their_class(tmp_path):
@@ -84,11 +84,7 @@ def test_a_flat_or_empty_folder_says_the_layout_expected(tmp_path, capsys, photo
 
 
 def test_class_folders_that_are_links_train_and_a_link_into_itself_is_walked_once(tmp_path):
-    real = make_folder(tmp_path / "real", per_class=3)
-    pets = tmp_path / "pets"
-    pets.mkdir()
-    for kind in ("disc", "square"):
-        (pets / kind).symlink_to(real / kind, target_is_directory=True)
+    real, pets = linked_class_folders(tmp_path, per_class=3)
     (real / "square" / "again").symlink_to(real / "square", target_is_directory=True)  # square/again/again/...
     data = folder_data(pets, 0.25, 0)
     paths = data.train.paths + data.val.paths

@@ -175,13 +175,9 @@ def test_the_newest_checkpoint_is_named_with_its_task_and_classes(tmp_path, monk
 def test_linked_folders_are_followed_and_a_link_into_itself_is_walked_once(tmp_path, checkpoint, predict):
     """Sub-folders that are symbolic links hold the user's photos (torchvision's ImageFolder follows them too); a
     link to a folder it sits in would list them forever."""
-    from .conftest import make_folder
+    from .conftest import linked_class_folders
 
-    real = make_folder(tmp_path / "real", per_class=2)
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    for kind in ("disc", "square"):
-        (photos / kind).symlink_to(real / kind, target_is_directory=True)
+    real, photos = linked_class_folders(tmp_path, per_class=2)
     (real / "disc" / "again").symlink_to(real / "disc", target_is_directory=True)  # disc/again/again/...
     (real / "square" / "up").symlink_to(photos, target_is_directory=True)  # square/up/square/up/...
     status, text = predict(checkpoint, "--top-k", "1", photos)
