@@ -140,7 +140,8 @@ def flip_tta_of(ckpt: dict) -> bool:
 
 def model_from_checkpoint(ckpt: dict) -> tuple[PetNet, Preprocessing]:
     """Rebuild the network from the checkpoint alone (no weights download) and load its weights strictly."""
-    model = build_model(ckpt["model_name"], len(ckpt["class_names"]), False, ckpt.get("imagenet_stages"))
+    model = build_model(ckpt["model_name"], len(ckpt["class_names"]), False, ckpt.get("imagenet_stages"),
+                        ckpt.get("kinds", False))
     try:
         model.load_state_dict(ckpt["model_state"], strict=True)
     except RuntimeError as e:

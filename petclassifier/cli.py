@@ -50,6 +50,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="head-only models: train the head again on train + val photos at the end (default on)")
     p.add_argument("--flip-tta", action=argparse.BooleanOptionalAction,
                    help="score each photo and its mirror image, averaged (default: on for efficientnet_lite1/2)")
+    p.add_argument("--kinds", action=argparse.BooleanOptionalAction,
+                   help="the head also reads the kind of animal ImageNet's classifier sees: cat, dog, ..., no animal "
+                   "(default: on when only a pretrained model's head learns)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"),
                    help=f"where to train: auto picks CUDA when present, else the CPU (default {d.device})")
     p.add_argument("--workers", type=int, help=f"image-decoding processes (default {d.workers})")

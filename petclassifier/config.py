@@ -40,6 +40,8 @@ class TrainConfig:
     refit: bool = True  # head-only models with a test split: after the epochs and temperature are chosen on the val
     # photos, the head trains again on train + val photos (seconds; it then learns from 10% more photos)
     flip_tta: bool | None = None  # average each photo's scores with its mirror image's (2x the cost); None: recipe
+    kinds: bool | None = None  # the head also reads the kind of animal ImageNet's classifier sees (cat, dog, ...,
+    # no animal; petclassifier.kinds); None: on where only a pretrained model's head learns
     # runtime
     device: str = "auto"  # auto | cpu | cuda (auto picks CUDA when present)
     workers: int = 2  # processes decoding images
@@ -74,6 +76,8 @@ class TrainConfig:
             cfg = replace(cfg, pretrained=False)
         if not cfg.pretrained:  # a frozen random body would be useless
             cfg = replace(cfg, trainable_stages=-1)
+        if cfg.kinds is None:
+            cfg = replace(cfg, kinds=cfg.pretrained and cfg.trainable_stages == 0)
         if cfg.cache_dir is None:
             cache_home = os.environ.get("XDG_CACHE_HOME", str(Path.home() / ".cache"))
             cfg = replace(cfg, cache_dir=str(Path(cache_home) / "petclassifier"))

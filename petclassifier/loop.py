@@ -77,7 +77,8 @@ def warmup_cosine(warmup_steps: int, total_steps: int):
 def optimizer_and_schedule(trained: nn.Module, labels: torch.Tensor, cfg: TrainConfig):
     """AdamW over `trained`'s parameters, its warm-up and cosine schedule over cfg.epochs, and the batches per epoch
     (counted on the labels alone: no view of the photos is computed for it)."""
-    optimizer = torch.optim.AdamW(trained.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    learned = [w for w in trained.parameters() if w.requires_grad]  # not the frozen ImageNet classifier of the kinds
+    optimizer = torch.optim.AdamW(learned, lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = len(distributed.ShardedBatches(labels, labels, cfg.batch_size, cfg.seed))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_cosine(round(cfg.warmup_epochs * steps_per_epoch), cfg.epochs * steps_per_epoch))

@@ -12,6 +12,7 @@ from torch import nn
 from torchvision.ops.misc import Permute
 
 from .errors import UserError
+from .kinds import KindFeatures, kind_head
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, LITE_SIZES, OWN_MODELS
 
 TORCHVISION_MODELS = sorted(torchvision.models.list_models(module=torchvision.models))
@@ -53,8 +54,20 @@ class PetNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(x))  # [B, 3, H, W] -> [B, C, h, w] -> [B, num_classes]
 
+    def kind_features(self) -> KindFeatures | None:
+        """The head's KindFeatures layer, where the head reads the kinds of animal ImageNet's classifier sees."""
+        return next((m for m in self.head if isinstance(m, KindFeatures)), None)
+
+    def knows_imagenet(self) -> bool:
+        """Whether the model can say what ImageNet's classifier sees (it keeps it, or its head reads it)."""
+        return self.imagenet is not None or self.kind_features() is not None
+
     def forward_with_imagenet(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(class scores, ImageNet class scores [B, 1000]) in one pass: both heads share the frozen stages."""
+        kinds = self.kind_features()
+        if kinds is not None:  # the head holds the ImageNet classifier itself, reading the pooled rows it reads
+            features = self.body(x)
+            return self.head(features), kinds.classifier(self.head[: list(self.head).index(kinds)](features))
         features = self.body[: self.imagenet_tap](x)
         return self.head(self.body[self.imagenet_tap :](features)), self.imagenet(features)
 
@@ -83,15 +96,22 @@ class FlipAveraged(nn.Module):
         return mean_over_flip(self.model, x)
 
 
-def build_model(name: str, num_classes: int, pretrained: bool = False, imagenet_stages: int | None = None) -> PetNet:
+def build_model(name: str, num_classes: int, pretrained: bool = False, imagenet_stages: int | None = None,
+                kinds: bool = False) -> PetNet:
     """A registry model with a fresh `num_classes` head (the ImageNet one is kept when num_classes is 1000).
 
     With `imagenet_stages`, the model also keeps its ImageNet classifier, with its own copy of that many last body
     stages (the ones training changes), so it reads the frozen stages' features as it did in ImageNet training.
+    With `kinds` too, and nothing but the head training (`imagenet_stages` 0), the head reads that classifier's kinds
+    of animal beside the pooled features (KindFeatures), where the head is a plain pool and linear layer.
     """
     model = registry_model(name, num_classes, pretrained)
     if imagenet_stages is not None:
         original = registry_model(name, 1000, pretrained)
+        with_kinds = kind_head(model.head, original.head, num_classes) if kinds and imagenet_stages == 0 else None
+        if with_kinds is not None:
+            model.head = with_kinds
+            return model
         tap = max(0, len(original.body) - imagenet_stages)
         model.imagenet = nn.Sequential(*original.body[tap:], original.head).requires_grad_(False).eval()
         model.imagenet_tap = tap

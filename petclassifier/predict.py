@@ -17,6 +17,7 @@ from .cache import PhotoDecoder
 from .checkpoint import checkpoint_file, flip_tta_of, load_checkpoint, model_from_checkpoint, temperature_of
 from .errors import UserError
 from .images import load_image, photos_under, to_rgb, upright
+from .kinds import KIND_NAMES, kind_probabilities
 from .models import fold_batchnorm, mean_over_flip
 from .runtime import autocast, inference_batch_size, release_free_memory, resolve_device
 
@@ -52,12 +53,12 @@ class Prediction:
 
 
 Photo = str | Path | Image.Image
-# "Not a pet": the ImageNet classes (torchvision's numbering) a pet photo falls in, and the summed probability of them
-# below which a photo is flagged. A breed or species model counts the 118 dog breeds and 5 domestic cats; a folder
-# model, whose classes may be hamsters or parrots, every animal class (0-397: ImageNet lists its animals first).
+# "Not a pet": the kinds of animal (petclassifier.kinds) a pet photo falls in, and their summed probability below
+# which a photo is flagged. A breed or species model counts cats and dogs (the 118 dog breeds and 5 domestic cats); a
+# folder model, whose classes may be hamsters or parrots, every animal (ImageNet classes 0-397).
 # Thresholds chosen with EfficientNet-Lite2 on the Oxford-IIIT Pet trainval photos (at most 1% flagged) and
 # 199 photos of objects, food and scenes (README: "not a pet").
-PET_CLASSES = {"cats and dogs": ([*range(151, 269), *range(281, 286)], 0.1), "animals": (list(range(398)), 0.2)}
+PET_KINDS = {"cats and dogs": (["cat", "dog"], 0.1), "animals": (KIND_NAMES[:-1], 0.2)}
 WORKERS = 2  # decoding processes, as in training
 
 
@@ -74,7 +75,8 @@ class PetClassifier:
         self.flip_tta = flip_tta  # scores averaged with the mirror image's
         self.batch_size = inference_batch_size(self.device, flip_tta)  # photos per forward pass
         self.preprocessing = preprocessing
-        self.pet_classes, self.pet_below = PET_CLASSES["cats and dogs" if species_of else "animals"]
+        pet_kinds, self.pet_below = PET_KINDS["cats and dogs" if species_of else "animals"]
+        self.pet_kinds = [KIND_NAMES.index(kind) for kind in pet_kinds]
         self.species_of = species_of or {}
         if self.species_of and set(class_names) <= set(self.species_of.values()):
             self.species_of = {name: name for name in class_names}  # a species model: each class is its own species
@@ -103,14 +105,14 @@ class PetClassifier:
     def _square_outputs(self, squares: torch.Tensor) -> tuple[torch.Tensor, list]:
         """(class probabilities [N, num_classes], each photo's "not a pet" flag or None) for uint8 squares
         [N, 3, R, R] as `Preprocessing.square` makes them."""
-        with_imagenet = getattr(self.fast_model, "imagenet", None) is not None
+        with_imagenet = self.fast_model.knows_imagenet()
         forward = self.fast_model.forward_with_imagenet if with_imagenet else self.fast_model
         x = self.preprocessing.eval_batch(squares.to(self.device))
         with autocast(self.device):
             out = mean_over_flip(forward, x) if self.flip_tta else forward(x)
         if with_imagenet:
             logits, imagenet_logits = out
-            pet = imagenet_logits.float().softmax(dim=1)[:, self.pet_classes].sum(dim=1)
+            pet = kind_probabilities(imagenet_logits)[:, self.pet_kinds].sum(dim=1)
             flags = (pet < self.pet_below).tolist()
         else:
             logits, flags = out, [None] * len(x)

@@ -109,7 +109,9 @@ def resume_config(cfg: TrainConfig, given: set[str] | None = None) -> TrainConfi
     TrainConfig's defaults. --epochs may be raised: the learning-rate schedule then stretches to the new length.
     """
     path, ckpt = training_state(cfg.resume)
-    saved, defaults = TrainConfig.from_dict(ckpt.get("config", {})), TrainConfig()
+    # a run from before the kinds of animal existed has a head without them
+    saved = TrainConfig.from_dict({"kinds": ckpt.get("kinds", False), **ckpt.get("config", {})})
+    defaults = TrainConfig()
     if given is None:
         given = {f.name for f in fields(TrainConfig) if getattr(cfg, f.name) != getattr(defaults, f.name)}
     for name in sorted(given - set(RUNTIME_FIELDS)):

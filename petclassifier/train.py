@@ -174,7 +174,7 @@ def prepare(cfg: TrainConfig, data: PetData, device: torch.device, features: Fea
     prep = Preprocessing.for_model(cfg.model, cfg.image_size)
     # a pretrained model keeps its ImageNet classifier beside the new head: it says when a photo shows no pet
     imagenet_stages = cfg.trainable_stages if cfg.pretrained and cfg.trainable_stages >= 0 else None
-    model = build_model(cfg.model, len(data.class_names), cfg.pretrained, imagenet_stages)
+    model = build_model(cfg.model, len(data.class_names), cfg.pretrained, imagenet_stages, cfg.kinds)
     model = model.to(device, memory_format=torch.channels_last)
     frozen, trainable = model.split(cfg.trainable_stages)
     frozen.requires_grad_(False)
@@ -221,7 +221,8 @@ def train_epochs(p: Prepared, trained: nn.Module, train_criterion, criterion, de
     state = {"epoch": 0, "step": 0, "best": -1.0, "totals": None, "epoch_lr": None}
     if cfg.resume:
         state.update(resumed_state(p, optimizer, scheduler, augment, device, metrics_file, run_dir))
-    log(f"training {cfg.model} ({sum(x.numel() for x in p.trainable.parameters()):,} trainable parameters) on "
+    learned = sum(x.numel() for x in p.trainable.parameters() if x.requires_grad)
+    log(f"training {cfg.model} ({learned:,} trainable parameters) on "
         f"{device}{f' x {world} processes' if world > 1 else ''} for {plural(cfg.epochs, 'epoch')}; "
         f"run folder {run_dir}")
 
@@ -298,7 +299,8 @@ def checkpoint_meta(p: Prepared) -> dict:
     imagenet_stages = cfg.trainable_stages if cfg.pretrained and cfg.trainable_stages >= 0 else None
     return {"model_name": cfg.model, "class_names": p.data.class_names, "task": cfg.task,
             "species_of": p.data.species_of, "preprocessing": p.prep.as_dict(), "config": asdict(cfg),
-            "imagenet_stages": imagenet_stages, "flip_tta": cfg.flip_tta}
+            "imagenet_stages": imagenet_stages, "flip_tta": cfg.flip_tta,
+            "kinds": p.model.kind_features() is not None}
 
 
 def resumed_state(p: Prepared, optimizer, scheduler, augment, device, metrics_file: Path, run_dir: Path) -> dict:

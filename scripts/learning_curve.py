@@ -7,9 +7,10 @@ For each set (cats-vs-dogs; cats, dogs and objects; the 37 Oxford breeds) and ea
 drawn from the set's training photos (--draws times, all photos once). The recipe's side is `petclassifier train`
 with nothing but the data given, on a folder of those photos with a test/ split: its refit model, temperature and
 test score, exactly as a user gets them. The probe's side is multinomial logistic regression fitted to convergence
-by L-BFGS on the same pooled frozen features (centre crop, no augmentation, no flip), its L2 weight chosen by 5-fold
-cross-validation on the k photos: the ceiling a linear head reaches on those features. Both are scored on test
-photos that nothing was chosen on: cats-vs-dogs val/, the not-pets after the first 100, Oxford's test list.
+by L-BFGS on the inputs the head reads (pooled frozen features and the kinds of animal ImageNet's classifier sees;
+centre crop, no augmentation, no flip), its L2 weight chosen by 5-fold cross-validation on the k photos: the ceiling
+a linear head reaches on those inputs. Both are scored on test photos that nothing was chosen on: cats-vs-dogs val/,
+the not-pets after the first 100, Oxford's test list.
 """
 
 import argparse
@@ -92,14 +93,16 @@ def recipe_side(folder: Path, out: Path, cache: str) -> dict:
 
 
 class Features:
-    """The default model's pooled frozen features of photos (centre crop), computed once per photo."""
+    """What the default model's head reads of photos (centre crop): pooled frozen features and, beside them, the
+    kinds of animal ImageNet's classifier sees; computed once per photo."""
 
     def __init__(self, cache: str):
         self.prep, self.cache, self.known = Preprocessing.for_model(MODEL, CROP), cache, {}
-        model = build_model(MODEL, 2, pretrained=True)
+        model = build_model(MODEL, 2, pretrained=True, imagenet_stages=0, kinds=True)
         frozen, _ = model.split(0)
-        self.frozen = fast_frozen(frozen, model.head[0])
+        self.frozen, self.kinds = fast_frozen(frozen, model.head[0]), model.kind_features()
 
+    @torch.inference_mode()
     def __call__(self, paths: list[str]) -> torch.Tensor:
         new = [p for p in dict.fromkeys(paths) if p not in self.known]
         if new:
@@ -107,7 +110,7 @@ class Features:
             kept = [p for p in new if p not in {b for b, _ in bad}]
             with FeatureStore(Path(self.cache) / "features") as store:
                 views = Views(self.frozen, rows, self.prep, "probe", 1, False, 0, torch.device("cpu"), store)
-                self.known.update(zip(kept, views[0][:].float().flatten(1)))
+                self.known.update(zip(kept, self.kinds(views[0][:].float().flatten(1))))
         return torch.stack([self.known[p] for p in paths])
 
 

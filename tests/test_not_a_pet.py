@@ -8,6 +8,7 @@ import torch
 
 from petclassifier.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from petclassifier.cli import main
+from petclassifier.kinds import KIND_NAMES
 from petclassifier.models import build_model
 from petclassifier.predict import PetClassifier
 from petclassifier.transforms import Preprocessing
@@ -79,8 +80,9 @@ def test_a_folder_model_counts_every_animal_as_a_pet():
     prep = Preprocessing.for_model("efficientnet_lite0", 224)
     breed = PetClassifier(model, ["abyssinian", "beagle"], prep, SPECIES_OF, device="cpu")
     folder = PetClassifier(model, ["cat", "dog"], prep, None, device="cpu")
-    assert set(breed.pet_classes) < set(folder.pet_classes)
-    assert 333 in folder.pet_classes and 333 not in breed.pet_classes  # ImageNet's hamster
+    hamster, no_animal = KIND_NAMES.index("hamster"), KIND_NAMES.index("no animal")
+    assert set(breed.pet_kinds) < set(folder.pet_kinds) and no_animal not in folder.pet_kinds
+    assert hamster in folder.pet_kinds and hamster not in breed.pet_kinds
 
 
 @pytest.mark.skipif(not NOT_PETS.is_dir(), reason=f"the not-pets photos are not at {NOT_PETS} (only beside a CI clone)")
