@@ -2,15 +2,22 @@
 the same photos, with the same threads, decode workers, memory format (channels_last) and autocast, in one run.
 
 - train: wall seconds from process start to the final test score (each run is its own `python` process), the test
-  accuracy, and when the validation accuracy first reached 80/85/90%: the tutorial's full fine-tune and its frozen
-  body, the package's default recipe with a cold cache and again warm, and its fastest setting (efficientnet_lite0's
-  recipe) cold.
+  accuracy, and when the validation accuracy first reached 80/85/90%. Different recipes on the same photos and
+  network, which is the point: the tutorial fine-tunes every layer (and, `tutorial_frozen`, trains its head on a
+  frozen body, running the body every epoch); the package trains its head on frozen features computed once per view
+  (default recipe) with a cold cache, again warm (photos decoded and features computed by the cold run), and its
+  fastest setting (efficientnet_lite0's recipe) cold. `project_cold_torch` is the default recipe cold with the
+  frozen pass on PyTorch (`--backend torch`), the others' backend as the flags say (auto: ONNX Runtime int8 on a
+  CPU where installed; its cold runs include exporting and quantizing the frozen stages).
 - predict_folder: files in, labels out, the network loaded; latency_ms: one photo from its path to probabilities.
-  The package's figures score each photo once, as the tutorial does; `project_flip_tta` adds the mirror image's
-  pass when the checkpoint's recipe does.
-- train_step: full fine-tune steps with the data pipeline inside the timer (the tutorial's decoding workers, the
-  package's crops of its decoded-photo store), and the compute-bound rate of the same steps on ready tensors.
-- startup: `petclassifier --help` and `petclassifier predict PHOTO` as processes: wall seconds and peak memory.
+  `project` scores each photo once into a softmax of its logits, as the tutorial does (the checkpoint's temperature
+  was fitted on flip-averaged logits, so it is left out); `project_flip_tta` adds the mirror image's pass and the
+  temperature when the checkpoint's recipe does.
+- train_step: full fine-tune steps with each pipeline's batches drawn inside the timer: the tutorial's workers decode
+  and augment JPEG files; the package's photos were decoded before the timer (its first epoch does that once) and
+  the timed part crops and flips them as whole batches.
+- startup: `petclassifier --help` and `petclassifier predict PHOTO` as processes: wall seconds and peak memory; and
+  a bare `python -c "import torch"`, the floor under any command that runs the network.
 """
 
 from __future__ import annotations
@@ -114,14 +121,15 @@ def train_project_run(cfg: TrainConfig, cache: Path, out: Path, log: Path) -> di
 
 
 def train_runs(cfg: TrainConfig, tutorial_epochs: int, out: Path) -> dict:
-    """The five ways to a model, one after another (never two at once: they would share the CPU)."""
-    for cache in (out / "cache-cold", out / "cache-fast"):
-        shutil.rmtree(cache, ignore_errors=True)  # cold: nothing decoded yet
+    """The six ways to a model, one after another (never two at once: they would share the CPU)."""
+    for cache in ("cache-torch", "cache-cold", "cache-fast"):
+        shutil.rmtree(out / cache, ignore_errors=True)  # cold: nothing decoded, computed or exported yet
     runs = {}
     for name, frozen in (("tutorial", False), ("tutorial_frozen", True)):
         print(f"train: {name} ({tutorial_epochs} epochs)", flush=True)
         runs[name] = train_tutorial_run(cfg, tutorial_epochs, frozen, out / f"{name}.log")
-    for name, run_cfg, cache in (("project_cold", cfg, "cache-cold"), ("project_warm", cfg, "cache-cold"),
+    for name, run_cfg, cache in (("project_cold_torch", replace(cfg, backend="torch"), "cache-torch"),
+                                 ("project_cold", cfg, "cache-cold"), ("project_warm", cfg, "cache-cold"),
                                  ("project_fast", replace(cfg, model=FAST_MODEL), "cache-fast")):
         print(f"train: {name}", flush=True)
         runs[name] = train_project_run(run_cfg, out / cache, out / name, out / f"{name}.log")
@@ -142,6 +150,7 @@ def classifiers(checkpoint: Path, device: str) -> dict[str, PetClassifier]:
     recipe adds the mirror image's pass, as it comes ("project_flip_tta")."""
     as_saved = PetClassifier.from_checkpoint(checkpoint, device=device)
     found = {"project": PetClassifier.from_checkpoint(checkpoint, device=device, flip_tta=False)}
+    found["project"].temperature = 1.0  # the saved one was fitted on flip-averaged logits, not these
     if as_saved.flip_tta:
         found["project_flip_tta"] = as_saved
     return found
@@ -210,7 +219,7 @@ def timed_steps(model, batches, prepare, device, steps: int) -> float:
 
 
 def train_step(cfg: TrainConfig, data: PetData, steps: int) -> dict:
-    """Full fine-tune throughput of the two data pipelines, and the compute-bound rate of the same steps."""
+    """Full fine-tune throughput of the two data pipelines, each batch drawn inside the timer."""
     cfg = replace(cfg, trainable_stages=-1).resolved()
     device = resolve_device(cfg.device)
     prep = Preprocessing.for_model(cfg.model, cfg.image_size)
@@ -220,31 +229,28 @@ def train_step(cfg: TrainConfig, data: PetData, steps: int) -> dict:
         model = build_model(cfg.model, len(data.class_names), cfg.pretrained)
         return model.to(device, memory_format=torch.channels_last)
 
-    ready = [(torch.randn(cfg.batch_size, 3, prep.crop, prep.crop, device=device).contiguous(
-        memory_format=torch.channels_last), torch.randint(len(data.class_names), (cfg.batch_size,), device=device))
-        for _ in range(2)]
-    compute = timed_steps(network(), itertools.cycle(ready), nn.Identity(), device, steps)
     train_tf, _ = tutorial_transforms(prep)
     loader = photo_loader(data.train, train_tf, cfg.workers, shuffle=True, batch_size=cfg.batch_size)
     tutorial = timed_steps(network(), itertools.chain.from_iterable(itertools.repeat(loader)), nn.Identity(), device,
                            steps)
     del loader  # its workers stop: they would hold memory while the package's pipeline is timed
-    # the package's batches: rows of its decoded-photo store (decoded by the first epoch, as in training), cropped
-    # and flipped as whole batches on the device
+    # the package's batches: rows of its decoded-photo store (decoded before the timer, as a run's first epoch
+    # does once), cropped and flipped as whole batches on the device
     images, labels = decode_split(data.train, prep, cfg)
     generator = torch.Generator().manual_seed(cfg.seed)
     batches = ShardedBatches(images, labels, cfg.batch_size, cfg.seed)
     epochs = (batches.set_position(epoch) or batches for epoch in itertools.count())
     project = timed_steps(network(), itertools.chain.from_iterable(epochs), lambda x: prep.train_batch(x, generator),
                           device, steps)
-    return {"tutorial": {"images_per_s": tutorial}, "project": {"images_per_s": project},
-            "compute_bound": {"images_per_s": compute}}
+    return {"tutorial": {"images_per_s": tutorial}, "project": {"images_per_s": project}}
 
 
 def startup(checkpoint: Path, photo: str, out: Path, repeats: int = 3) -> dict:
-    """Median wall seconds and peak memory of `petclassifier --help` and of predicting one photo, as processes."""
+    """Median wall seconds and peak memory of `petclassifier --help`, of predicting one photo and of importing torch,
+    as processes."""
     command = [sys.executable, "-m", "petclassifier"]
-    runs = {"help": command + ["--help"], "predict_one": command + ["predict", "--checkpoint", str(checkpoint), photo]}
+    runs = {"help": command + ["--help"], "predict_one": command + ["predict", "--checkpoint", str(checkpoint), photo],
+            "import_torch": [sys.executable, "-c", "import torch"]}
     result = {}
     for name, argv in runs.items():
         measured = [run_process(argv, out / f"{name}.log")[1:3] for _ in range(repeats)]
@@ -296,7 +302,8 @@ def format_table(result: dict) -> str:
         f"{k} {v['p50']:.1f} / {v['p95']:.1f}" for k, v in result["latency_ms"].items()))
     s = result["startup"]
     lines.append(f"startup: --help {s['help_seconds']} s, {s['help_peak_rss_mb']:.0f} MB; predict one photo "
-                 f"{s['predict_one_seconds']} s, {s['predict_one_peak_rss_mb']:.0f} MB")
+                 f"{s['predict_one_seconds']} s, {s['predict_one_peak_rss_mb']:.0f} MB; import torch "
+                 f"{s['import_torch_seconds']} s, {s['import_torch_peak_rss_mb']:.0f} MB")
     return "\n".join(lines)
 
 

@@ -1,12 +1,13 @@
 """The decoded-photo cache: every photo decoded once into a file of uint8 squares, read back batch by batch.
 
-An entry is keyed by the photos' paths, sizes and modification times (no file is read to find it) and by the
-preprocessing; its list of unreadable files belongs to the same key, so it can never disagree with its images.
+An entry holds one list of photos; it is keyed by their paths, sizes and modification times (no file is read to
+find it) and by the preprocessing, and its list of unreadable files belongs to the same key, so it can never
+disagree with its images. A new list (another split seed, one photo added) copies the squares other entries already
+hold and decodes only the photos none has.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -19,17 +20,18 @@ from . import distributed
 from .errors import UserError
 from .images import ImageError, load_image
 from .runtime import log, progress
-from .store import TEMP_MARK, RowFile, remove_abandoned
+from .store import LIMIT_FILE, RowFile, entry_key, remove_abandoned, temp_path, touch, trim
 from .transforms import Preprocessing
 
 
-def cache_key(paths: list[str], prep: Preprocessing) -> str:
-    """A digest of the preprocessing and every photo's absolute path, size and modification time."""
-    digest = hashlib.sha256(f"{prep.resize} {prep.interpolation}".encode())
-    for p in paths:
-        st = os.stat(p)
-        digest.update(f"\0{os.path.abspath(p)}\0{st.st_size}\0{st.st_mtime_ns}".encode())
-    return digest.hexdigest()[:24]
+def photo_key(path: str) -> str:
+    """What identifies a photo's file without reading it: its absolute path, size and modification time."""
+    st = os.stat(path)
+    return entry_key(os.path.abspath(path), st.st_size, st.st_mtime_ns)
+
+
+def prep_key(prep: Preprocessing) -> str:
+    return f"{prep.resize} {prep.interpolation}"
 
 
 def decode_images(paths: list[str], prep: Preprocessing, cache_dir: str, workers: int) -> tuple[RowFile, list]:
@@ -37,32 +39,67 @@ def decode_images(paths: list[str], prep: Preprocessing, cache_dir: str, workers
     folder = Path(cache_dir) / "images"
     folder.mkdir(parents=True, exist_ok=True)
     remove_abandoned(folder)
-    key, side = cache_key(paths, prep), prep.resize
+    keys = [photo_key(p) for p in paths]
+    key, side = entry_key(prep_key(prep), *keys), prep.resize
     store, meta = folder / f"{key}.u8", folder / f"{key}.json"
-    info = json.loads(meta.read_text()) if meta.is_file() else None
-    if info is None or not store.is_file() or store.stat().st_size != info["count"] * 3 * side * side:
-        info = write_entry(paths, prep, store, meta, workers)
+    try:
+        info = json.loads(meta.read_text())
+        complete = store.stat().st_size == info["count"] * 3 * side * side
+    except (OSError, ValueError, KeyError):
+        complete = False
+    if complete:
+        touch(store)
+    else:
+        info = write_entry(paths, keys, prep, store, meta, workers)
     return RowFile(store, (3, side, side), torch.uint8, info["count"]), [tuple(b) for b in info["bad"]]
 
 
-def write_entry(paths: list[str], prep: Preprocessing, store: Path, meta: Path, workers: int) -> dict:
-    """Decode every photo (in `workers` processes) into `store`; temporary files until both files are complete."""
-    tmp, tmp_meta = (Path(f"{p}{TEMP_MARK}{os.getpid()}") for p in (store, meta))
-    bad, kept, started = [], 0, time.perf_counter()
+def decoded_before(folder: Path, prep: Preprocessing, wanted: set[str]) -> dict[str, tuple[RowFile, int]]:
+    """photo key -> (entry, row) for the wanted photos other entries of the same preprocessing already hold."""
+    found = {}
+    for meta in folder.glob("*.json"):
+        try:
+            info = json.loads(meta.read_text())
+            if info.get("prep") != prep_key(prep) or not wanted.intersection(info.get("keys", ())):
+                continue
+            rows = RowFile(meta.with_suffix(".u8"), (3, prep.resize, prep.resize), torch.uint8, info["count"])
+        except (OSError, ValueError, KeyError):  # removed meanwhile, or written by an older version
+            continue
+        if os.fstat(rows.fd).st_size == rows.nbytes and len(info["keys"]) == rows.count:
+            found.update({k: (rows, i) for i, k in enumerate(info["keys"]) if k in wanted})
+    return found
+
+
+def write_entry(paths: list[str], keys: list[str], prep: Preprocessing, store: Path, meta: Path, workers: int) -> dict:
+    """Decode the photos no other entry holds (in `workers` processes), copy the others, into `store`; temporary
+    files until both files are complete."""
+    tmp, tmp_meta = temp_path(store), temp_path(meta)
+    bad, kept, started = [], [], time.perf_counter()
+    before = decoded_before(store.parent, prep, set(keys))
+    todo = [p for p, k in zip(paths, keys) if k not in before]
+    decoded = iter(torch.utils.data.DataLoader(PhotoDecoder(todo, prep), batch_size=None,
+                                               num_workers=workers if todo else 0))
     try:
         with open(tmp, "wb") as f:
-            loader = torch.utils.data.DataLoader(PhotoDecoder(paths, prep), batch_size=None, num_workers=workers)
-            for path, x in progress(loader, total=len(paths), desc="decoding photos", unit="img", leave=False):
+            for path, key in progress(zip(paths, keys), total=len(paths), desc="decoding photos", unit="img",
+                                      leave=False):
+                if key in before:
+                    rows, i = before[key]
+                    x = rows[i]
+                else:
+                    path, x = next(decoded)
                 if isinstance(x, str):
                     bad.append((path, x))
                 else:
                     f.write(x.numpy().tobytes())
-                    kept += 1
-        info = {"count": kept, "bad": bad}
+                    kept.append(key)
+        info = {"count": len(kept), "bad": bad, "prep": prep_key(prep), "keys": kept}
         tmp_meta.write_text(json.dumps(info))
         os.replace(tmp, store)
         os.replace(tmp_meta, meta)
-        log(f"decoded {len(paths):,} photos in {time.perf_counter() - started:.1f} s (cached for later runs)")
+        reused = f", {len(before):,} copied from earlier entries" if before else ""
+        log(f"decoded {len(todo):,} photos{reused} in {time.perf_counter() - started:.1f} s (cached for later runs)")
+        trim(store.parent.parent)
         return info
     finally:  # an interrupted decode leaves nothing behind
         tmp.unlink(missing_ok=True)
@@ -85,6 +122,7 @@ def decode_split(split, prep: Preprocessing, cfg, skipped: list | None = None) -
     if skipped is not None:
         skipped += bad
     bad_paths = {p for p, _ in bad}
+    distributed.check_same_photos([p for p in split.paths if p not in bad_paths])
     labels = torch.tensor([y for p, y in zip(split.paths, split.labels) if p not in bad_paths], dtype=torch.long)
     return images, labels
 
@@ -102,6 +140,13 @@ def cache_size(cache_dir: str | Path) -> dict[str, int]:
         files = [f for f in part.rglob("*") if f.is_file()]
         sizes[part.name] = {"bytes": sum(f.stat().st_size for f in files), "files": len(files)}
     return sizes
+
+
+def set_cache_limit(cache_dir: str | Path, limit: int) -> None:
+    """Keep the cache within `limit` bytes from now on, removing the least recently used entries past it."""
+    Path(cache_dir).mkdir(parents=True, exist_ok=True)
+    (Path(cache_dir) / LIMIT_FILE).write_text(json.dumps({"bytes": limit}) + "\n")
+    trim(cache_dir)
 
 
 def clear_cache(cache_dir: str | Path) -> None:

@@ -55,6 +55,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    "(default: on when only a pretrained model's head learns)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"),
                    help=f"where to train: auto picks CUDA when present, else the CPU (default {d.device})")
+    p.add_argument("--backend", choices=("auto", "torch", "onnxruntime", "onnxruntime-int8"),
+                   help="what runs the frozen pass on a CPU: onnxruntime(-int8) need the onnx extra; auto: torch "
+                   f"(default {d.backend})")
     p.add_argument("--workers", type=int, help=f"image-decoding processes (default {d.workers})")
     p.add_argument("--seed", type=int,
                    help=f"seeds the split, initial weights, augmentation and batch order (default {d.seed})")
@@ -231,19 +234,26 @@ def run_compare(args: argparse.Namespace) -> int:
 def add_cache_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", help="the cache folder (default ~/.cache/petclassifier)")
     p.add_argument("--clear", action="store_true", help="remove everything in it; the next run decodes again")
+    p.add_argument("--limit-gb", type=float, metavar="GB",
+                   help="keep it within this size: the least recently used entries go first (default 20)")
 
 
 def run_cache(args: argparse.Namespace) -> int:
-    from .cache import cache_size, clear_cache
+    from .cache import cache_size, clear_cache, set_cache_limit
+    from .store import cache_limit
 
     folder = TrainConfig(cache_dir=args.cache_dir).resolved().cache_dir
+    if args.limit_gb is not None and args.limit_gb <= 0:
+        raise UserError(f"--limit-gb {args.limit_gb:g}: give a size above 0 (or --clear to empty the cache)")
+    if args.limit_gb is not None:
+        set_cache_limit(folder, int(args.limit_gb * 1e9))
     sizes = cache_size(folder)
     total = sum(part["bytes"] for part in sizes.values())
     if args.clear:
         clear_cache(folder)
         print(f"removed {folder} ({total / 1e6:,.1f} MB)")
         return 0
-    print(f"{folder}: {total / 1e6:,.1f} MB")
+    print(f"{folder}: {total / 1e6:,.1f} MB (limit {cache_limit(folder) / 1e9:g} GB)")
     for name, part in sizes.items():
         print(f"  {name}: {part['bytes'] / 1e6:,.1f} MB in {part['files']} files")
     return 0
@@ -276,7 +286,7 @@ COMMANDS = {
     "evaluate": (add_evaluate_arguments, run_evaluate, "accuracy, per-class metrics and confusions on a split"),
     "explain": (add_explain_arguments, run_explain, "Grad-CAM heat-maps, filters and feature maps for photos"),
     "compare": (add_compare_arguments, run_compare, "hand-crafted features vs learned ones, on the same split"),
-    "cache": (add_cache_arguments, run_cache, "show the size of the decoded-photo cache, or --clear it"),
+    "cache": (add_cache_arguments, run_cache, "decoded photos and frozen features kept: size, --limit-gb, --clear"),
     "serve": (add_serve_arguments, run_serve, "a local web page and JSON API: drop photos, see labels and Grad-CAM"),
 }
 

@@ -44,6 +44,8 @@ class TrainConfig:
     # no animal; petclassifier.kinds); None: on where only a pretrained model's head learns
     # runtime
     device: str = "auto"  # auto | cpu | cuda (auto picks CUDA when present)
+    backend: str = "auto"  # what runs the frozen pass: torch | onnxruntime | onnxruntime-int8 (CPU only; int8
+    # calibrated on the training photos); auto: petclassifier.backends.AUTO_ON_CPU on a CPU, torch on a GPU
     workers: int = 2  # processes decoding images
     seed: int = 0  # seeds the split, the initial weights, augmentation and batch order
     out: str | None = None  # run folder; None means runs/<date-time>-<model>-<task>

@@ -207,6 +207,28 @@ class ShardedBatches:
             yield self.inputs[idx], self.labels[idx]
 
 
+def in_rank_order(block: torch.Tensor | None, device: torch.device) -> list[torch.Tensor]:
+    """Every rank's `block` (None: it had none), in rank order, on `device` of every rank: a sharded pass's rows."""
+    if world_size() == 1:
+        return [block] if block is not None else []
+    # through pickles on the CPU: a few KB a photo, and gloo and NCCL alike move them
+    blocks = gather(None if block is None else block.cpu())
+    return [b.to(device) for b in blocks if b is not None]
+
+
+def check_same_photos(paths: list[str]) -> None:
+    """Stop every rank, naming the photos, where machines list a split's readable photos differently (a photo
+    missing, or unreadable, on one of them): their ranks would otherwise train on different datasets."""
+    if world_size() == 1:
+        return
+    lists = gather(paths)
+    differ = sorted(set().union(*lists) - set.intersection(*map(set, lists)))
+    if differ or any(lst != lists[0] for lst in lists):
+        named = ", ".join(differ[:5]) + (f" and {len(differ) - 5} more" if len(differ) > 5 else "")
+        raise UserError(f"the machines see different photos ({named or 'in another order'}): every machine "
+                        "needs the same readable photos at the same paths")
+
+
 def gathered(result: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits, labels) of an `evaluate` result with every rank's share of the split, on every rank."""
     shares = gather((result["logits"], result["labels"]))

@@ -4,6 +4,8 @@ and training reads their outputs (features) instead of running them every epoch.
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import math
 import signal
 import threading
@@ -13,29 +15,43 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from . import distributed
 from .models import fold_batchnorm
 from .runtime import autocast, inference_batch_size, log, progress, release_free_memory
-from .store import FeatureStore
+from .store import FEATURE_DTYPE, FeatureStore, entry_key
 
 
 @torch.inference_mode()
-def frozen_features(frozen: nn.Module, images, transform, device: torch.device, desc: str, store: FeatureStore):
-    """Outputs of the frozen stages for one view (`transform` of a uint8 batch) of every photo: [N, C, h, w].
+def frozen_features(frozen: nn.Module, images, transform, device: torch.device, desc: str, store: FeatureStore,
+                    key: str | None = None):
+    """Outputs of the frozen stages for one view of every photo: [N, C, h, w]; `transform(x, start)` makes the view
+    of the uint8 batch `x` that starts at photo `start`.
 
-    `frozen` should be BatchNorm-folded. Kept by `store`: in half precision on the device while they fit its
-    memory budget (the epochs then read them from there), on disk past it.
+    `frozen` should be BatchNorm-folded. Under torchrun each rank computes every world-th batch and all ranks
+    receive every row. Kept by `store` in half precision: on the device while they fit its memory budget (the epochs
+    then read them from there), on disk past it; under `key`, for later runs too.
     """
+    found = store.find(key, device) if key is not None else None
+    if not distributed.any_rank(found is None):  # every rank has them: no rank waits for a pass the others skip
+        log(f"{desc}: {len(found):,} photos from the cache")
+        return found
     frozen.eval()
-    batch_size = inference_batch_size(device)
+    batch_size, rank, world = inference_batch_size(device), distributed.rank(), distributed.world_size()
+    starts = range(0, len(images), batch_size)
 
     def blocks():
-        for i in progress(range(0, len(images), batch_size), desc=desc, unit="batch", leave=False):
-            with autocast(device):
-                yield frozen(transform(images[i : i + batch_size].to(device)))
+        for first in progress(range(0, len(starts), world), desc=desc, unit="batch", leave=False):
+            mine = first + rank
+            block = None
+            if mine < len(starts):
+                with autocast(device):
+                    x = images[starts[mine] : starts[mine] + batch_size].to(device)
+                    block = frozen(transform(x, starts[mine])).to(FEATURE_DTYPE)
+            yield from distributed.in_rank_order(block, device)
 
     started = time.perf_counter()
     with ctrl_c_stops_at_once():
-        features = store.keep(blocks(), len(images))
+        features = store.keep(blocks(), key)
     release_free_memory()  # the pass's batches leave the heap fragmented: hand the free part back
     log(f"{desc}: {len(images):,} photos in {time.perf_counter() - started:.1f} s")
     return features
@@ -76,30 +92,52 @@ class Views:
     asked for and kept.
 
     View 0 is the plain centre crop; with `mirror`, view 1 is its mirror image (what flip TTA scores, so a model
-    trained on it is scored on views it learned from); the others random crops and flips. They are drawn in order
-    from one generator, so a view is the same whatever epoch a run resumes at and however many ranks share it.
+    trained on it is scored on views it learned from); the others random crops and flips, each drawn from a
+    generator of its own, so a view is the same whatever epoch a run resumes at and however many ranks share it.
+    With `photos` (what identifies the decoded photos: their cache entry's key) each view is kept in the cache
+    folder for later runs, under a key of everything that determines it.
     """
 
     def __init__(self, frozen: nn.Module, images, prep, name: str, count: int, mirror: bool, seed: int,
-                 device: torch.device, store: FeatureStore):
+                 device: torch.device, store: FeatureStore, photos: str | None = None):
         self.frozen, self.images, self.prep, self.name, self.count = frozen, images, prep, name, count
-        self.mirror, self.device, self.store, self.kept = mirror, device, store, []
-        self.generator = torch.Generator().manual_seed(seed)
+        self.mirror, self.seed, self.device, self.store, self.kept = mirror, seed, device, store, []
+        self.source = None if photos is None else (photos, weights_digest(frozen), json.dumps(prep.as_dict()),
+                                                   device.type, inference_batch_size(device), torch.__version__)
+
+    def key(self, v: int) -> str | None:
+        """The cache key of view `v`; None where the photos have none."""
+        if self.source is None:
+            return None
+        view = "centre" if v == 0 else "mirror" if v == 1 and self.mirror else f"random {self.seed} {v}"
+        return entry_key(*self.source, view)
 
     def transform(self, v: int):
+        """View `v` of the batch of photos from `start` on: (x, start) -> the network's input."""
         if v == 0:
-            return self.prep.eval_batch
+            return lambda x, start: self.prep.eval_batch(x)
         if v == 1 and self.mirror:
-            return lambda x: self.prep.eval_batch(x).flip(-1)
-        return lambda x: self.prep.train_batch(x, self.generator)
+            return lambda x, start: self.prep.eval_batch(x).flip(-1)
+        # each batch's crops from a generator of its own: the same whichever rank computes it
+        return lambda x, start: self.prep.train_batch(x, torch.Generator().manual_seed(
+            (self.seed * 10_007 + v) * 1_000_003 + start))
 
     def __getitem__(self, v: int):
         while len(self.kept) <= v:
             k = len(self.kept)
             what = "mirrored" if k == 1 and self.mirror else f"view {k + 1}/{max(self.count, v + 1)}"
             self.kept.append(frozen_features(self.frozen, self.images, self.transform(k), self.device,
-                                             f"frozen features ({self.name}, {what})", self.store))
+                                             f"frozen features ({self.name}, {what})", self.store, self.key(k)))
         return self.kept[v]
+
+
+def weights_digest(module: nn.Module) -> str:
+    """A digest of a module's layers, parameters and buffers: what its features depend on."""
+    digest = hashlib.sha256(str(module).encode())
+    for name, tensor in module.state_dict().items():
+        digest.update(f"{name} {tensor.dtype} {tuple(tensor.shape)}".encode())
+        digest.update(tensor.detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:24]
 
 
 def fast_frozen(frozen: nn.Module, pool: nn.Module | None = None) -> nn.Module:

@@ -109,8 +109,8 @@ def resume_config(cfg: TrainConfig, given: set[str] | None = None) -> TrainConfi
     TrainConfig's defaults. --epochs may be raised: the learning-rate schedule then stretches to the new length.
     """
     path, ckpt = training_state(cfg.resume)
-    # a run from before the kinds of animal existed has a head without them
-    saved = TrainConfig.from_dict({"kinds": ckpt.get("kinds", False), **ckpt.get("config", {})})
+    # a run from before the kinds of animal (or the backends) existed has a head without them (learnt from torch's)
+    saved = TrainConfig.from_dict({"kinds": ckpt.get("kinds", False), "backend": "torch", **ckpt.get("config", {})})
     defaults = TrainConfig()
     if given is None:
         given = {f.name for f in fields(TrainConfig) if getattr(cfg, f.name) != getattr(defaults, f.name)}

@@ -1,4 +1,4 @@
-"""Rows on disk, read batch by batch: decoded photos, and frozen features that do not fit the memory budget.
+"""Rows on disk, read batch by batch: decoded photos and frozen features, kept in the cache folder between runs.
 
 A file of equal-shaped rows is read with `pread` into fresh tensors rather than memory-mapped: a mapped file's
 pages count towards the process's memory as they are touched, so a pass over 25,000 photos would hold them all.
@@ -8,16 +8,22 @@ memory stays flat however large the dataset.
 
 from __future__ import annotations
 
-import itertools
+import hashlib
+import json
 import math
 import os
+import socket
 from pathlib import Path
 
 import torch
 
 MEMORY_BUDGET = 2 * 1024**3  # bytes of frozen features kept in memory by a training run; the rest go to disk
 FEATURE_DTYPE = torch.float16  # frozen features: half the memory of float32, differences far below the noise
-TEMP_MARK = ".tmp"  # a file being written (a cache entry) or used for one run (features) is named <name>.tmp<pid>
+TEMP_MARK = ".tmp"  # a file being written is named <name>.tmp<host>-<pid> until complete
+HOST = socket.gethostname()
+DEFAULT_LIMIT = 20 * 10**9  # bytes the cache folder may hold; the least recently used entries go past it
+LIMIT_FILE = "limit.json"  # in the cache folder: {"bytes": N}, set by `petclassifier cache --limit-gb`
+IN_USE: set[Path] = set()  # cache files this process has opened: never removed by its own clean-up
 
 
 class RowFile:
@@ -27,6 +33,7 @@ class RowFile:
         self.path, self.row_shape, self.dtype, self.count = Path(path), tuple(shape), dtype, count
         self.row_bytes = math.prod(shape) * torch.empty(0, dtype=dtype).element_size()
         self.fd = os.open(self.path, os.O_RDONLY)
+        IN_USE.add(self.path)
 
     @classmethod
     def create(cls, path: str | Path, shape: tuple[int, ...], dtype: torch.dtype, blocks) -> RowFile:
@@ -37,6 +44,10 @@ class RowFile:
                 f.write(block.to("cpu", dtype).contiguous().numpy().tobytes())
                 count += len(block)
         return cls(path, shape, dtype, count)
+
+    @property
+    def nbytes(self) -> int:
+        return self.count * self.row_bytes
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -89,36 +100,119 @@ class RowFile:
 
 
 class FeatureStore:
-    """A run's frozen features in half precision: in memory (on their device) up to a budget, on disk past it."""
+    """Frozen features in half precision, kept on disk under a key of everything that determines them (a later run
+    with the same key reads them instead of computing them again), and in memory on their device up to a budget."""
 
     def __init__(self, folder: str | Path, budget: int | None = None):
-        self.folder, self.left, self.files = Path(folder), MEMORY_BUDGET if budget is None else budget, []
+        self.folder, self.left, self.temporary = Path(folder), MEMORY_BUDGET if budget is None else budget, []
 
-    def keep(self, blocks, count: int):
-        """All rows of `blocks` (tensors [k, ...] adding up to `count` rows): one tensor, or a RowFile on disk."""
+    def find(self, key: str, device: torch.device):
+        """The features kept under `key` (a tensor, or a RowFile past the budget), or None."""
+        try:
+            info = json.loads((self.folder / f"{key}.json").read_text())
+            rows = RowFile(self.folder / f"{key}.f16", info["shape"], FEATURE_DTYPE, info["count"])
+        except (OSError, ValueError, KeyError):  # not there, or half removed by a clean-up
+            return None
+        if os.fstat(rows.fd).st_size != rows.nbytes:
+            return None
+        touch(rows.path)
+        return self.within_budget(rows, device)
+
+    def keep(self, blocks, key: str | None = None):
+        """All rows of `blocks` (tensors [k, ...]), kept under `key` for later runs (None: for this run only): one
+        tensor on the blocks' device within the budget, else a RowFile."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        remove_abandoned(self.folder)  # files of runs killed before they could remove them
         blocks = iter(blocks)
-        first = next(blocks).to(FEATURE_DTYPE)
-        need = count * first[0].numel() * first.element_size()
-        if need > self.left:  # past the budget: stream the rows to a file, read back batch by batch
-            self.folder.mkdir(parents=True, exist_ok=True)
-            remove_abandoned(self.folder)  # features of runs that were killed before they could remove them
-            path = self.folder / f"{len(self.files)}.f16{TEMP_MARK}{os.getpid()}"
-            self.files.append(path)
-            return RowFile.create(path, first.shape[1:], FEATURE_DTYPE, itertools.chain([first], blocks))
-        self.left -= need
-        out = torch.empty((count, *first.shape[1:]), dtype=FEATURE_DTYPE, device=first.device)
-        out[: len(first)], done = first, len(first)
-        for block in blocks:
-            out[done : done + len(block)] = block
-            done += len(block)
-        return out
+        first = next(blocks)
+        final = self.folder / f"{key or len(self.temporary)}.f16"
+        path = temp_path(final)
+        try:
+            rows = RowFile.create(path, first.shape[1:], FEATURE_DTYPE, _chain(first, blocks))
+            if key is None:
+                self.temporary.append(path)
+            else:
+                meta = temp_path(self.folder / f"{key}.json")
+                meta.write_text(json.dumps({"shape": list(rows.row_shape), "count": rows.count}))
+                os.replace(path, final)
+                os.replace(meta, self.folder / f"{key}.json")
+                rows.path = final
+                IN_USE.add(final)
+                trim(self.folder.parent)
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        return self.within_budget(rows, first.device)
+
+    def within_budget(self, rows: RowFile, device: torch.device):
+        if rows.nbytes > self.left:  # past the budget: read back batch by batch
+            return rows
+        self.left -= rows.nbytes
+        loaded = rows.load().to(device)
+        if rows.path in self.temporary:  # in memory now: this run needs its file no more
+            rows.path.unlink()
+            self.temporary.remove(rows.path)
+        return loaded
 
     def __enter__(self) -> FeatureStore:
         return self
 
     def __exit__(self, *exc) -> None:
-        for path in self.files:
+        for path in self.temporary:
             path.unlink(missing_ok=True)
+
+
+def _chain(first, rest):
+    yield first
+    yield from rest
+
+
+def entry_key(*parts) -> str:
+    """A cache entry's name: a digest of everything that determines its contents."""
+    return hashlib.sha256("\0".join(map(str, parts)).encode()).hexdigest()[:24]
+
+
+def touch(path: Path) -> None:
+    """Mark an entry as just used: the clean-up removes the least recently used first."""
+    try:
+        os.utime(path)
+    except OSError:  # a read-only cache still serves
+        pass
+
+
+def cache_limit(root: str | Path) -> int:
+    """Bytes the cache folder may hold."""
+    try:
+        return int(json.loads((Path(root) / LIMIT_FILE).read_text())["bytes"])
+    except (OSError, ValueError, KeyError):
+        return DEFAULT_LIMIT
+
+
+def cache_entries(root: str | Path) -> list[tuple[float, int, list[Path]]]:
+    """(last used, bytes, files) of every complete entry under the cache folder, least recently used first."""
+    entries = []
+    for data in Path(root).glob("*/*"):
+        if data.suffix in (".u8", ".f16") and TEMP_MARK not in data.name:
+            files = [data, data.with_suffix(".json")]
+            try:
+                entries.append((data.stat().st_mtime, sum(f.stat().st_size for f in files if f.exists()), files))
+            except FileNotFoundError:  # removed meanwhile
+                continue
+    return sorted(entries, key=lambda e: e[0])
+
+
+def trim(root: str | Path) -> None:
+    """Remove the least recently used entries until the cache is within its limit (never one this process reads)."""
+    entries = cache_entries(root)
+    total, limit = sum(size for _, size, _ in entries), cache_limit(root)
+    for _, size, files in entries:
+        if total <= limit:
+            break
+        if files[0] in IN_USE:
+            continue
+        for f in files:  # a process still reading a removed file keeps its open descriptor
+            f.unlink(missing_ok=True)
+        total -= size
 
 
 class Batches:
@@ -137,11 +231,20 @@ class Batches:
             yield self.rows[idx], self.labels[idx]
 
 
+def temp_path(path: Path) -> Path:
+    """Where `path` is written until it is complete, named after this machine and process."""
+    return Path(f"{path}{TEMP_MARK}{HOST}-{os.getpid()}")
+
+
 def remove_abandoned(folder: Path) -> None:
-    """Delete temporary files of decodes whose process is gone (killed before it could clean up)."""
+    """Delete temporary files whose process is gone (killed before it could clean up).
+
+    Only this machine's: on a folder that machines share (an NFS home) another machine's process ids mean nothing
+    here, and its live files must stay.
+    """
     for tmp in folder.glob(f"*{TEMP_MARK}*"):
-        pid = tmp.name.rsplit(TEMP_MARK, 1)[1]
-        if pid.isdigit() and not process_alive(int(pid)):
+        host, _, pid = tmp.name.rsplit(TEMP_MARK, 1)[1].rpartition("-")
+        if pid.isdigit() and host in ("", HOST) and not process_alive(int(pid)):
             tmp.unlink(missing_ok=True)
 
 

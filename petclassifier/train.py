@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from . import calibration, distributed
+from .backends import CALIBRATION_PHOTOS, on_backend, resolve_backend
 from .cache import decode_split, warn_unreadable
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
@@ -140,7 +141,7 @@ def run(cfg: TrainConfig, device: torch.device, features: FeatureStore) -> dict:
     run_dir = Path(distributed.gather(str(run_dir_for(cfg)))[0])  # rank 0's name, in case the clock ticked
     if distributed.is_main():
         run_dir.mkdir(parents=True, exist_ok=True)
-        cfg.save(run_dir / "config.json")
+        p.cfg.save(run_dir / "config.json")
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     train_criterion = criterion
     if cfg.balance:  # validation keeps the plain loss, so epochs stay comparable with and without --balance
@@ -172,6 +173,7 @@ def describe(cfg: TrainConfig, data: PetData, train_labels: torch.Tensor, val_la
 def prepare(cfg: TrainConfig, data: PetData, device: torch.device, features: FeatureStore) -> Prepared:
     """Phase 1: the model (pretrained body, new head), the decoded photos, and the frozen views' sources."""
     prep = Preprocessing.for_model(cfg.model, cfg.image_size)
+    cfg = replace(cfg, backend=resolve_backend(cfg.backend, device))  # saved as resolved: a resume keeps it
     # a pretrained model keeps its ImageNet classifier beside the new head: it says when a photo shows no pet
     imagenet_stages = cfg.trainable_stages if cfg.pretrained and cfg.trainable_stages >= 0 else None
     model = build_model(cfg.model, len(data.class_names), cfg.pretrained, imagenet_stages, cfg.kinds)
@@ -182,6 +184,7 @@ def prepare(cfg: TrainConfig, data: PetData, device: torch.device, features: Fea
     train_images, train_labels = decode_split(data.train, prep, cfg, skipped)
     val_images, val_labels = decode_split(data.val, prep, cfg, skipped)
     log(describe(cfg, data, train_labels, val_labels))
+    photos = (train_images.path.stem, val_images.path.stem)  # their cache entries: what the frozen views are of
     if device.type == "cuda" and fits_on_gpu(train_images, val_images):  # whole epochs then run from GPU memory
         train_images, train_labels, val_images = train_images.load().to(device), train_labels.to(device), \
             val_images.load().to(device)
@@ -192,11 +195,19 @@ def prepare(cfg: TrainConfig, data: PetData, device: torch.device, features: Fea
     p = Prepared(cfg, data, prep, model, trainable, None, pooled, train_images, train_labels, val_images,
                  val_labels, skipped, copy.deepcopy(trainable.state_dict()) if pooled else None)
     if len(frozen):  # the frozen stages run once per view, not once per epoch
-        p.frozen_fast = fast_frozen(frozen, model.head[0] if pooled else None)
+        p.frozen_fast = on_backend(fast_frozen(frozen, model.head[0] if pooled else None), cfg.backend, prep.crop,
+                                   cfg.cache_dir, lambda: calibration_batches(train_images, prep, cfg.seed))
         p.train_views, p.val_views = (
-            Views(p.frozen_fast, images, prep, name, cfg.augment_views, cfg.flip_tta, cfg.seed + i, device, features)
-            for i, (name, images) in enumerate((("train", train_images), ("val", val_images))))
+            Views(p.frozen_fast, images, prep, name, cfg.augment_views, cfg.flip_tta, cfg.seed + i, device, features,
+                  photos[i]) for i, (name, images) in enumerate((("train", train_images), ("val", val_images))))
     return p
+
+
+def calibration_batches(images, prep: Preprocessing, seed: int, batch_size: int = 8):
+    """Centre crops of up to CALIBRATION_PHOTOS training photos drawn at random: what sets int8's ranges."""
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:CALIBRATION_PHOTOS]
+    for i in range(0, len(order), batch_size):
+        yield prep.eval_batch(images[order[i : i + batch_size].sort().values].cpu())
 
 
 def train_epochs(p: Prepared, trained: nn.Module, train_criterion, criterion, device, run_dir: Path,
@@ -222,8 +233,9 @@ def train_epochs(p: Prepared, trained: nn.Module, train_criterion, criterion, de
     if cfg.resume:
         state.update(resumed_state(p, optimizer, scheduler, augment, device, metrics_file, run_dir))
     learned = sum(x.numel() for x in p.trainable.parameters() if x.requires_grad)
+    frozen_pass = f", frozen pass on {cfg.backend}" if p.frozen_fast is not None else ""
     log(f"training {cfg.model} ({learned:,} trainable parameters) on "
-        f"{device}{f' x {world} processes' if world > 1 else ''} for {plural(cfg.epochs, 'epoch')}; "
+        f"{device}{f' x {world} processes' if world > 1 else ''}{frozen_pass} for {plural(cfg.epochs, 'epoch')}; "
         f"run folder {run_dir}")
 
     def save_last(epoch: int, step: int, metrics: dict | None) -> None:
@@ -300,7 +312,7 @@ def checkpoint_meta(p: Prepared) -> dict:
     return {"model_name": cfg.model, "class_names": p.data.class_names, "task": cfg.task,
             "species_of": p.data.species_of, "preprocessing": p.prep.as_dict(), "config": asdict(cfg),
             "imagenet_stages": imagenet_stages, "flip_tta": cfg.flip_tta,
-            "kinds": p.model.kind_features() is not None}
+            "kinds": p.model.kind_features() is not None, "backend": cfg.backend}
 
 
 def resumed_state(p: Prepared, optimizer, scheduler, augment, device, metrics_file: Path, run_dir: Path) -> dict:
@@ -405,7 +417,8 @@ def test_scores(p: Prepared, criterion, device, temperature: float, features: Fe
     """Accuracy, mean per-class accuracy and calibration error of the kept model on the test photos."""
     cfg = p.cfg
     images, labels = decode_split(p.data.test, p.prep, cfg, p.skipped)
-    views = Views(p.frozen_fast, images, p.prep, "test", 1, cfg.flip_tta, cfg.seed, device, features) \
+    views = Views(p.frozen_fast, images, p.prep, "test", 1, cfg.flip_tta, cfg.seed, device, features,
+                  images.path.stem) \
         if p.frozen_fast is not None else None
     logits, labels = p.scored(images, views, labels, criterion, device)
     ece = expected_calibration_error((logits.double() / temperature).softmax(1), labels)

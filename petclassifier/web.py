@@ -7,7 +7,9 @@ import io
 import ipaddress
 import json
 import socket
+import threading
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import python_multipart  # noqa: F401  (Starlette parses uploads with it: checked at start, not at the first upload)
@@ -36,15 +38,17 @@ STATIC = Path(__file__).with_name("static")
 
 
 class PhotoService:
-    """The trained classifier behind the API, loaded and run on one thread of its own, a request at a time in
-    arrival order. A forward pass already uses every core; and on 2 CPU cores a second thread running torch
-    made every pass about half as slow again (each thread gets its own OpenMP team, which compete), and the
-    server's memory grew with each new thread that ran the network (glibc gives each its own heap). One thread
-    also means one decoded photo of up to 89 megapixels in memory at a time, however many requests wait."""
+    """The trained classifier behind the API, loaded and run on one thread of its own, in arrival order; predict
+    requests that wait together share forward passes. A forward pass already uses every core; and on 2 CPU cores a
+    second thread running torch made every pass about half as slow again (each thread gets its own OpenMP team,
+    which compete), and the server's memory grew with each new thread that ran the network (glibc gives each its
+    own heap). One thread also means one photo of up to 89 megapixels decoded at a time, however many requests
+    wait: each is cut to the square the network sees before the next."""
 
     def __init__(self, checkpoint: Path, device: str = "auto"):
         self.worker = ThreadPoolExecutor(1, thread_name_prefix="network")
         self.worker.submit(self._load, checkpoint, device).result()
+        self.waiting, self.lock = [], threading.Lock()  # predict requests not yet through the network
 
     def _load(self, checkpoint: Path, device: str) -> None:
         ckpt = load_checkpoint(checkpoint)
@@ -62,14 +66,36 @@ class PhotoService:
             return name, "empty file (0 bytes)"
         return name, square_or_reason(io.BytesIO(data), self.classifier.preprocessing)  # the name is never opened
 
-    def predict(self, uploads: list[tuple[str, bytes]], top_k: int) -> list[dict]:
-        """One `predict --json` entry per upload, in upload order; unreadable ones get an error entry."""
-        decoded = [self.decode(name, data) for name, data in uploads]
-        out, size = [], self.classifier.batch_size
-        for start in range(0, len(decoded), size):
-            names, errors, squares = stack_readable(decoded[start : start + size])
-            out += [p.as_dict() for p in self.classifier.scored(names, errors, squares, top_k)]
-        return out
+    async def predict(self, uploads: list[tuple[str, bytes]], top_k: int) -> list[dict]:
+        """One `predict --json` entry per upload, in upload order; unreadable ones get an error entry.
+
+        Requests that wait while the network is busy go through it together: their photos share forward passes.
+        """
+        loop = asyncio.get_running_loop()
+        answer = loop.create_future()
+        with self.lock:
+            self.waiting.append((uploads, top_k, answer, loop))
+        self.worker.submit(self._predict_waiting)  # the first of these to run takes every waiting request
+        return await answer
+
+    def _predict_waiting(self) -> None:
+        """Every waiting request's photos through the network in batches; each request's entries to its future."""
+        with self.lock:
+            requests, self.waiting = self.waiting, []
+        if not requests:
+            return
+        try:
+            decoded = [self.decode(name, data) for uploads, *_ in requests for name, data in uploads]
+            top_k, size, predictions = max(r[1] for r in requests), self.classifier.batch_size, []
+            for start in range(0, len(decoded), size):
+                predictions += self.classifier.scored(*stack_readable(decoded[start : start + size]), top_k)
+            for uploads, k, answer, loop in requests:
+                mine, predictions = predictions[: len(uploads)], predictions[len(uploads) :]
+                entries = [replace(p, labels=p.labels[:k]).as_dict() for p in mine]
+                loop.call_soon_threadsafe(settle, answer, entries, None)
+        except Exception as e:  # each waiting request fails with it, as it would alone
+            for *_, answer, loop in requests:
+                loop.call_soon_threadsafe(settle, answer, None, e)
 
     def explain(self, name: str, data: bytes, class_name: str | None) -> tuple[bytes, str, float]:
         """(PNG of the Grad-CAM overlay on the square the network sees, its class, that class's probability)."""
@@ -87,6 +113,16 @@ class PhotoService:
         png = io.BytesIO()
         Image.fromarray(overlay.permute(1, 2, 0).numpy()).save(png, "PNG")
         return png.getvalue(), c.class_names[k], float(probs[k])
+
+
+def settle(answer: asyncio.Future, result, error: BaseException | None) -> None:
+    """Give a waiting request its result or error (on its event loop), unless it has gone meanwhile."""
+    if answer.done():  # the client disconnected and its request was cancelled
+        return
+    if error is not None:
+        answer.set_exception(error)
+    else:
+        answer.set_result(result)
 
 
 def model_info(checkpoint: Path, ckpt: dict) -> dict:
@@ -138,7 +174,7 @@ def create_app(service: PhotoService) -> UploadLimit:
         top_k = fields.get("top_k", request.query_params.get("top_k", "5"))
         if not top_k.isdigit() or int(top_k) < 1:
             raise HTTPException(400, f"top_k must be a whole number, at least 1 (got {top_k!r})")
-        return JSONResponse(await service.run(service.predict, uploads, int(top_k)))
+        return JSONResponse(await service.predict(uploads, int(top_k)))
 
     async def explain(request: Request) -> Response:
         uploads, fields = await uploaded_files(request)

@@ -17,6 +17,17 @@ needs_shared = pytest.mark.skipif(
 )
 
 
+@pytest.fixture(autouse=True, scope="session")
+def frozen_pass_on_torch():
+    """In-process runs (module fixtures' too) compute frozen passes with PyTorch, as their expected figures were;
+    tests/test_backends.py tries the other backends (each export would add seconds to every test that trains)."""
+    from petclassifier import backends
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(backends, "AUTO_ON_CPU", "torch")
+        yield
+
+
 def draw_photo(path: Path, kind: str, seed: int, size: int = 48) -> None:
     """A small synthetic photo: a red disc or a blue square on a noisy background, easy to tell apart."""
     rng = random.Random(seed)

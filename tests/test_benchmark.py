@@ -13,7 +13,7 @@ from petclassifier.metrics import epoch_rows
 
 from .conftest import ROOT, make_folder
 
-RUNS = {"tutorial", "tutorial_frozen", "project_cold", "project_warm", "project_fast"}
+RUNS = {"tutorial", "tutorial_frozen", "project_cold_torch", "project_cold", "project_warm", "project_fast"}
 THRESHOLDS = {"0.80", "0.85", "0.90"}
 
 
@@ -53,19 +53,21 @@ def test_benchmark_script_writes_every_figure_of_both_pipelines(tmp_path):
                 assert any(when == at and accuracy >= float(t) for when, accuracy in run["curve"]), (name, t)
         in_order = [reached[t] if reached[t] is not None else float("inf") for t in sorted(THRESHOLDS)]
         assert in_order == sorted(in_order), name  # a higher accuracy is never reached before a lower one
-    # the project's warm run decoded nothing: its cache was the cold run's
-    assert "decoded" in (out / "project_cold.log").read_text()
-    assert "decoded" not in (out / "project_warm.log").read_text()
+    # the project's warm run decoded nothing and ran no frozen pass: its cache was the cold run's
+    cold, warm = ((out / f"project_{name}.log").read_text() for name in ("cold", "warm"))
+    assert "decoded" in cold and "decoded" not in warm
+    assert "photos in" in cold and "photos in" not in warm and "from the cache" in warm
 
     assert {"tutorial", "project"} <= set(result["predict_folder"])
     assert all(v["images_per_s"] > 0 for v in result["predict_folder"].values())
     assert {"tutorial", "project"} <= set(result["latency_ms"])
     assert all(v["p50"] <= v["p95"] for v in result["latency_ms"].values())  # the quantiles' order, not a speed
-    assert set(result["train_step"]) == {"tutorial", "project", "compute_bound"}
+    assert set(result["train_step"]) == {"tutorial", "project"}
     assert all(v["images_per_s"] > 0 for v in result["train_step"].values())
 
     startup = result["startup"]
-    assert set(startup) == {"help_seconds", "help_peak_rss_mb", "predict_one_seconds", "predict_one_peak_rss_mb"}
+    assert set(startup) == {f"{what}_{figure}" for what in ("help", "predict_one", "import_torch")
+                            for figure in ("seconds", "peak_rss_mb")}
     assert all(isinstance(v, float) for v in startup.values())
     assert startup["help_peak_rss_mb"] < startup["predict_one_peak_rss_mb"] / 3  # memory: --help loads no torch
     assert chart.stat().st_size > 0

@@ -147,15 +147,22 @@ def test_an_interrupted_decode_leaves_nothing_and_the_next_run_completes(shapes_
     assert len(images) == len(paths) and not abandoned.exists()
 
 
-def test_cache_command_shows_the_size_and_clears_it(shapes_dir, cache_dir, capsys):
+def test_cache_command_shows_the_size_and_clears_it(shapes_dir, cache_dir, capsys, monkeypatch):
+    from petclassifier import store
     from petclassifier.cli import main
 
     paths = sorted(str(p) for p in Path(shapes_dir).rglob("*.png"))
     decode_images(paths, Preprocessing.for_model("smallcnn", 32), cache_dir, workers=0)
+    monkeypatch.setattr(store, "IN_USE", set())  # as the command finds it: in a process of its own
     size = sum(f.stat().st_size for f in Path(cache_dir).rglob("*") if f.is_file())
     capsys.readouterr()
     assert main(["cache", "--cache-dir", cache_dir]) == 0
-    assert capsys.readouterr().out.splitlines()[0] == f"{cache_dir}: {size / 1e6:,.1f} MB"
+    assert capsys.readouterr().out.splitlines()[0] == f"{cache_dir}: {size / 1e6:,.1f} MB (limit 20 GB)"
+    assert main(["cache", "--cache-dir", cache_dir, "--limit-gb", f"{size / 2e9}"]) == 0  # under what it holds
+    assert capsys.readouterr().out.splitlines()[0] == f"{cache_dir}: 0.0 MB (limit {size / 2e9:g} GB)"
+    assert list(Path(cache_dir, "images").iterdir()) == []  # the entry went: the next run decodes again
+    assert main(["cache", "--cache-dir", cache_dir, "--limit-gb", "0"]) == 2
+    assert "--limit-gb 0: give a size above 0" in capsys.readouterr().err
     assert main(["cache", "--cache-dir", cache_dir, "--clear"]) == 0
     assert not Path(cache_dir).exists() and "removed" in capsys.readouterr().out
 

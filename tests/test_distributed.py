@@ -3,6 +3,7 @@ same global batch."""
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -23,7 +24,8 @@ from .conftest import ROOT, make_folder
 CFG = dict(dataset="folder", model="efficientnet_lite0", pretrained=True, trainable_stages=0, image_size=32,
            augment_views=2, epochs=2, batch_size=8, lr=1e-2, workers=0)
 FLAGS = ["--dataset", "folder", "--model", "efficientnet_lite0", "--trainable-stages", "0", "--image-size", "32",
-         "--augment-views", "2", "--epochs", "2", "--batch-size", "8", "--lr", "1e-2", "--workers", "0"]
+         "--augment-views", "2", "--epochs", "2", "--batch-size", "8", "--lr", "1e-2", "--workers", "0",
+         "--backend", "torch"]  # as the one-process reference computes its features
 PHOTOS = 72  # make_folder's two classes of 12, in train/, val/ and test/
 # Each rank averages its half of a batch; DDP then averages the two: the same gradient as one process,
 # up to float32 rounding in a different order (measured: 4e-9 on the weights; without DDP's averaging
@@ -64,6 +66,18 @@ def counted(fn, what):
     return count
 d.check_image = counted(d.check_image, "check")
 c.PhotoDecoder.__getitem__ = counted(c.PhotoDecoder.__getitem__, "decode")
+# and each row the frozen stages compute, a line "rows<rank>"
+import os
+fast = t.fast_frozen
+class Counted(nn.Module):
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+    def forward(self, x):
+        with open(COUNTS, "a") as f:
+            f.write(f"rows{os.environ['RANK']}\\n" * len(x))
+        return self.inner(x)
+t.fast_frozen = lambda *args, **kwargs: Counted(fast(*args, **kwargs))
 """
 MAIN = "from petclassifier.cli import main\nsys.exit(main(['train', *sys.argv[1:]]))\n"
 # the launched processes import this checkout, not an installed copy; one thread each, as the reference run
@@ -101,6 +115,17 @@ def training_script(folder, counts="counts") -> str:
 def counts(path) -> dict:
     lines = path.read_text().split()
     return {what: lines.count(what) for what in ("check", "decode")}
+
+
+def rows_per_rank(path) -> list[int]:
+    lines = path.read_text().split()
+    return [lines.count(f"rows{rank}") for rank in range(2)]
+
+
+def frozen_rows(log: str) -> tuple[int, int]:
+    """(passes, rows) of the frozen passes a run's log reports."""
+    passes = [int(n) for n in re.findall(r"^frozen features \(.*\): (\d+) photos in", log, re.M)]
+    return len(passes), sum(passes)
 
 
 def assert_same_training(run, one) -> None:
@@ -220,6 +245,10 @@ def test_torchrun_two_gloo_processes_match_one_process(photos, one_process, tmp_
     assert launched.returncode == 0, launched.stderr[-3000:]
     assert "x 2 processes" in launched.stdout and launched.stdout.count("epoch   1") == 1  # rank 0 alone logs
     assert counts(tmp_path / "counts") == {"check": PHOTOS, "decode": PHOTOS}  # each photo once, not once a process
+    # each rank computed every other batch of each frozen pass (batches of 8 photos), and received the others' rows
+    passes, rows = frozen_rows(launched.stdout)
+    computed = rows_per_rank(tmp_path / "counts")
+    assert passes >= 4 and sum(computed) == rows and abs(computed[0] - computed[1]) <= 8 * passes, computed
     assert_same_training(tmp_path / "ddp", one_process)
 
 
@@ -267,3 +296,13 @@ def test_torchrun_on_two_machines_matches_one_process(photos, one_process, tmp_p
     for f in machines:  # each machine checked and decoded every photo once, into its own cache
         assert counts(f / "counts") == {"check": PHOTOS, "decode": PHOTOS}
     assert_same_training(machines[first[0]] / "run", one_process)
+
+
+def test_machines_that_see_different_photos_stop_with_the_photos_named(monkeypatch):
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    seen = {"a.jpg", "b.jpg", "c.jpg"}
+    monkeypatch.setattr(distributed, "gather", lambda paths: [paths, sorted(seen - {"b.jpg"})])  # unreadable there
+    with pytest.raises(UserError, match=r"the machines see different photos \(b\.jpg\)"):
+        distributed.check_same_photos(sorted(seen))
+    monkeypatch.setattr(distributed, "gather", lambda paths: [paths, list(paths)])
+    distributed.check_same_photos(sorted(seen))  # the same everywhere: nothing to say

@@ -220,7 +220,7 @@ def test_ctrl_c_during_a_frozen_pass_stops_within_a_batch():
     with StopRequest() as stop, FeatureStore("unused", budget=1 << 30) as store:
         handler = signal.getsignal(signal.SIGINT)
         with pytest.raises(KeyboardInterrupt):
-            frozen_features(Frozen(frozen), images, lambda x: x, torch.device("cpu"),
+            frozen_features(Frozen(frozen), images, lambda x, start: x, torch.device("cpu"),
                             "frozen features (train, view 2/4)", store)
         assert len(batches) <= 3 and signal.getsignal(signal.SIGINT) == handler and not stop.requested
 

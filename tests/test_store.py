@@ -35,13 +35,27 @@ def test_batches_give_each_rank_its_share_in_order():
 def test_features_past_the_budget_go_to_disk_as_the_same_half_precision_rows(tmp_path):
     blocks = [torch.randn(4, 5, 2, 2) for _ in range(3)]
     with FeatureStore(tmp_path / "features", budget=12 * 20 * 2) as fits:
-        kept = fits.keep(iter(blocks), 12)
+        kept = fits.keep(iter(blocks))
     with FeatureStore(tmp_path / "features", budget=12 * 20 * 2 - 1) as spills:
-        spilled = spills.keep(iter(blocks), 12)
+        spilled = spills.keep(iter(blocks))
         assert isinstance(kept, torch.Tensor) and isinstance(spilled, RowFile)
         assert kept.dtype == torch.float16 and torch.equal(spilled.load(), kept)
         assert torch.equal(kept.float(), torch.cat(blocks).half().float())
-    assert list((tmp_path / "features").iterdir()) == []  # a run's spilled features go with it
+    assert list((tmp_path / "features").iterdir()) == []  # features kept under no key go with their run
+
+
+def test_features_kept_under_a_key_are_found_by_a_later_store_in_memory_or_on_disk(tmp_path):
+    blocks = [torch.randn(4, 5, 2, 2) for _ in range(3)]
+    with FeatureStore(tmp_path / "features") as first:
+        kept = first.keep(iter(blocks), key="abc")
+        assert first.find("other", torch.device("cpu")) is None
+    with FeatureStore(tmp_path / "features") as later:
+        assert torch.equal(later.find("abc", torch.device("cpu")), kept)
+    with FeatureStore(tmp_path / "features", budget=0) as later:
+        assert torch.equal(later.find("abc", torch.device("cpu")).load(), kept)
+    (tmp_path / "features" / "abc.f16").write_bytes(b"cut short")  # a damaged entry is computed again
+    with FeatureStore(tmp_path / "features") as later:
+        assert later.find("abc", torch.device("cpu")) is None
 
 
 def test_features_a_killed_run_left_on_disk_are_removed_by_the_next_run_that_spills(tmp_path):
@@ -49,20 +63,43 @@ def test_features_a_killed_run_left_on_disk_are_removed_by_the_next_run_that_spi
 
     folder = tmp_path / "features"
     folder.mkdir()
-    abandoned = folder / "0.f16.tmp999999999"  # a killed run's file (no such process)
-    running = folder / f"0.f16.tmp{os.getppid()}"  # another run's, still going
-    abandoned.write_bytes(b"half"), running.write_bytes(b"half")
+    abandoned = folder / "0.f16.tmp999999999"  # a killed run's file (no such process), as older versions named it
+    killed = folder / f"1.f16.tmp{store.HOST}-999999999"
+    running = folder / f"0.f16.tmp{store.HOST}-{os.getppid()}"  # another run's, still going
+    elsewhere = folder / "2.f16.tmpanother-machine-999999999"  # a process of a machine sharing the folder
+    for f in (abandoned, killed, running, elsewhere):
+        f.write_bytes(b"half")
     with FeatureStore(folder, budget=0) as spills:
-        spills.keep(iter([torch.randn(2, 3)]), 2)
-        assert not abandoned.exists() and running.exists()
+        spills.keep(iter([torch.randn(2, 3)]))
+        assert not abandoned.exists() and not killed.exists() and running.exists() and elsewhere.exists()
+
+
+def test_the_cache_stays_within_its_limit_removing_the_least_recently_used_first(tmp_path):
+    import os
+
+    root = tmp_path / "cache"
+    (root / "features").mkdir(parents=True)
+    for age, name in enumerate(("new", "middle", "old")):
+        (root / "features" / f"{name}.f16").write_bytes(bytes(1000))
+        (root / "features" / f"{name}.json").write_text("{}")
+        os.utime(root / "features" / f"{name}.f16", (1e9 - age * 100, 1e9 - age * 100))
+    (root / store.LIMIT_FILE).write_text('{"bytes": 2500}')
+    store.trim(root)
+    assert sorted(p.name for p in (root / "features").iterdir()) == ["middle.f16", "middle.json", "new.f16",
+                                                                    "new.json"]
+    store.IN_USE.add(root / "features" / "middle.f16")  # a file this process reads is never removed
+    (root / store.LIMIT_FILE).write_text('{"bytes": 10}')
+    store.trim(root)
+    assert sorted(p.name for p in (root / "features").iterdir()) == ["middle.f16", "middle.json"]
 
 
 def test_training_from_features_on_disk_equals_training_from_memory(shapes_dir, cache_dir, tmp_path, monkeypatch):
     cfg = {**TINY, "model": "efficientnet_lite0", "pretrained": True, "trainable_stages": 1, "augment_views": 2,
            "image_size": 48, "epochs": 2, "data_dir": str(shapes_dir), "cache_dir": cache_dir}
     kept = []
-    keep = FeatureStore.keep
-    monkeypatch.setattr(FeatureStore, "keep", lambda self, blocks, n: kept.append(keep(self, blocks, n)) or kept[-1])
+    place = FeatureStore.within_budget
+    monkeypatch.setattr(FeatureStore, "within_budget",
+                        lambda self, rows, device: kept.append(place(self, rows, device)) or kept[-1])
     train(**cfg, out=str(tmp_path / "memory"))
     assert all(isinstance(f, torch.Tensor) for f in kept)
     kept.clear()
@@ -82,8 +119,8 @@ def test_a_head_only_run_caches_pooled_features(shapes_dir, cache_dir, tmp_path,
     shapes = []
     keep = FeatureStore.keep
 
-    def record(self, blocks, n):
-        out = keep(self, blocks, n)
+    def record(self, blocks, key=None):
+        out = keep(self, blocks, key)
         shapes.append(tuple(out.shape[1:]))
         return out
 

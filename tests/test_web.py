@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import threading
@@ -337,3 +338,38 @@ def test_serve_names_its_checkpoint_and_says_when_other_machines_can_reach_it(ru
     assert first.startswith(f"serving {run_dir / 'best.pt'} (breed: 4 classes: Persian, Siamese, beagle, ...) at "
                             "http://localhost:"), first
     assert second.startswith("note: other machines can reach this page") and "no login" in second
+
+
+def test_requests_that_wait_together_share_forward_passes_and_keep_their_own_answers(service, client):
+    """While the network is busy, three requests (1, 2 and 1 photos, top_k 1, 3 and 2) queue; they then go through
+    in one pass of 4 photos, each answered as it would be alone."""
+    alone = [client.post("/api/predict", files=[("file", (p.name, p.read_bytes())) for p in photos],
+                         data={"top_k": str(k)}).json() for photos, k in REQUESTS]
+    passes, outputs = [], service.classifier._square_outputs
+    busy = threading.Event()
+    service.worker.submit(busy.wait)  # the network's thread, busy until released
+
+    def counted(squares):
+        passes.append(len(squares))
+        return outputs(squares)
+
+    async def all_at_once():
+        waiting = [asyncio.create_task(service.predict([(p.name, p.read_bytes()) for p in photos], k))
+                   for photos, k in REQUESTS]
+        while len(service.waiting) < len(REQUESTS):
+            await asyncio.sleep(0.01)
+        busy.set()
+        return await asyncio.gather(*waiting)
+
+    service.classifier._square_outputs = counted
+    try:
+        together = asyncio.run(all_at_once())
+    finally:
+        service.classifier._square_outputs = outputs
+        busy.set()
+    assert passes == [4]
+    assert together == approx_nested(alone, abs=1e-5)
+    assert [len(answer[0]["predictions"]) for answer in together] == [1, 3, 2]
+
+
+REQUESTS = [([photo("pug")], 1), ([photo("beagle"), photo("Persian")], 3), ([photo("Siamese")], 2)]
