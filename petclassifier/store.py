@@ -9,6 +9,7 @@ memory stays flat however large the dataset.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -128,7 +129,7 @@ class FeatureStore:
         final = self.folder / f"{key or len(self.temporary)}.f16"
         path = temp_path(final)
         try:
-            rows = RowFile.create(path, first.shape[1:], FEATURE_DTYPE, _chain(first, blocks))
+            rows = RowFile.create(path, first.shape[1:], FEATURE_DTYPE, itertools.chain([first], blocks))
             if key is None:
                 self.temporary.append(path)
             else:
@@ -160,11 +161,6 @@ class FeatureStore:
     def __exit__(self, *exc) -> None:
         for path in self.temporary:
             path.unlink(missing_ok=True)
-
-
-def _chain(first, rest):
-    yield first
-    yield from rest
 
 
 def entry_key(*parts) -> str:
