@@ -18,7 +18,7 @@ import torch
 
 from . import distributed
 from .errors import UserError
-from .images import ImageError, load_image
+from .images import decoded_square
 from .runtime import log, progress
 from .store import LIMIT_FILE, RowFile, entry_key, remove_abandoned, temp_path, touch, trim
 from .transforms import Preprocessing
@@ -156,10 +156,8 @@ def clear_cache(cache_dir: str | Path) -> None:
 
 def square_or_reason(source, prep: Preprocessing) -> torch.Tensor | str:
     """The uint8 square [3, R, R] the network sees for a photo (a path or a file object), or why it is unreadable."""
-    try:
-        return prep.square(load_image(source, min_size=prep.resize))
-    except ImageError as e:
-        return str(e)
+    square = decoded_square(source, prep.resize, prep.interpolation)
+    return square if isinstance(square, str) else torch.from_numpy(square)
 
 
 class PhotoDecoder(torch.utils.data.Dataset):

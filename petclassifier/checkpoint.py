@@ -1,4 +1,8 @@
-"""Self-describing checkpoints: written atomically, loaded only as plain tensors and values (never code)."""
+"""Self-describing checkpoints: written atomically, loaded only as plain tensors and values (never code).
+
+PyTorch and the models are imported where a checkpoint is read or written: finding one and describing it do not
+load them (answers from a checkpoint's ONNX copy run without PyTorch).
+"""
 
 from __future__ import annotations
 
@@ -8,12 +12,13 @@ import pickle
 import tempfile
 import zipfile
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from .errors import UserError
-from .models import PetNet, build_model
-from .transforms import Preprocessing
+
+if TYPE_CHECKING:
+    from .models import PetNet
+    from .transforms import Preprocessing
 
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("format_version", "model_name", "class_names", "preprocessing", "model_state")
@@ -23,6 +28,7 @@ EXPORTS = {"torchscript": ("TorchScript", "torch.jit.load"), "onnx": ("ONNX", "o
 
 def library_versions() -> dict[str, str]:
     import timm
+    import torch
     import torchvision
 
     from . import __version__
@@ -33,6 +39,8 @@ def library_versions() -> dict[str, str]:
 
 def save_checkpoint(payload: dict, path: str | Path) -> None:
     """torch.save to a temporary file beside `path`, fsync, then rename: a crash leaves the old file whole."""
+    import torch
+
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -65,14 +73,9 @@ def checkpoint_file(path: str | Path, names: tuple[str, ...] = ("best.pt", "last
 
 def load_checkpoint(path: str | Path) -> dict:
     """A checkpoint as a dict; refuses anything that would need to run code to unpickle."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"no checkpoint file {path}")
-    with open(path, "rb") as f:
-        head = f.read(4)
-    refuse_export(path, head)
-    if head != ZIP_MAGIC:  # torch.save writes zip archives; anything else would reach the pickle loader
-        raise UserError(f"{path} is not a petclassifier checkpoint ({'not a PyTorch file' if head else 'empty file'})")
+    path = checked_file(path)
+    import torch
+
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -86,6 +89,20 @@ def load_checkpoint(path: str | Path) -> dict:
     if missing := [k for k in REQUIRED_KEYS if k not in ckpt]:
         raise UserError(f"{path} is not a petclassifier checkpoint (no {', '.join(missing)})")
     return ckpt
+
+
+def checked_file(path: str | Path) -> Path:
+    """The path, where it names a file that may be a checkpoint (a PyTorch zip archive, not an export); else
+    UserError."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"no checkpoint file {path}")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    refuse_export(path, head)
+    if head != ZIP_MAGIC:  # torch.save writes zip archives; anything else would reach the pickle loader
+        raise UserError(f"{path} is not a petclassifier checkpoint ({'not a PyTorch file' if head else 'empty file'})")
+    return path
 
 
 def refuse_export(path: Path, head: bytes = ZIP_MAGIC) -> None:
@@ -140,6 +157,9 @@ def flip_tta_of(ckpt: dict) -> bool:
 
 def model_from_checkpoint(ckpt: dict) -> tuple[PetNet, Preprocessing]:
     """Rebuild the network from the checkpoint alone (no weights download) and load its weights strictly."""
+    from .models import build_model
+    from .transforms import Preprocessing
+
     model = build_model(ckpt["model_name"], len(ckpt["class_names"]), False, ckpt.get("imagenet_stages"),
                         ckpt.get("kinds", False))
     try:
@@ -165,3 +185,10 @@ def check_class_names(ckpt: dict, class_names: list[str], source: str) -> None:
         detail = "the same classes in another order"
     raise UserError(f"the checkpoint was trained on other classes than {source}: {detail}; use a checkpoint "
                     "trained on this dataset (and --task)")
+
+
+def newest_checkpoint(runs_dir: str | Path = "runs") -> Path:
+    found = sorted(Path(runs_dir).glob("*/best.pt"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise UserError(f"no --checkpoint given and no {runs_dir}/*/best.pt found; train a model first")
+    return found[-1]

@@ -56,8 +56,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"),
                    help=f"where to train: auto picks CUDA when present, else the CPU (default {d.device})")
     p.add_argument("--backend", choices=("auto", "torch", "onnxruntime", "onnxruntime-int8"),
-                   help="what runs the frozen pass on a CPU: onnxruntime(-int8) need the onnx extra; auto: torch "
-                   f"(default {d.backend})")
+                   help="what runs the frozen pass: onnxruntime(-int8) run on a CPU and need the onnx extra; auto: "
+                   f"onnxruntime on a CPU where installed, else torch (default {d.backend})")
     p.add_argument("--workers", type=int, help=f"image-decoding processes (default {d.workers})")
     p.add_argument("--seed", type=int,
                    help=f"seeds the split, initial weights, augmentation and batch order (default {d.seed})")
@@ -85,6 +85,11 @@ def add_predict_arguments(p: argparse.ArgumentParser) -> None:
     output.add_argument("--jsonl", action="store_true", help="print one JSON object per photo, per line, as it goes")
     p.add_argument("--workers", type=int, default=2, help="image-decoding processes; 0 decodes in this one (default 2)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--backend", default="auto", choices=("auto", "torch", "onnxruntime"),
+                   help="what runs the network: onnxruntime runs the checkpoint's ONNX copy on the CPU (written on "
+                   "first use, in the cache folder), without loading PyTorch; auto: onnxruntime on a CPU where it "
+                   "is installed, else torch (default auto)")
+    p.add_argument("--cache-dir", help="where ONNX copies are kept (default ~/.cache/petclassifier)")
 
 
 def add_export_arguments(p: argparse.ArgumentParser) -> None:
@@ -113,8 +118,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 def chosen_checkpoint(given: str | None) -> Path:
     """--checkpoint (a file or a run folder), or else the newest runs/*/best.pt, named with its task and classes."""
-    from .checkpoint import checkpoint_file, describe, load_checkpoint
-    from .predict import newest_checkpoint
+    from .checkpoint import checkpoint_file, describe, load_checkpoint, newest_checkpoint
 
     if given is not None:
         return checkpoint_file(given)
@@ -124,18 +128,13 @@ def chosen_checkpoint(given: str | None) -> Path:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from .predict import PetClassifier, expand_paths
-
     if args.top_k < 1:
         raise UserError("--top-k must be at least 1")
     if args.workers < 0:
         raise UserError("--workers must be 0 or more")
-    classifier = PetClassifier.from_checkpoint(chosen_checkpoint(args.checkpoint), device=args.device)
-    paths = expand_paths(args.paths, missing_ok=True)  # each missing path gets its own error entry
-    if not paths:
-        raise UserError(f"no image files found in {' '.join(args.paths)}")
+    predictions = predictor(args)
     read_any = False
-    for i, r in enumerate(classifier.iter_predictions(paths, top_k=args.top_k, workers=args.workers)):
+    for i, r in enumerate(predictions):
         read_any |= r.error is None
         if args.jsonl:
             sys.stdout.write(json.dumps(r.as_dict()) + "\n")
@@ -147,6 +146,33 @@ def run_predict(args: argparse.Namespace) -> int:
     if args.json:
         sys.stdout.write("\n]\n")
     return 0 if read_any else 1
+
+
+def predictor(args: argparse.Namespace):
+    """The Predictions of the photos under args.paths, from the network on PyTorch or from its ONNX copy."""
+    from . import onnx_copy
+    from .config import default_cache_dir
+    from .images import expand_paths
+
+    on_cpu = args.device == "cpu" or (args.device == "auto" and not onnx_copy.gpu_present())
+    backend = args.backend
+    if backend == "auto":
+        backend = onnx_copy.AUTO_ON_CPU if on_cpu and onnx_copy.onnxruntime_installed() else "torch"
+    elif backend == "onnxruntime" and not on_cpu:
+        raise UserError("--backend onnxruntime runs on the CPU; use --device cpu (or --backend torch)")
+    elif backend == "onnxruntime" and not onnx_copy.onnxruntime_installed():
+        raise UserError('--backend onnxruntime needs ONNX Runtime: pip install -e ".[onnx]" (or --backend torch)')
+    checkpoint = chosen_checkpoint(args.checkpoint)
+    paths = expand_paths(args.paths, missing_ok=True)  # each missing path gets its own error entry
+    if not paths:
+        raise UserError(f"no image files found in {' '.join(args.paths)}")
+    if backend == "onnxruntime":
+        copy = onnx_copy.ready_copy(checkpoint, args.cache_dir or default_cache_dir())
+        return copy.iter_predictions(paths, args.top_k, args.workers)
+    from .predict import PetClassifier
+
+    classifier = PetClassifier.from_checkpoint(checkpoint, device=args.device)
+    return classifier.iter_predictions(paths, top_k=args.top_k, workers=args.workers)
 
 
 def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
@@ -187,8 +213,9 @@ def add_explain_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_explain(args: argparse.Namespace) -> int:
     from .explain import explain_photos
+    from .images import expand_paths
     from .plots import pyplot
-    from .predict import PetClassifier, expand_paths
+    from .predict import PetClassifier
 
     pyplot()  # fail early, before any work, when matplotlib is missing
     classifier = PetClassifier.from_checkpoint(chosen_checkpoint(args.checkpoint), device=args.device)

@@ -81,8 +81,7 @@ class TrainConfig:
         if cfg.kinds is None:
             cfg = replace(cfg, kinds=cfg.pretrained and cfg.trainable_stages == 0)
         if cfg.cache_dir is None:
-            cache_home = os.environ.get("XDG_CACHE_HOME", str(Path.home() / ".cache"))
-            cfg = replace(cfg, cache_dir=str(Path(cache_home) / "petclassifier"))
+            cfg = replace(cfg, cache_dir=str(default_cache_dir()))
         return cfg
 
     def save(self, path: Path) -> None:
@@ -92,6 +91,11 @@ class TrainConfig:
     def from_dict(cls, values: dict) -> TrainConfig:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in known})
+
+
+def default_cache_dir() -> Path:
+    """Where decoded photos, features and ONNX copies are kept when no --cache-dir is given."""
+    return Path(os.environ.get("XDG_CACHE_HOME", str(Path.home() / ".cache"))) / "petclassifier"
 
 
 def default_data_dir() -> Path:

@@ -9,6 +9,8 @@ to make that input from a photo and what the outputs mean.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import warnings
 from pathlib import Path
@@ -90,13 +92,35 @@ def export(checkpoint: str | Path, fmt: str, out_dir: str | Path) -> Path:
     return path
 
 
-def to_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> None:
+def to_onnx(model: nn.Module, example: torch.Tensor, path: Path, input_name: str = "image",
+            output_names: tuple[str, ...] = ("probabilities",)) -> None:
     """ONNX through torch.export, with a dynamic batch size; one self-contained file."""
     try:
         import onnxscript  # noqa: F401  (the exporter needs it)
     except ImportError:
-        raise UserError('ONNX export needs the onnx extra: pip install "petclassifier[onnx]"') from None
+        raise UserError('ONNX export needs the onnx extra: pip install -e ".[onnx]"') from None
     batch = torch.export.Dim("batch", min=1, max=1024)
-    program = torch.onnx.export(model, (example,), dynamo=True, input_names=["image"],
-                                output_names=["probabilities"], dynamic_shapes=({0: batch},), verbose=False)
-    program.save(str(path), external_data=False)
+    quiet = io.StringIO()  # the exporter's notes, steps and warnings say nothing a user can act on
+    with warnings.catch_warnings(), contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(model, (example,), dynamo=True, input_names=[input_name],
+                                    output_names=list(output_names), dynamic_shapes=({0: batch},), verbose=False)
+        program.save(str(path), external_data=False)
+
+
+def write_onnx_copy(ckpt: dict, folder: Path, flip_tta: bool, temperature: float) -> None:
+    """The checkpoint's whole answer (petclassifier.predict.Scoring) as `folder/model.onnx` and what turns its
+    outputs into Predictions as `folder/answers.json`: what `predict` runs without PyTorch (petclassifier.onnx_copy).
+    """
+    from .predict import PET_KINDS, Scoring
+
+    model, prep = model_from_checkpoint(ckpt)
+    species_of = ckpt.get("species_of")
+    scoring = Scoring(model, prep, temperature, flip_tta, bool(species_of)).eval()
+    with torch.no_grad():
+        to_onnx(scoring, torch.zeros(2, 3, prep.resize, prep.resize, dtype=torch.uint8), folder / "model.onnx",
+                "squares", ("probabilities", "pet"))
+    answers = {"class_names": ckpt["class_names"], "species_of": species_of or {}, "task": ckpt.get("task"),
+               "resize": prep.resize, "interpolation": prep.interpolation,
+               "pet_below": PET_KINDS["cats and dogs" if species_of else "animals"][1]}
+    (folder / "answers.json").write_text(json.dumps(answers) + "\n")

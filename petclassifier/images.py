@@ -1,4 +1,7 @@
-"""Load any photo a user has as an upright RGB image; the one loader for training, evaluation and prediction."""
+"""Load any photo a user has as an upright RGB image; the one loader for training, evaluation and prediction.
+
+Pillow and NumPy only: answering from a checkpoint's ONNX copy decodes photos without loading PyTorch.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +10,10 @@ import re
 import warnings
 from pathlib import Path
 
-import torch
+import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
-from torchvision.transforms.v2 import functional as TF
+
+from .errors import UserError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".avif", ".heic", ".heif")
 MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb limit (about 9,500 x 9,500)
@@ -136,10 +140,48 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def square_uint8(img: Image.Image, size: int, interpolation: str = "bicubic") -> torch.Tensor:
-    """Resize the short side to `size` (antialiased; bicubic or bilinear) and centre-crop a square: [3, size, size]."""
+def square_uint8(img: Image.Image, size: int, interpolation: str = "bicubic") -> np.ndarray:
+    """Resize the short side to `size` (antialiased; bicubic or bilinear) and centre-crop a square: [3, size, size].
+
+    The arithmetic of torchvision's resize and centre crop on PIL images, which made the squares of earlier releases.
+    """
     if max(img.size) > 2 * min(img.size):  # a thin strip resized by its short side could need gigabytes
         side = min(img.size)
-        img = TF.center_crop(img, [min(img.height, 2 * side), min(img.width, 2 * side)])
-    img = TF.center_crop(TF.resize(img, size, interpolation=TF.InterpolationMode(interpolation)), [size, size])
-    return TF.pil_to_tensor(img)
+        img = centre_crop(img, min(img.width, 2 * side), min(img.height, 2 * side))
+    (w, h), short = img.size, min(img.size)
+    long = int(size * max(w, h) / short)
+    resized = (size, long) if w <= h else (long, size)
+    if resized != img.size:
+        img = img.resize(resized, resample=getattr(Image.Resampling, interpolation.upper()))
+    return np.array(centre_crop(img, size, size)).transpose(2, 0, 1)
+
+
+def decoded_square(source, size: int, interpolation: str = "bicubic") -> np.ndarray | str:
+    """A photo (a path or a file object) as the uint8 square [3, size, size] the network sees, or why it cannot be
+    read."""
+    try:
+        return square_uint8(load_image(source, min_size=size), size, interpolation)
+    except ImageError as e:
+        return str(e)
+
+
+def centre_crop(img: Image.Image, width: int, height: int) -> Image.Image:
+    """The central width x height part of a photo at least that large."""
+    top, left = int(round((img.height - height) / 2.0)), int(round((img.width - width) / 2.0))
+    return img.crop((left, top, left + width, top + height))
+
+
+def expand_paths(paths: list[str], missing_ok: bool = False) -> list[Path]:
+    """Files as given, and the image files under each folder (hidden folders left out), recursively, sorted.
+
+    A path that does not exist is an error, or with `missing_ok` kept in its place for the caller to report.
+    """
+    out = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out += sorted(map(Path, photos_under(p)))
+        elif p.exists() or missing_ok:
+            out.append(p)
+        else:
+            raise UserError(f"no such file or folder: {p}")
+    return out

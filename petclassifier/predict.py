@@ -6,51 +6,20 @@ import copy
 import math
 from array import array
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from itertools import accumulate
 from pathlib import Path
 
 import torch
 from PIL import Image
+from torch import nn
 
+from .answers import Labels, Prediction
 from .cache import PhotoDecoder
 from .checkpoint import checkpoint_file, flip_tta_of, load_checkpoint, model_from_checkpoint, temperature_of
-from .errors import UserError
-from .images import load_image, photos_under, to_rgb, upright
+from .images import load_image, to_rgb, upright
 from .kinds import KIND_NAMES, kind_probabilities
-from .models import fold_batchnorm, mean_over_flip
+from .models import PetNet, fold_batchnorm, mean_over_flip
 from .runtime import autocast, inference_batch_size, release_free_memory, resolve_device
-
-
-@dataclass
-class Prediction:
-    """Ranked labels for one photo, with the species (cat or dog) for Oxford-IIIT Pet models."""
-
-    path: str
-    labels: list[tuple[str, float]] = field(default_factory=list)
-    # reported only for a photo not flagged as no pet ("not a pet? ... [cat 55.7%]" contradicts itself): a flagged
-    # one's JSON says null, so an Oxford model's entries always have the key (a folder model's never)
-    species: list[tuple[str, float]] = field(default_factory=list)
-    not_a_pet: bool | None = None  # None: the model has no ImageNet head to tell
-    error: str | None = None
-
-    def as_dict(self) -> dict:
-        if self.error is not None:
-            return {"path": self.path, "error": self.error}
-        out = {"path": self.path, "predictions": [{"label": lab, "probability": p} for lab, p in self.labels],
-               "not_a_pet": self.not_a_pet}
-        if self.species:
-            out["species"] = None if self.not_a_pet else [{"label": lab, "probability": p} for lab, p in self.species]
-        return out
-
-    def as_text(self) -> str:
-        """One line: the labels, most likely first, and the likelier species; or the error."""
-        if self.error is not None:
-            return f"{self.path}: error: {self.error}"
-        ranked = ", ".join(f"{label} {p:.1%}" for label, p in self.labels)
-        species = f"  [{self.species[0][0]} {self.species[0][1]:.1%}]" if self.species and not self.not_a_pet else ""
-        return f"{self.path}: {'not a pet? ' if self.not_a_pet else ''}{ranked}{species}"
-
 
 Photo = str | Path | Image.Image
 # "Not a pet": the kinds of animal (petclassifier.kinds) a pet photo falls in, and their summed probability below
@@ -62,6 +31,33 @@ PET_KINDS = {"cats and dogs": (["cat", "dog"], 0.1), "animals": (KIND_NAMES[:-1]
 WORKERS = 2  # decoding processes, as in training
 
 
+class Scoring(nn.Module):
+    """A photo's whole answer as one network: uint8 squares [N, 3, R, R] -> (calibrated class probabilities
+    [N, num_classes], summed probability of the pet kinds [N], NaN where the model has no ImageNet head).
+
+    What `PetClassifier` runs, and what a checkpoint's ONNX copy holds (petclassifier.onnx_copy).
+    """
+
+    def __init__(self, model: PetNet, preprocessing, temperature: float, flip_tta: bool, cats_and_dogs: bool):
+        super().__init__()
+        self.model = fold_batchnorm(copy.deepcopy(model).eval())  # same function, a third fewer memory passes
+        self.preprocessing, self.temperature, self.flip_tta = preprocessing, float(temperature), flip_tta
+        self.pet_kinds = [KIND_NAMES.index(kind) for kind in PET_KINDS["cats and dogs" if cats_and_dogs else
+                                                                        "animals"][0]]
+
+    def forward(self, squares: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.preprocessing.eval_batch(squares)
+        with_imagenet = self.model.knows_imagenet()
+        forward = self.model.forward_with_imagenet if with_imagenet else self.model
+        out = mean_over_flip(forward, x) if self.flip_tta else forward(x)
+        logits = out[0] if with_imagenet else out
+        if with_imagenet:
+            pet = kind_probabilities(out[1])[:, self.pet_kinds].sum(dim=1)
+        else:
+            pet = torch.full_like(logits[:, 0], float("nan"), dtype=torch.float32)
+        return (logits.float() / self.temperature).softmax(dim=1), pet
+
+
 class PetClassifier:
     """`PetClassifier.from_checkpoint("runs/x/best.pt").predict("photo.jpg")` -> [(label, probability), ...]."""
 
@@ -69,17 +65,15 @@ class PetClassifier:
                  device: str = "auto", temperature: float = 1.0, flip_tta: bool = False):
         self.device = resolve_device(device)
         self.model = model.to(self.device, memory_format=torch.channels_last).eval()
-        self.fast_model = fold_batchnorm(copy.deepcopy(self.model))  # same function, a third fewer memory passes
         self.class_names = class_names
         self.temperature = temperature  # calibration: probabilities are softmax(logits / temperature)
         self.flip_tta = flip_tta  # scores averaged with the mirror image's
         self.batch_size = inference_batch_size(self.device, flip_tta)  # photos per forward pass
         self.preprocessing = preprocessing
-        pet_kinds, self.pet_below = PET_KINDS["cats and dogs" if species_of else "animals"]
-        self.pet_kinds = [KIND_NAMES.index(kind) for kind in pet_kinds]
-        self.species_of = species_of or {}
-        if self.species_of and set(class_names) <= set(self.species_of.values()):
-            self.species_of = {name: name for name in class_names}  # a species model: each class is its own species
+        self.labels = Labels(class_names, species_of)
+        self.species_of = self.labels.species_of
+        self.pet_below = PET_KINDS["cats and dogs" if species_of else "animals"][1]
+        self.scoring = Scoring(self.model, preprocessing, temperature, flip_tta, bool(species_of))
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "auto", flip_tta: bool | None = None) -> PetClassifier:
@@ -105,29 +99,20 @@ class PetClassifier:
     def _square_outputs(self, squares: torch.Tensor) -> tuple[torch.Tensor, list]:
         """(class probabilities [N, num_classes], each photo's "not a pet" flag or None) for uint8 squares
         [N, 3, R, R] as `Preprocessing.square` makes them."""
-        with_imagenet = self.fast_model.knows_imagenet()
-        forward = self.fast_model.forward_with_imagenet if with_imagenet else self.fast_model
-        x = self.preprocessing.eval_batch(squares.to(self.device))
         with autocast(self.device):
-            out = mean_over_flip(forward, x) if self.flip_tta else forward(x)
-        if with_imagenet:
-            logits, imagenet_logits = out
-            pet = kind_probabilities(imagenet_logits)[:, self.pet_kinds].sum(dim=1)
-            flags = (pet < self.pet_below).tolist()
-        else:
-            logits, flags = out, [None] * len(x)
-        return (logits.float() / self.temperature).softmax(dim=1).cpu(), flags
+            probs, pet = self.scoring(squares.to(self.device))
+        return probs.cpu(), [None if p != p else p < self.pet_below for p in pet.tolist()]  # NaN: cannot tell
 
     def predict(self, image: Photo | list[Photo], top_k: int = 5) -> list:
         """The `top_k` most likely labels, most likely first, for a photo (path or PIL image); for a list, a list."""
         if isinstance(image, (list, tuple)):
-            return [self.rank(probs, top_k) for probs, _ in self._each_output(image)]
+            return [self.labels.ranked(probs.tolist(), top_k) for probs, _ in self._each_output(image)]
         return self.predict([image], top_k)[0]
 
     def species(self, image: Photo | list[Photo]) -> list:
         """Cat or dog, most likely first, for a photo (path or PIL image); for a list, a list; [] for folder models."""
         if isinstance(image, (list, tuple)):
-            return [self._species(probs) for probs, _ in self._each_output(image)]
+            return [self.labels.species(probs.tolist()) for probs, _ in self._each_output(image)]
         return self.species([image])[0]
 
     def not_a_pet(self, image: Photo | list[Photo]) -> bool | None | list:
@@ -160,28 +145,8 @@ class PetClassifier:
                top_k: int = 5) -> list[Prediction]:
         """A decoded batch's Predictions, as `stack_readable` hands it over: each name gets its error, or the labels
         of the next of `squares` (uint8 [N, 3, R, R], the readable photos in order; None when none was readable)."""
-        probs, flags = self._square_outputs(squares) if squares is not None else ((), ())
-        outputs, out = zip(probs, flags), []
-        for name, error in zip(names, errors):
-            if error is not None:
-                out.append(Prediction(name, error=error))
-                continue
-            p, flag = next(outputs)
-            out.append(Prediction(name, self.rank(p, top_k), self._species(p), flag))
-        return out
-
-    def rank(self, probs: torch.Tensor, top_k: int) -> list[tuple[str, float]]:
-        values, indices = probs.topk(min(top_k, len(self.class_names)))
-        return [(self.class_names[i], round(v, 6)) for v, i in zip(values.tolist(), indices.tolist())]
-
-    def _species(self, probs: torch.Tensor) -> list[tuple[str, float]]:
-        """Cat or dog from one photo's class probabilities: the summed probability of each species' classes."""
-        if not self.species_of:
-            return []
-        totals: dict[str, float] = {}
-        for name, p in zip(self.class_names, probs.tolist()):
-            totals[self.species_of[name]] = totals.get(self.species_of[name], 0.0) + p
-        return sorted(((k, round(v, 6)) for k, v in totals.items()), key=lambda kv: -kv[1])
+        probs, flags = self._square_outputs(squares) if squares is not None else (torch.empty(0), [])
+        return self.labels.answers(names, errors, probs.tolist(), flags, top_k)
 
     def _each_output(self, images: list[Photo]):
         """Each photo's (class probabilities, "not a pet" flag), in order, a batch at a time."""
@@ -218,26 +183,3 @@ def stack_readable(items: list[tuple[str, torch.Tensor | str]]) -> tuple[list[st
     errors = [x if isinstance(x, str) else None for _, x in items]
     squares = [x for _, x in items if not isinstance(x, str)]
     return [path for path, _ in items], errors, torch.stack(squares) if squares else None
-
-
-def expand_paths(paths: list[str], missing_ok: bool = False) -> list[Path]:
-    """Files as given, and the image files under each folder (hidden folders left out), recursively, sorted.
-
-    A path that does not exist is an error, or with `missing_ok` kept in its place for the caller to report.
-    """
-    out = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            out += sorted(map(Path, photos_under(p)))
-        elif p.exists() or missing_ok:
-            out.append(p)
-        else:
-            raise UserError(f"no such file or folder: {p}")
-    return out
-
-
-def newest_checkpoint(runs_dir: str | Path = "runs") -> Path:
-    found = sorted(Path(runs_dir).glob("*/best.pt"), key=lambda p: p.stat().st_mtime)
-    if not found:
-        raise UserError(f"no --checkpoint given and no {runs_dir}/*/best.pt found; train a model first")
-    return found[-1]

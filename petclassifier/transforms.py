@@ -70,7 +70,7 @@ class Preprocessing:
 
     def square(self, img: Image.Image) -> torch.Tensor:
         """A decoded photo as the uint8 square that the cache stores: [3, resize, resize]."""
-        return square_uint8(img, self.resize, self.interpolation)
+        return torch.from_numpy(square_uint8(img, self.resize, self.interpolation))
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 (or float 0-255) [B, 3, H, W] -> float, standardised per channel."""

@@ -18,13 +18,16 @@ needs_shared = pytest.mark.skipif(
 
 
 @pytest.fixture(autouse=True, scope="session")
-def frozen_pass_on_torch():
-    """In-process runs (module fixtures' too) compute frozen passes with PyTorch, as their expected figures were;
-    tests/test_backends.py tries the other backends (each export would add seconds to every test that trains)."""
-    from petclassifier import backends
+def frozen_pass_on_torch(tmp_path_factory):
+    """In-process runs (module fixtures' too) compute frozen passes, and predict, with PyTorch, as their expected
+    figures were; tests/test_backends.py and test_onnx_copy.py try the others (each export would add seconds to every
+    test that trains or predicts). Nothing is cached in the user's own cache folder, by subprocesses neither."""
+    from petclassifier import backends, onnx_copy
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(backends, "AUTO_ON_CPU", "torch")
+        patch.setattr(onnx_copy, "AUTO_ON_CPU", "torch")
+        patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
         yield
 
 

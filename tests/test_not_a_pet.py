@@ -81,8 +81,8 @@ def test_a_folder_model_counts_every_animal_as_a_pet():
     breed = PetClassifier(model, ["abyssinian", "beagle"], prep, SPECIES_OF, device="cpu")
     folder = PetClassifier(model, ["cat", "dog"], prep, None, device="cpu")
     hamster, no_animal = KIND_NAMES.index("hamster"), KIND_NAMES.index("no animal")
-    assert set(breed.pet_kinds) < set(folder.pet_kinds) and no_animal not in folder.pet_kinds
-    assert hamster in folder.pet_kinds and hamster not in breed.pet_kinds
+    assert set(breed.scoring.pet_kinds) < set(folder.scoring.pet_kinds) and no_animal not in folder.scoring.pet_kinds
+    assert hamster in folder.scoring.pet_kinds and hamster not in breed.scoring.pet_kinds
 
 
 @pytest.mark.skipif(not NOT_PETS.is_dir(), reason=f"the not-pets photos are not at {NOT_PETS} (only beside a CI clone)")
