@@ -1,15 +1,13 @@
 """petclassifier: a PyTorch pet-photo classifier (Oxford-IIIT Pet breeds, cat or dog, or your own folders)."""
 
 import importlib
-import sys
-import types
 
 __version__ = "0.1.0"
 
 # The names the package hands on, and the module each lives in. They are imported when first used (PEP 562), so
 # `petclassifier --help` and `import petclassifier.config` load no torch.
 _EXPORTS = {"PetClassifier": "predict", "PetNet": "models", "TrainConfig": "config", "build_model": "models",
-            "fit": "train", "train": "train"}
+            "fit": "training", "train": "training"}
 __all__ = [*_EXPORTS, "__version__"]
 
 
@@ -21,15 +19,3 @@ def __getattr__(name: str):
 
 def __dir__() -> list[str]:
     return sorted(__all__)
-
-
-class _Package(types.ModuleType):
-    """Importing the submodule train.py would bind the package's `train` to it: `petclassifier.train` stays the
-    function (the module is sys.modules["petclassifier.train"])."""
-
-    def __setattr__(self, name: str, value) -> None:
-        if not (name == "train" and isinstance(value, types.ModuleType)):
-            super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package

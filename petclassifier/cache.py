@@ -16,7 +16,6 @@ from pathlib import Path
 
 import torch
 
-from . import distributed
 from .errors import UserError
 from .images import decoded_square
 from .runtime import log, progress
@@ -112,6 +111,8 @@ def decode_split(split, prep: Preprocessing, cfg, skipped: list | None = None) -
     The header check has already removed most bad files; this catches those only a full decode reveals
     (a truncated JPEG). Each is warned about and appended to `skipped`; with --strict-images it is an error.
     """
+    from . import distributed  # here: predicting decodes photos through this module too, and needs no ranks
+
     with distributed.local_main_first():  # one process per machine decodes; the others then read its cache
         images, bad = decode_images(split.paths, prep, cfg.cache_dir, cfg.workers)
     if bad and cfg.strict_images:

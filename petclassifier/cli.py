@@ -109,7 +109,7 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from .train import fit
+    from .training import fit
 
     cfg, given = config_from_args(args)
     fit(cfg, given)

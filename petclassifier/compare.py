@@ -15,7 +15,7 @@ from .evaluate import evaluate_checkpoint
 from .evaluate import write_outputs as write_evaluation
 from .handcrafted import LinearClassifier, handcrafted_features
 from .metrics import metrics_report
-from .train import fit
+from .training import fit
 from .transforms import Preprocessing, centre_crop
 
 HANDCRAFTED = "colour hist + HOG + LBP, linear"

@@ -97,7 +97,7 @@ def test_a_folder_run_is_named_and_recorded_as_what_it_is(tmp_path):
 
 def test_help_loads_no_torch_and_the_package_still_hands_on_its_names():
     """`petclassifier --help`, `train --help` and `serve --help` import neither torch, the models nor the web server;
-    the package's names load when used, and `petclassifier.train` stays the function after train.py is imported."""
+    the package's names load when used, and `petclassifier.train` is the function beside the module training.py."""
     import subprocess
     import sys
 
@@ -106,7 +106,7 @@ def test_help_loads_no_torch_and_the_package_still_hands_on_its_names():
             "    try:\n        main(args)\n    except SystemExit:\n        pass\n"
             "print(sorted(m for m in ('torch', 'torchvision', 'timm', 'petclassifier.models', 'starlette', 'uvicorn')\n"
             "             if m in sys.modules))\n"
-            "import petclassifier, petclassifier.train\n"
+            "import petclassifier, petclassifier.training\n"
             "print(petclassifier.train.__name__, petclassifier.fit.__name__, petclassifier.PetClassifier.__name__)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.splitlines()[-2:] == ["[]", "train fit PetClassifier"], out
@@ -114,7 +114,7 @@ def test_help_loads_no_torch_and_the_package_still_hands_on_its_names():
 
 def test_inference_checkpoints_data_and_models_never_import_the_training_loop():
     """A command loads only what it runs: predict, export, the web server and their layers below never load
-    train.py."""
+    the training run or the distributed code."""
     import subprocess
     import sys
 
@@ -122,9 +122,10 @@ def test_inference_checkpoints_data_and_models_never_import_the_training_loop():
             "import petclassifier.data, petclassifier.models, petclassifier.cache, importlib.util\n"
             "if importlib.util.find_spec('starlette'):\n    import petclassifier.web\n"
             "from petclassifier.checkpoint import library_versions\nlibrary_versions()\n"
-            "print('petclassifier.train' in sys.modules)\n")
+            "print([m for m in ('petclassifier.training', 'petclassifier.loop', 'petclassifier.distributed') "
+            "if m in sys.modules])\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.split() == ["False"]
+    assert out.split() == ["[]"]
 
 
 def test_version_prints_the_version_and_an_unknown_option_is_an_error(capsys):

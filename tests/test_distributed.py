@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch import nn
 
+import petclassifier.training
 from petclassifier import distributed, train
 from petclassifier.checkpoint import load_checkpoint
 from petclassifier.errors import UserError
@@ -36,8 +37,7 @@ TOLERANCE = 1e-6  # on every weight after 2 epochs
 NO_DROPOUT = """
 import sys
 from torch import nn
-import petclassifier.train
-t = sys.modules["petclassifier.train"]
+import petclassifier.training as t
 build = t.build_model
 def build_without_dropout(*args, **kwargs):
     model = build(*args, **kwargs)
@@ -95,7 +95,7 @@ def one_process(photos, tmp_path_factory):
     out = tmp_path_factory.mktemp("one")
     threads = torch.get_num_threads()
     with pytest.MonkeyPatch.context() as patch:
-        module = sys.modules["petclassifier.train"]
+        module = petclassifier.training
         patch.setattr(module, "build_model", module.build_model)  # put back afterwards
         exec(NO_DROPOUT, {})  # the patch of the launched script, in this process
         torch.set_num_threads(1)

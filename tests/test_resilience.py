@@ -10,6 +10,7 @@ import textwrap
 import pytest
 import torch
 
+import petclassifier.epochs
 from petclassifier import train
 from petclassifier.checkpoint import load_checkpoint
 from petclassifier.errors import UserError
@@ -55,8 +56,7 @@ def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(shapes_dir, c
     # step 7 is batch 2 of epoch 2: once its last.pt is written the process waits there to be killed
     patch = """
         import sys, time
-        import petclassifier.train
-        t = sys.modules["petclassifier.train"]  # the package's train() function shadows the module's name
+        import petclassifier.epochs as t
         save = t.save_checkpoint
         def save_then_wait(payload, path):
             save(payload, path)
@@ -182,7 +182,7 @@ def test_fast_path_resumed_run_computes_the_same_views(shapes_dir, cache_dir, tm
            "image_size": 48, "epochs": 3, "save_every": 0}
     whole, cut = tmp_path / "whole", tmp_path / "cut"
     train(**cfg, data_dir=str(shapes_dir), cache_dir=cache_dir, out=str(whole))
-    one_epoch, calls = sys.modules["petclassifier.train"].train_one_epoch, []
+    one_epoch, calls = petclassifier.epochs.train_one_epoch, []
 
     def interrupt_before_epoch_3(*args, **kwargs):
         calls.append(1)
@@ -190,7 +190,7 @@ def test_fast_path_resumed_run_computes_the_same_views(shapes_dir, cache_dir, tm
             raise KeyboardInterrupt
         return one_epoch(*args, **kwargs)
 
-    monkeypatch.setattr(sys.modules["petclassifier.train"], "train_one_epoch", interrupt_before_epoch_3)
+    monkeypatch.setattr(petclassifier.epochs, "train_one_epoch", interrupt_before_epoch_3)
     with pytest.raises(KeyboardInterrupt):
         train(**cfg, data_dir=str(shapes_dir), cache_dir=cache_dir, out=str(cut))
     monkeypatch.undo()

@@ -8,8 +8,8 @@ from petclassifier import PetClassifier, train
 from petclassifier.cache import decode_images
 from petclassifier.checkpoint import load_checkpoint, save_checkpoint
 from petclassifier.images import load_image
+from petclassifier.loop import train_one_epoch
 from petclassifier.models import build_model
-from petclassifier.train import train_one_epoch
 from petclassifier.transforms import Preprocessing
 
 from .conftest import SAMPLE

@@ -12,7 +12,7 @@ import copy
 import json
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -25,28 +25,20 @@ from .cache import decode_split, warn_unreadable
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .data import PetData, load_data
-from .errors import SavedAndStopped
+from .epochs import plural, train_epochs, warn_if_at_chance
 from .frozen import Views, fast_frozen, fits_on_gpu, is_global_pool, to_float
-from .loop import evaluate, optimizer_and_schedule, train_one_epoch
-from .metrics import at_chance, chance_accuracy, expected_calibration_error, mean_class_accuracy
+from .loop import evaluate
+from .metrics import expected_calibration_error, mean_class_accuracy
 from .models import build_model, check_model_name
 from .plots import write_curves
 from .refit import cross_fitted_logits, refit
 from .resilience import (
-    StopRequest,
-    describe_position,
     deterministic_mode,
-    rank_state,
     resume_config,
-    resume_from,
-    rng_state,
-    set_rng_state,
 )
 from .runtime import log, resolve_device
 from .store import Batches, FeatureStore
 from .transforms import Preprocessing
-
-CHANCE_CHECK_EPOCH = 3  # after this many epochs (or a quarter of them, if more) a run still at chance says so
 
 
 def run_dir_for(cfg: TrainConfig) -> Path:
@@ -61,10 +53,6 @@ def class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Inverse class frequency, scaled so a balanced set gets weight 1 everywhere (for --balance)."""
     counts = torch.bincount(labels, minlength=num_classes).clamp(min=1).float()
     return len(labels) / (num_classes * counts)
-
-
-def plural(n: int, noun: str) -> str:
-    return f"{n:,} {noun}{'' if n == 1 else 's'}"
 
 
 def fit(cfg: TrainConfig, given: set[str] | None = None) -> dict:
@@ -110,6 +98,14 @@ class Prepared:
     initial_head: dict | None  # the head's initial weights, where the finish trains heads again from them
     train_views: Views | None = None
     val_views: Views | None = None
+    joined: dict = field(default_factory=dict)  # view -> train and val features joined, for the finish
+
+    def joined_inputs(self, epoch: int) -> torch.Tensor:
+        """The train and val photos' features of epoch `epoch`'s view, joined (kept: the finish reads each often)."""
+        v = epoch % self.cfg.augment_views
+        if v not in self.joined:
+            self.joined[v] = torch.cat([self.train_views[v][:], self.val_views[v][:]])
+        return self.joined[v]
 
     def train_inputs(self, epoch: int):
         """What epoch `epoch` trains on: a frozen view of the training photos (cycling), or the photos."""
@@ -210,150 +206,6 @@ def calibration_batches(images, prep: Preprocessing, seed: int, batch_size: int 
         yield prep.eval_batch(images[order[i : i + batch_size].sort().values].cpu())
 
 
-def train_epochs(p: Prepared, trained: nn.Module, train_criterion, criterion, device, run_dir: Path,
-                 run_started: float) -> float:
-    """Phase 2: the epochs, from the start or from where a last.pt stopped; returns the best validation accuracy.
-
-    best.pt holds the best epoch's weights, last.pt all it takes to go on (at each epoch's end, every --save-every
-    steps, and on Ctrl-C after the current step).
-    """
-    cfg, rank, world = p.cfg, distributed.rank(), distributed.world_size()
-    # Dropout masks: the same whether the photos were decoded or came from the cache (decoding draws from
-    # torch's generator), and each rank its own, after the same initial weights everywhere.
-    torch.manual_seed(cfg.seed + rank)
-    augment = torch.Generator().manual_seed(cfg.seed + rank)  # each rank its own crops and flips
-    train_prepare = to_float if p.train_views else (lambda x: p.prep.train_batch(x, augment))
-    eval_prepare = to_float if p.val_views else p.prep.eval_batch
-    val_loader = Batches(p.val_views[0] if p.val_views else p.val_images, p.val_labels, cfg.batch_size * 2, rank,
-                         world)  # each rank evaluates every world-th photo; the sums are reduced across ranks
-    optimizer, scheduler, steps_per_epoch = optimizer_and_schedule(p.trainable, p.train_labels, cfg)
-    last, metrics_file = run_dir / "last.pt", run_dir / "metrics.jsonl"
-    meta = checkpoint_meta(p)
-    state = {"epoch": 0, "step": 0, "best": -1.0, "totals": None, "epoch_lr": None}
-    if cfg.resume:
-        state.update(resumed_state(p, optimizer, scheduler, augment, device, metrics_file, run_dir))
-    learned = sum(x.numel() for x in p.trainable.parameters() if x.requires_grad)
-    frozen_pass = f", frozen pass on {cfg.backend}" if p.frozen_fast is not None else ""
-    log(f"training {cfg.model} ({learned:,} trainable parameters) on "
-        f"{device}{f' x {world} processes' if world > 1 else ''}{frozen_pass} for {plural(cfg.epochs, 'epoch')}; "
-        f"run folder {run_dir}")
-
-    def save_last(epoch: int, step: int, metrics: dict | None) -> None:
-        """last.pt: all it takes to go on exactly after `step` batches of epoch `epoch` (0-based); rank 0 writes."""
-        ranks = distributed.gather({"rng": rng_state(augment, device), "totals": dict(state["totals"])})
-        if distributed.is_main():
-            save_checkpoint({**meta, "model_state": p.model.state_dict(), "metrics": metrics, "epoch": epoch,
-                             "step": step, "epoch_lr": state["epoch_lr"], "best_accuracy": state["best"],
-                             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                             "ranks": ranks}, last)
-
-    def on_step(totals: dict) -> None:
-        """After every complete step: save last.pt every --save-every steps, or on Ctrl-C and stop there."""
-        state["step"] += 1
-        epoch, step = state["epoch"], state["step"]
-        stopping = distributed.any_rank(stop.requested)
-        if stopping or (cfg.save_every and (epoch * steps_per_epoch + step) % cfg.save_every == 0
-                        and step < steps_per_epoch):  # the epoch's own save follows its last step
-            save_last(epoch, step, None)
-        if stopping:
-            stop_here(last, run_dir, epoch, step)
-
-    with StopRequest() as stop:
-        for epoch in range(state["epoch"], cfg.epochs):
-            started, skip = time.perf_counter(), state["step"]
-            state["epoch"] = epoch
-            if not skip:
-                state["totals"], state["epoch_lr"] = {"loss_sum": 0.0, "seen": 0}, optimizer.param_groups[0]["lr"]
-            batches = distributed.ShardedBatches(p.train_inputs(epoch), p.train_labels, cfg.batch_size, cfg.seed)
-            batches.set_position(epoch, skip)
-            try:
-                train_one_epoch(trained, batches, train_prepare, train_criterion, optimizer, scheduler, device,
-                                desc=f"epoch {epoch + 1}/{cfg.epochs}", totals=state["totals"], on_step=on_step)
-            except FloatingPointError as e:
-                kept = f"; {last} holds the last good state" if last.is_file() else ""
-                raise FloatingPointError(f"{e}{kept}") from None
-            state["step"] = 0
-            row = epoch_row(p, epoch, state, evaluate(p.trainable, val_loader, eval_prepare, criterion, device),
-                            started, run_started)
-            if distributed.is_main():
-                with open(metrics_file, "a") as f:
-                    f.write(json.dumps(row) + "\n")
-            if row["val_accuracy"] > state["best"]:
-                state["best"] = row["val_accuracy"]
-                if distributed.is_main():
-                    save_checkpoint({**meta, "model_state": p.model.state_dict(), "metrics": row}, run_dir / "best.pt")
-            save_last(epoch + 1, 0, row)
-            if epoch + 1 == min(max(CHANCE_CHECK_EPOCH, cfg.epochs // 4), cfg.epochs):
-                warn_if_at_chance(p, row["val_accuracy"], f"after {plural(epoch + 1, 'epoch')}")
-            if distributed.any_rank(stop.requested) and epoch + 1 < cfg.epochs:
-                stop_here(last, run_dir, epoch + 1, 0)
-    return state["best"]
-
-
-def epoch_row(p: Prepared, epoch: int, state: dict, val_result: dict, started: float, run_started: float) -> dict:
-    """The epoch's line of metrics.jsonl (all ranks' sums), also printed."""
-    loss_sum, seen = distributed.sum_over_ranks([state["totals"]["loss_sum"], state["totals"]["seen"]])
-    train_loss = loss_sum / max(seen, 1)
-    val_loss, val_accuracy = distributed.reduced(val_result)
-    row = {"epoch": epoch + 1, "train_loss": round(train_loss, 5), "val_loss": round(val_loss, 5),
-           "val_accuracy": round(val_accuracy, 5), "lr": state["epoch_lr"],
-           "seconds": round(time.perf_counter() - started, 2),
-           "elapsed": round(time.perf_counter() - run_started, 1),  # since the run started, setup included
-           "time": round(time.time(), 2)}  # the wall clock (Unix seconds): lines runs up with each other
-    log(f"epoch {row['epoch']:3d}  train loss {train_loss:.4f}  val loss {val_loss:.4f}  "
-        f"val acc {val_accuracy:.1%}  {row['seconds']:.1f}s")
-    return row
-
-
-def checkpoint_meta(p: Prepared) -> dict:
-    """What every checkpoint of the run carries besides weights: enough to rebuild and use the model alone."""
-    cfg = p.cfg
-    imagenet_stages = cfg.trainable_stages if cfg.pretrained and cfg.trainable_stages >= 0 else None
-    return {"model_name": cfg.model, "class_names": p.data.class_names, "task": cfg.task,
-            "species_of": p.data.species_of, "preprocessing": p.prep.as_dict(), "config": asdict(cfg),
-            "imagenet_stages": imagenet_stages, "flip_tta": cfg.flip_tta,
-            "kinds": p.model.kind_features() is not None, "backend": cfg.backend}
-
-
-def resumed_state(p: Prepared, optimizer, scheduler, augment, device, metrics_file: Path, run_dir: Path) -> dict:
-    """Where a resumed run goes on: the weights, optimizer, schedule and generators of its last.pt, loaded."""
-    cfg = p.cfg
-    ckpt = resume_from(cfg.resume, p.model, optimizer, scheduler, checkpoint_meta(p))
-    epoch, step = ckpt["epoch"], ckpt["step"]
-    mine = rank_state(ckpt, step)
-    set_rng_state(mine["rng"], augment, device)
-    state = {"epoch": epoch, "step": step, "best": ckpt["best_accuracy"]}
-    if step:
-        state.update(totals=dict(mine["totals"]), epoch_lr=ckpt["epoch_lr"])
-    if distributed.is_main() and metrics_file.exists():  # rows after the checkpoint are redone below
-        rows = [line for line in metrics_file.read_text().splitlines()
-                if line.strip() and json.loads(line)["epoch"] <= epoch]
-        metrics_file.write_text("".join(row + "\n" for row in rows))
-    log(f"resumed from {cfg.resume} {describe_position(epoch, step)}")
-    if cfg.epochs != ckpt["config"]["epochs"]:
-        log(f"--epochs {cfg.epochs}: the learning-rate schedule is stretched from the run's "
-            f"{ckpt['config']['epochs']} epochs to {cfg.epochs}")
-    return state
-
-
-def stop_here(last: Path, run_dir: Path, epoch: int, step: int) -> None:
-    log(f"interrupted: saved {last} {describe_position(epoch, step)}; continue with --resume {run_dir}")
-    raise SavedAndStopped
-
-
-def warn_if_at_chance(p: Prepared, accuracy: float, when: str) -> None:
-    """A warning, with what to try, when validation accuracy is no better than answering the commonest class."""
-    classes = len(p.data.class_names)
-    if not at_chance(accuracy, p.val_labels, classes):
-        return
-    chance = chance_accuracy(p.val_labels, classes)
-    tips = ["more epochs", "more photos"] if p.cfg.pretrained else \
-        ["ImageNet weights (leave out --no-pretrained, or use the default model)", "more photos", "more epochs"]
-    log(f"warning: {when} validation accuracy {accuracy:.1%} is at chance ({chance:.1%}: always answering the "
-        f"commonest of {classes} classes); the network has not learned to tell these photos apart yet. Try "
-        f"{', '.join(tips)}, or a lower --lr if the training loss is not falling")
-
-
 def finish(p: Prepared, trained: nn.Module, train_criterion, criterion, device, run_dir: Path, best_accuracy: float,
            features: FeatureStore) -> dict:
     """Phase 3: the model to keep and its temperature, each fitted on photos the scored model never learned from;
@@ -370,15 +222,7 @@ def finish(p: Prepared, trained: nn.Module, train_criterion, criterion, device, 
     best = distributed.from_main(lambda: load_checkpoint(run_dir / "best.pt"))
     refitting = cfg.refit and p.pooled and p.data.test is not None  # afterwards no validation photo is unseen
     if p.pooled:
-        labels = torch.cat([p.train_labels, p.val_labels.to(p.train_labels.device)])
-        joined = {}
-
-        def inputs_of(epoch: int) -> torch.Tensor:  # the train and val photos' features of the epoch's view
-            v = epoch % cfg.augment_views
-            if v not in joined:
-                joined[v] = torch.cat([p.train_views[v][:], p.val_views[v][:]])
-            return joined[v]
-
+        labels, inputs_of = torch.cat([p.train_labels, p.val_labels.to(p.train_labels.device)]), p.joined_inputs
         scored_views = [inputs_of(v) for v in ((0, 1) if cfg.flip_tta else (0,))]
         fitted = calibration.fit_temperature(*cross_fitted_logits(
             p.trainable, trained, p.initial_head, inputs_of, scored_views, labels, train_criterion, cfg, device),
