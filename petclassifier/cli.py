@@ -116,14 +116,15 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def chosen_checkpoint(given: str | None) -> Path:
-    """--checkpoint (a file or a run folder), or else the newest runs/*/best.pt, named with its task and classes."""
+def chosen_checkpoint(given: str | None, read=None) -> Path:
+    """--checkpoint (a file or a run folder), or else the newest runs/*/best.pt, named with its task and classes
+    (from `read(path)`: what the checkpoint holds; by default the checkpoint loaded)."""
     from .checkpoint import checkpoint_file, describe, load_checkpoint, newest_checkpoint
 
     if given is not None:
         return checkpoint_file(given)
     newest = newest_checkpoint()
-    print(f"using the newest checkpoint, {newest} ({describe(load_checkpoint(newest))})", file=sys.stderr)
+    print(f"using the newest checkpoint, {newest} ({describe((read or load_checkpoint)(newest))})", file=sys.stderr)
     return newest
 
 
@@ -162,13 +163,16 @@ def predictor(args: argparse.Namespace):
         raise UserError("--backend onnxruntime runs on the CPU; use --device cpu (or --backend torch)")
     elif backend == "onnxruntime" and not onnx_copy.onnxruntime_installed():
         raise UserError('--backend onnxruntime needs ONNX Runtime: pip install -e ".[onnx]" (or --backend torch)')
-    checkpoint = chosen_checkpoint(args.checkpoint)
     paths = expand_paths(args.paths, missing_ok=True)  # each missing path gets its own error entry
     if not paths:
         raise UserError(f"no image files found in {' '.join(args.paths)}")
-    if backend == "onnxruntime":
-        copy = onnx_copy.ready_copy(checkpoint, args.cache_dir or default_cache_dir())
+    if backend == "onnxruntime":  # the copy holds the class names: naming the newest checkpoint loads no PyTorch
+        cache, copies = args.cache_dir or default_cache_dir(), {}
+        checkpoint = chosen_checkpoint(args.checkpoint, lambda path: copies.setdefault(
+            path, onnx_copy.ready_copy(path, cache)).answers)
+        copy = copies.get(checkpoint) or onnx_copy.ready_copy(checkpoint, cache)
         return copy.iter_predictions(paths, args.top_k, args.workers)
+    checkpoint = chosen_checkpoint(args.checkpoint)
     from .predict import PetClassifier
 
     classifier = PetClassifier.from_checkpoint(checkpoint, device=args.device)

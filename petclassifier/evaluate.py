@@ -101,7 +101,8 @@ def evaluate_checkpoint(checkpoint: str | Path, dataset=None, data_dir=None, tas
     # scored as predict scores them, with the temperature; without it only for the calibration before/after
     raw, scores = scored_logits(logits, groups), scored_logits(logits / temperature, groups)
     report = metrics_report(scores, labels, class_names)
-    report.update(checkpoint=str(checkpoint), dataset=cfg.dataset, data_dir=cfg.data_dir, task=cfg.task, split=split)
+    report.update(checkpoint=str(checkpoint), model=ckpt["model_name"], dataset=cfg.dataset, data_dir=cfg.data_dir,
+                  task=cfg.task, split=split)
     if groups:
         report.update(scored_through="species", model_classes=len(ckpt["class_names"]))
     report["calibration"] = calibration_report(raw.softmax(1), scores.softmax(1), labels, temperature)

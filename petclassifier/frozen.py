@@ -117,7 +117,7 @@ class Views:
         if v == 0:
             return lambda x, start: self.prep.eval_batch(x)
         if v == 1 and self.mirror:
-            return lambda x, start: self.prep.eval_batch(x).flip(-1)
+            return lambda x, start: self.prep.mirrored_batch(x)
         # each batch's crops from a generator of its own: the same whichever rank computes it
         return lambda x, start: self.prep.train_batch(x, torch.Generator().manual_seed(
             (self.seed * 10_007 + v) * 1_000_003 + start))

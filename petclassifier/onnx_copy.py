@@ -8,6 +8,7 @@ that checkpoint starts in a fraction of the time that importing PyTorch takes. T
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -119,6 +120,9 @@ def ready_copy(checkpoint: Path, cache_dir: str | Path, flip_tta: bool | None = 
     folder = copy_folder(checked_file(checkpoint), cache_dir, flip_tta)
     if not (folder / "answers.json").is_file():
         write_copy(checkpoint, folder, flip_tta)
+    else:
+        with contextlib.suppress(OSError):  # a read-only cache still serves
+            os.utime(folder / "model.onnx")  # just used: the cache's clean-up removes the least recently used first
     return OnnxCopy(folder)
 
 
@@ -138,7 +142,8 @@ def write_copy(checkpoint: Path, folder: Path, flip_tta: bool | None) -> None:
     tmp.mkdir(parents=True, exist_ok=True)
     try:
         write_onnx_copy(ckpt, tmp, flip, temperature)
-        if not folder.exists():  # another process may have written it meanwhile
+        if not (folder / "answers.json").is_file():  # another process may have written it meanwhile
+            shutil.rmtree(folder, ignore_errors=True)  # what the cache's clean-up left of an older copy
             tmp.replace(folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -186,14 +186,20 @@ def cache_limit(root: str | Path) -> int:
 
 def cache_entries(root: str | Path) -> list[tuple[float, int, list[Path]]]:
     """(last used, bytes, files) of every complete entry under the cache folder, least recently used first."""
-    entries = []
-    for data in Path(root).glob("*/*"):
+    root, found = Path(root), []
+    for data in root.glob("*/*"):
         if data.suffix in (".u8", ".f16") and TEMP_MARK not in data.name:
-            files = [data, data.with_suffix(".json")]
-            try:
-                entries.append((data.stat().st_mtime, sum(f.stat().st_size for f in files if f.exists()), files))
-            except FileNotFoundError:  # removed meanwhile
-                continue
+            found.append([data, data.with_suffix(".json")])
+    for model in root.glob("onnx/**/*.onnx"):  # frozen stages exported (and int8), checkpoints' ONNX copies
+        if TEMP_MARK not in str(model.relative_to(root)):
+            found.append([model.with_name("answers.json"), model] if model.parent.parent.name == "copies" else [model])
+    entries = []
+    for files in found:
+        try:
+            used = files[-1].stat().st_mtime if files[-1].suffix == ".onnx" else files[0].stat().st_mtime
+            entries.append((used, sum(f.stat().st_size for f in files if f.exists()), files))
+        except FileNotFoundError:  # removed meanwhile
+            continue
     return sorted(entries, key=lambda e: e[0])
 
 

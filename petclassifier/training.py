@@ -118,7 +118,7 @@ class Prepared:
         else:
             passes = [(images, self.prep.eval_batch)]
             if self.cfg.flip_tta:
-                passes.append((images, lambda x: self.prep.eval_batch(x).flip(-1)))
+                passes.append((images, self.prep.mirrored_batch))
         rank, world = distributed.rank(), distributed.world_size()
         scored = [distributed.gathered(evaluate(self.trainable, Batches(rows, labels, self.cfg.batch_size * 2, rank,
                                                                         world), prepare, criterion, device))

@@ -82,6 +82,10 @@ class Preprocessing:
         """Centre crop and normalise a uint8 batch [B, 3, R, R] -> [B, 3, crop, crop]."""
         return self.normalize(centre_crop(x, self.crop)).contiguous(memory_format=torch.channels_last)
 
+    def mirrored_batch(self, x: torch.Tensor) -> torch.Tensor:
+        """The centre crop's mirror image: the second view flip test-time augmentation scores."""
+        return self.eval_batch(x).flip(-1)
+
     def train_batch(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Random resized crop and horizontal flip of a uint8 batch, every photo its own crop, in one call."""
         n, side = x.shape[0], x.shape[-1]

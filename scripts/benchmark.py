@@ -26,7 +26,7 @@ def main() -> int:
     cfg, _ = config_from_args(args)
     out = Path(cfg.out or f"runs/{datetime.now():%Y%m%d-%H%M%S}-benchmark")
     try:
-        from petclassifier.benchmark import format_table, run_benchmark  # imports torch: after --help
+        from benchmarks.harness import format_table, run_benchmark  # imports torch: after --help
 
         if args.plot:
             from petclassifier.plots import pyplot

@@ -27,8 +27,9 @@ def main() -> int:
     try:
         if args.requests < 20 or args.clients < 1:
             raise UserError("--requests must be at least 20 and --clients at least 1")
+        from benchmarks.serve_load import measure
+
         from petclassifier.cli import chosen_checkpoint
-        from petclassifier.serve_load import measure
 
         result = measure(str(chosen_checkpoint(args.checkpoint)), Path(args.photo), args.requests, args.clients,
                          args.device)

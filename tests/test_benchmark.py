@@ -5,9 +5,9 @@ import subprocess
 import sys
 
 import pytest
+from benchmarks import harness as benchmark
+from benchmarks.harness import train_flags, train_result
 
-from petclassifier import benchmark
-from petclassifier.benchmark import train_flags, train_result
 from petclassifier.config import TrainConfig
 from petclassifier.metrics import epoch_rows
 

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import petclassifier.images
 from petclassifier.cache import decode_images, decode_split
 from petclassifier.config import TrainConfig
 from petclassifier.data import Split, folder_data, load_data, stratified_split
@@ -129,14 +130,14 @@ def test_an_interrupted_decode_leaves_nothing_and_the_next_run_completes(shapes_
     prep = Preprocessing.for_model("smallcnn", 32)
     calls = []
 
-    def interrupt_at_the_fifth_photo(self, img):
+    def interrupt_at_the_fifth_photo(*args):
         calls.append(1)
         if len(calls) == 5:
             raise KeyboardInterrupt
-        return square(self, img)
+        return square(*args)
 
-    square = Preprocessing.square
-    monkeypatch.setattr(Preprocessing, "square", interrupt_at_the_fifth_photo)
+    square = petclassifier.images.square_uint8
+    monkeypatch.setattr(petclassifier.images, "square_uint8", interrupt_at_the_fifth_photo)
     with pytest.raises(KeyboardInterrupt):
         decode_images(paths, prep, cache_dir, workers=0)
     monkeypatch.undo()

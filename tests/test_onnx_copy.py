@@ -82,3 +82,15 @@ def test_the_copy_runs_on_the_cpu_only(tmp_path, capsys):
                  str(PHOTOS[0])]) == 2
     assert capsys.readouterr().err.strip() == "error: --backend onnxruntime runs on the CPU; use --device cpu (or " \
                                               "--backend torch)"
+
+
+def test_copies_count_in_the_cache_limit_and_come_back_when_trimmed(tmp_path):
+    from petclassifier.cache import cache_size, set_cache_limit
+
+    checkpoint = write_checkpoint(tmp_path / "best.pt", ["disc", "square"])
+    photos = shapes(tmp_path / "photos", 3)
+    expected = ready_copy(checkpoint, tmp_path / "cache").predict_paths(photos, workers=0)
+    assert cache_size(tmp_path / "cache")["onnx"]["files"] == 2  # model.onnx and answers.json
+    set_cache_limit(tmp_path / "cache", 1)  # a byte: everything goes
+    assert cache_size(tmp_path / "cache")["onnx"]["files"] == 0
+    assert ready_copy(checkpoint, tmp_path / "cache").predict_paths(photos, workers=0) == expected  # written again

@@ -331,7 +331,7 @@ def test_the_server_s_connections_send_answers_at_once():
 
 
 def test_serve_names_its_checkpoint_and_says_when_other_machines_can_reach_it(run_dir):
-    from petclassifier.serve_load import started_server
+    from benchmarks.serve_load import started_server
 
     with started_server(str(run_dir), "--host", "0.0.0.0", "--device", "cpu") as (process, first):
         second = process.stdout.readline()

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
 @pytest.fixture
 def server(run_dir, tmp_path):  # noqa: F811
     """`petclassifier serve` on a free port, as a user starts it; yields its URL."""
-    from petclassifier.serve_load import started_server
+    from benchmarks.serve_load import started_server
 
     log = tmp_path / "serve.log"
     with open(log, "w") as stderr, started_server(str(run_dir), "--device", "cpu", stderr=stderr) as (_, line):

@@ -7,7 +7,7 @@ layer, or, as its "fixed feature extractor", only the last one (the body frozen,
 So that the benchmark compares pipelines, not networks, it trains this package's network (same weights, same head),
 channels_last, under the same autocast, with the same loop (`train.train_one_epoch`).
 
-    python -m petclassifier.tutorial --dataset oxford-iiit-pet --data-dir ../shared/data [--epochs 25] [--frozen]
+    python scripts/benchmarks/tutorial.py --dataset oxford-iiit-pet --data-dir ../shared/data [--epochs 25] [--frozen]
 
 prints one JSON line per epoch ({"epoch", "val_accuracy", "time"}) and a last one with "test_accuracy".
 """
@@ -26,14 +26,14 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
-from .cli import add_train_arguments, config_from_args
-from .config import TrainConfig
-from .data import Split, load_data
-from .errors import UserError
-from .loop import evaluate, train_one_epoch
-from .models import build_model
-from .runtime import resolve_device
-from .transforms import Preprocessing
+from petclassifier.cli import add_train_arguments, config_from_args
+from petclassifier.config import TrainConfig
+from petclassifier.data import Split, load_data
+from petclassifier.errors import UserError
+from petclassifier.loop import evaluate, train_one_epoch
+from petclassifier.models import build_model
+from petclassifier.runtime import resolve_device
+from petclassifier.transforms import Preprocessing
 
 BATCH_SIZE = 4  # the tutorial's
 LR, MOMENTUM, DECAY_EVERY, DECAY = 0.001, 0.9, 7, 0.1  # SGD, and StepLR over epochs

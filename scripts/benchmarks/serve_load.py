@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from .errors import UserError
+from petclassifier.errors import UserError
 
 
 def multipart(name: str, data: bytes) -> tuple[bytes, str]:
