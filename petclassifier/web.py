@@ -11,6 +11,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
+from urllib.parse import quote
 
 import python_multipart  # noqa: F401  (Starlette parses uploads with it: checked at start, not at the first upload)
 import torch
@@ -34,6 +35,11 @@ from .transforms import centre_crop
 
 MAX_UPLOAD_BYTES = 32 * 2**20  # per request: a 48-megapixel phone JPEG fits; a larger body gets 413
 MAX_FILES = 64  # photos per request
+MAX_PIXELS_PER_REQUEST = 200_000_000  # decoded pixels a request may ask for (four 48-megapixel photos); past it 413
+# uploads read or answered at once; past it 503 with Retry-After, before the body is read: the server's memory holds
+# at most this many request bodies (uploads past 1 MiB are spooled to disk while they arrive)
+MAX_IN_FLIGHT = 8
+RETRY_AFTER_SECONDS = 1
 STATIC = Path(__file__).with_name("static")
 
 
@@ -71,6 +77,7 @@ class PhotoService:
 
         Requests that wait while the network is busy go through it together: their photos share forward passes.
         """
+        check_pixels(uploads)
         loop = asyncio.get_running_loop()
         answer = loop.create_future()
         with self.lock:
@@ -113,6 +120,21 @@ class PhotoService:
         png = io.BytesIO()
         Image.fromarray(overlay.permute(1, 2, 0).numpy()).save(png, "PNG")
         return png.getvalue(), c.class_names[k], float(probs[k])
+
+
+def check_pixels(uploads: list[tuple[str, bytes]]) -> None:
+    """413 where a request's photos hold more pixels than one request may have decoded (headers only: no pixels
+    are decoded here); unreadable ones count nothing and get their own error entry later."""
+    total = 0
+    for _, data in uploads:
+        try:
+            with Image.open(io.BytesIO(data)) as img:
+                total += img.width * img.height
+        except Exception:  # not an image, or a bomb: the decode says so for that photo
+            continue
+    if total > MAX_PIXELS_PER_REQUEST:
+        raise HTTPException(413, f"the photos hold {total:,} pixels, over the limit of {MAX_PIXELS_PER_REQUEST:,} "
+                                 "per request; send them in several requests")
 
 
 def settle(answer: asyncio.Future, result, error: BaseException | None) -> None:
@@ -166,13 +188,13 @@ async def uploaded_files(request: Request) -> tuple[list[tuple[str, bytes]], dic
         return uploads, {k: v for k, v in form.items() if isinstance(v, str)}
 
 
-def create_app(service: PhotoService) -> UploadLimit:
+def create_app(service: PhotoService) -> RequestLimits:
     """The ASGI app: the page at /, its files under /static/, the JSON API under /api/."""
 
     async def predict(request: Request) -> JSONResponse:
         uploads, fields = await uploaded_files(request)
         top_k = fields.get("top_k", request.query_params.get("top_k", "5"))
-        if not top_k.isdigit() or int(top_k) < 1:
+        if not (top_k.isascii() and top_k.isdigit()) or int(top_k) < 1:  # "²".isdigit() is True
             raise HTTPException(400, f"top_k must be a whole number, at least 1 (got {top_k!r})")
         return JSONResponse(await service.predict(uploads, int(top_k)))
 
@@ -180,9 +202,11 @@ def create_app(service: PhotoService) -> UploadLimit:
         uploads, fields = await uploaded_files(request)
         if len(uploads) != 1:
             raise HTTPException(400, f"explain takes one photo, not {len(uploads)}")
+        check_pixels(uploads)
         png, label, probability = await service.run(service.explain, *uploads[0], fields.get("class"))
+        # headers are latin-1: the class name (any script) is sent percent-encoded UTF-8, as in a URL
         return Response(png, media_type="image/png",
-                        headers={"X-Class": label, "X-Probability": f"{probability:.6f}"})
+                        headers={"X-Class": quote(label, safe=""), "X-Probability": f"{probability:.6f}"})
 
     async def model(request: Request) -> JSONResponse:
         return JSONResponse(service.info)
@@ -200,23 +224,28 @@ def create_app(service: PhotoService) -> UploadLimit:
     routes = [Route("/", page), Route("/api/predict", predict, methods=["POST"]),
               Route("/api/explain", explain, methods=["POST"]), Route("/api/model", model),
               Route("/api/health", health), Mount("/static", StaticFiles(directory=STATIC), name="static")]
-    return UploadLimit(Starlette(routes=routes, exception_handlers={HTTPException: error}), MAX_UPLOAD_BYTES)
+    return RequestLimits(Starlette(routes=routes, exception_handlers={HTTPException: error}), MAX_UPLOAD_BYTES)
 
 
-class UploadLimit:
-    """ASGI wrapper that answers 413 to a request body over `limit` bytes: at once when its Content-Length says
-    so, or as soon as that many bytes of a body without one have arrived."""
+class RequestLimits:
+    """ASGI wrapper bounding what clients can make the server hold: a request body over `max_bytes` gets 413 (at
+    once when its Content-Length says so, or as soon as that many bytes of a body without one have arrived), and an
+    upload past `max_in_flight` uploads at once gets 503 with Retry-After before its body is read."""
 
-    def __init__(self, app, limit: int):
-        self.app, self.limit = app, limit
+    def __init__(self, app, max_bytes: int, max_in_flight: int = MAX_IN_FLIGHT):
+        self.app, self.limit, self.max_in_flight, self.in_flight = app, max_bytes, max_in_flight, 0
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["method"] != "POST":
             return await self.app(scope, receive, send)
         length = dict(scope["headers"]).get(b"content-length", b"0")
         if length.isdigit() and int(length) > self.limit:
             too_large = JSONResponse({"error": self.message(length.decode("latin-1"))}, status_code=413)
             return await too_large(scope, receive, send)
+        if self.in_flight >= self.max_in_flight:
+            busy = JSONResponse({"error": f"busy: {self.in_flight} uploads in progress; try again in a moment"},
+                                status_code=503, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+            return await busy(scope, receive, send)
         received = 0
 
         async def counted():
@@ -227,7 +256,11 @@ class UploadLimit:
                 raise HTTPException(413, self.message(f"more than {received:,}"))
             return message
 
-        await self.app(scope, counted, send)
+        self.in_flight += 1
+        try:
+            await self.app(scope, counted, send)
+        finally:
+            self.in_flight -= 1
 
     def message(self, size: str) -> str:
         return f"the upload ({size} bytes) is over the limit of {self.limit // 2**20} MiB per request"

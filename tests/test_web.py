@@ -7,6 +7,7 @@ import asyncio
 import io
 import json
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -19,7 +20,7 @@ pytest.importorskip("httpx", reason="Starlette's test client needs httpx (in the
 
 from starlette.testclient import TestClient  # noqa: E402
 
-from petclassifier.checkpoint import save_checkpoint  # noqa: E402
+from petclassifier.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from petclassifier.cli import main  # noqa: E402
 from petclassifier.models import build_model  # noqa: E402
 from petclassifier.transforms import Preprocessing  # noqa: E402
@@ -186,6 +187,8 @@ def test_bad_requests_get_one_line_json_errors(client):
         (client.post("/api/predict", content=b"{}", headers={"content-type": "application/json"}), 400, "multipart"),
         (client.post("/api/predict", files=[("photo", pug)]), 400, "no photo"),
         (client.post("/api/predict", files=upload(pug), data={"top_k": "0"}), 400, "top_k"),
+        (client.post("/api/predict", files=upload(pug), data={"top_k": "²"}), 400, "top_k"),
+        (client.post("/api/predict", files=upload(pug), data={"top_k": ""}), 400, "top_k"),
         (client.post("/api/predict", files=upload(*[pug] * 65)), 400, "Too many files"),
         (client.get("/api/predict"), 405, "Method Not Allowed"),
         (client.get("/api/nothing"), 404, "Not Found"),
@@ -234,8 +237,16 @@ def test_twenty_requests_at_once_on_a_real_server_all_get_their_answer(service, 
     bad = {3: b"", 7: b"GIF89a broken", 11: bomb(tmp_path, 30_000, 30_000)}
 
     def ask(i: int) -> httpx.Response:
+        """As the page does: a busy server's 503 says when to ask again."""
         data = bad.get(i, photo(breeds[i], i // 4).read_bytes())
-        return httpx.post(f"http://127.0.0.1:{port}/api/predict", files=upload((f"{i}.jpg", data)), timeout=120)
+        while True:
+            answer = httpx.post(f"http://127.0.0.1:{port}/api/predict", files=upload((f"{i}.jpg", data)), timeout=120)
+            if answer.status_code != 503:
+                return answer
+            busy.append(answer)
+            time.sleep(int(answer.headers["retry-after"]))
+
+    busy = []
 
     try:
         with ThreadPoolExecutor(20) as pool:
@@ -247,6 +258,7 @@ def test_twenty_requests_at_once_on_a_real_server_all_get_their_answer(service, 
         right = sum(e["predictions"][0]["label"] == breeds[i] for i, e in enumerate(entries) if "error" not in e)
         assert right >= 15, entries
         assert httpx.get(f"http://127.0.0.1:{port}/api/health").json()["status"] == "ok"
+        assert all(b.json()["error"].startswith("busy: ") for b in busy)  # 20 at once: over the 8 in flight
     finally:
         server.should_exit = True
         thread.join(10)
@@ -373,3 +385,61 @@ def test_requests_that_wait_together_share_forward_passes_and_keep_their_own_ans
 
 
 REQUESTS = [([photo("pug")], 1), ([photo("beagle"), photo("Persian")], 3), ([photo("Siamese")], 2)]
+
+
+def test_class_names_in_any_script_explain_with_200(run_dir, tmp_path):
+    """Headers are latin-1: the class goes percent-encoded UTF-8 in X-Class (the page decodes it)."""
+    from urllib.parse import unquote
+
+    ckpt = load_checkpoint(run_dir / "best.pt")
+    names = ["кот", "猫", "pug dog", "100%"]
+    save_checkpoint({**ckpt, "class_names": names, "species_of": {}}, tmp_path / "best.pt")
+    client = TestClient(create_app(PhotoService(tmp_path / "best.pt", device="cpu")))
+    pug = (photo("pug").name, photo("pug").read_bytes())
+    for name in names:
+        answer = client.post("/api/explain", files=upload(pug), data={"class": name})
+        assert answer.status_code == 200 and unquote(answer.headers["x-class"]) == name
+    assert [p["label"] for p in client.post("/api/predict", files=upload(pug)).json()[0]["predictions"]]
+
+
+def test_too_many_pixels_in_one_request_get_413_and_uploads_past_the_limit_503(client, tmp_path, monkeypatch):
+    from petclassifier import web
+
+    width, height = Image.open(photo("pug")).size
+    monkeypatch.setattr(web, "MAX_PIXELS_PER_REQUEST", width * height * 3)  # three of these photos, not four
+    pug = (photo("pug").name, photo("pug").read_bytes())
+    assert client.post("/api/predict", files=upload(*[pug] * 3)).status_code == 200
+    four = client.post("/api/predict", files=upload(*[pug] * 4))
+    assert four.status_code == 413 and "pixels" in four.json()["error"]
+
+    release, started = asyncio.Event(), []
+
+    async def slow(scope, receive, send):  # an upload the network is still busy with
+        started.append(1)
+        await release.wait()
+        await web.JSONResponse({"ok": True})(scope, receive, send)
+
+    async def request(limits):
+        scope = {"type": "http", "method": "POST", "path": "/api/predict", "headers": [(b"content-length", b"10")]}
+        messages = []
+
+        async def receive():
+            return {"type": "http.request", "body": b"0123456789", "more_body": False}
+
+        async def send(message):
+            messages.append(message)
+
+        await limits(scope, receive, send)
+        return messages[0]["status"], dict(messages[0]["headers"])
+
+    async def three_at_once():
+        limits = web.RequestLimits(slow, max_bytes=100, max_in_flight=2)
+        tasks = [asyncio.create_task(request(limits)) for _ in range(2)]
+        while len(started) < 2:
+            await asyncio.sleep(0)
+        third = await request(limits)  # two in flight: this one is turned away before its body is read
+        release.set()
+        return third, [await t for t in tasks]
+
+    (status, headers), others = asyncio.run(three_at_once())
+    assert status == 503 and headers[b"retry-after"] == b"1" and [s for s, _ in others] == [200, 200]

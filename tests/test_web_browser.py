@@ -60,15 +60,15 @@ def test_the_page_labels_an_uploaded_photo_and_shows_where_the_network_looked(se
     pug, persian = photo("pug", 1), photo("Persian", 1)
     shown("#files")[0].send_keys(f"{pug}\n{persian}")
     labels = [e.text for e in shown(".card .label", 2)]
-    assert labels == ["pug", "Persian"], labels
-    assert [e.text.split()[0] for e in shown(".card .species", 2)] == ["dog", "cat"]
+    assert labels == ["Pug", "Persian"], labels  # as a person writes the class name; the JSON keeps "pug"
+    assert [e.text.split()[0] for e in shown(".card .species", 2)] == ["Dog", "Cat"]
     assert [e.text for e in shown(".card .name", 2)] == [pug.name, persian.name]
     assert len(shown(".card .bars li", 8)) == 8  # four classes, each with its bar, for both photos
 
     shown(".card button")[0].click()
     overlay = shown(".card img.overlay")[0]
     WebDriverWait(browser, 60).until(lambda b: overlay.get_property("naturalWidth") == 160)
-    assert "evidence for pug" in shown(".cam figcaption")[0].text
+    assert "evidence for Pug" in shown(".cam figcaption")[0].text
     assert not [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
     browser.save_screenshot(str(tmp_path / "page.png"))
     assert (tmp_path / "page.png").stat().st_size > 10_000

@@ -16,6 +16,22 @@ function el(tag, props = {}, ...children) {
   return node;
 }
 
+// A class name as a person writes it: "american_pit_bull_terrier" -> "American pit bull terrier" (the JSON keeps
+// the raw name, shown as the label's tooltip)
+function readable(name) {
+  const words = name.replace(/[_-]+/g, " ").trim();
+  return words.charAt(0).toUpperCase() + words.slice(1);
+}
+
+// POST a form; a busy server (503 or 429) says when to come back in Retry-After: wait that long and ask again
+async function post(url, form, tries = 30) {
+  for (let i = 1; ; i += 1) {
+    const response = await fetch(url, { method: "POST", body: form });
+    if (![429, 503].includes(response.status) || i >= tries) return response;
+    await new Promise((done) => setTimeout(done, 1000 * (Number(response.headers.get("Retry-After")) || 1)));
+  }
+}
+
 async function answer(response) {
   // the API answers JSON, {"error": ...} when it refuses; anything else is a server fault
   const text = await response.text();
@@ -98,7 +114,9 @@ function chart(title, rows, series, low, high) {
 function addPhotos(files) {
   for (const file of files) {
     const preview = el("img", { alt: file.name, src: URL.createObjectURL(file) });
-    preview.onerror = () => preview.replaceWith(el("p", { className: "hint", textContent: "(no preview in this browser)" }));
+    const photo = file.type.startsWith("image/") || /\.(heic|heif|avif)$/i.test(file.name);
+    const why = photo ? "(no preview in this browser)" : "(not an image file)";
+    preview.onerror = () => preview.replaceWith(el("p", { className: "hint", textContent: why }));
     const body = el("div", {}, el("p", { className: "name", textContent: file.name }),
                     el("p", { className: "pending", textContent: "looking…" }));
     const card = el("article", { className: "card" }, el("div", { className: "pictures" }, preview), body);
@@ -126,7 +144,7 @@ async function predict({ file, card, body }) {
   const form = new FormData();
   form.append("file", file, file.name);
   try {
-    const reply = await answer(await fetch("/api/predict", { method: "POST", body: form }));
+    const reply = await answer(await post("/api/predict", form));
     if (reply.error) return showError(body, reply.error);
     const [result] = reply;
     if (result.error) return showError(body, result.error);
@@ -147,17 +165,17 @@ function showResult(file, result, card, body) {
   const badges = el("div", { className: "badges" });
   if (result.species?.length && !result.not_a_pet) {  // no cat or dog to name where there may be no pet
     const [likely] = result.species;
-    badges.append(el("span", { className: "badge species", textContent: `${likely.label} ${percent(likely.probability)}` }));
+    badges.append(el("span", { className: "badge species", textContent: `${readable(likely.label)} ${percent(likely.probability)}` }));
   }
   // the ImageNet classifier the model keeps sees no cat or dog (or, for a folder model, no animal)
   if (result.not_a_pet) badges.append(el("span", { className: "badge warn not-a-pet", textContent: "not a pet?" }));
   const bars = el("ul", { className: "bars" }, ...result.predictions.map(({ label, probability }) =>
     el("li", {}, el("span", { className: "bar" }, el("span", { style: `width: ${100 * probability}%` }),
-                    el("em", { textContent: label, title: label })),
+                    el("em", { textContent: readable(label), title: label })),
            el("span", { className: "p", textContent: percent(probability) }))));
   const button = el("button", { type: "button", textContent: "Where did it look?" });
   button.onclick = () => explain(file, card, button);
-  const heading = result.not_a_pet ? `no pet here? closest: ${best.label}` : best.label;
+  const heading = result.not_a_pet ? `no pet here? closest: ${readable(best.label)}` : readable(best.label);
   body.append(el("p", { className: result.not_a_pet ? "label doubtful" : "label", textContent: heading }), badges,
               bars, button);
 }
@@ -167,12 +185,12 @@ async function explain(file, card, button) {
   button.textContent = "looking…";
   const form = new FormData();
   form.append("file", file, file.name);
-  const response = await fetch("/api/explain", { method: "POST", body: form });
+  const response = await post("/api/explain", form);
   if (!response.ok) {
     button.textContent = `no map: ${(await answer(response)).error}`;
     return;
   }
-  const label = response.headers.get("X-Class");
+  const label = readable(decodeURIComponent(response.headers.get("X-Class")));  // percent-encoded UTF-8
   const probability = Number(response.headers.get("X-Probability"));
   const overlay = el("img", { className: "overlay", alt: `Grad-CAM for ${label}`, src: URL.createObjectURL(await response.blob()) });
   card.append(el("figure", { className: "cam" }, overlay, el("figcaption", {
