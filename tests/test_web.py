@@ -443,3 +443,21 @@ def test_too_many_pixels_in_one_request_get_413_and_uploads_past_the_limit_503(c
 
     (status, headers), others = asyncio.run(three_at_once())
     assert status == 503 and headers[b"retry-after"] == b"1" and [s for s, _ in others] == [200, 200]
+
+
+def test_odd_form_values_get_an_answer_or_a_4xx_with_its_reason(client):
+    pug = photo("pug").read_bytes()
+    cases = [  # (files, fields, status, what the answer says)
+        ([("file", ("", pug))], {}, 400, "no photo"),  # a file part without a name: a browser's empty chooser
+        ([("file", ("a.jpg", b""))], {}, 200, "empty file"),
+        ([], {"file": "hello"}, 400, "multipart"),
+        ([("file", ("a.jpg", pug))], {"top_k": "99999999999999999999"}, 200, "pug"),
+        ([("file", ("a.jpg", pug))], {"top_k": "-1"}, 400, "top_k"),
+        ([("file", ("a.jpg", pug))], {"top_k": "٣"}, 400, "top_k"),
+        ([("file", ("猫 кот.jpg", pug))], {}, 200, "猫 кот.jpg"),
+    ]
+    for files, fields, status, words in cases:
+        answer = client.post("/api/predict", files=files or None, data=fields)
+        assert answer.status_code == status and words in answer.text, (files, fields, answer.status_code, answer.text)
+    empty_class = client.post("/api/explain", files=upload(("a.jpg", pug)), data={"class": ""})
+    assert empty_class.status_code == 400 and "unknown class ''" in empty_class.json()["error"]
