@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import json
 import os
 import time
@@ -29,11 +30,8 @@ AUTO_ON_CPU = "onnxruntime"  # what `predict --backend auto` runs on a CPU where
 
 
 def onnxruntime_installed() -> bool:
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    """ONNX Runtime to run copies, and the exporter (onnxscript) to write them: the onnx extra."""
+    return all(importlib.util.find_spec(name) is not None for name in ("onnxruntime", "onnxscript"))
 
 
 def gpu_present() -> bool:
