@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -167,11 +168,10 @@ def predictor(args: argparse.Namespace):
     if not paths:
         raise UserError(f"no image files found in {' '.join(args.paths)}")
     if backend == "onnxruntime":  # the copy holds the class names: naming the newest checkpoint loads no PyTorch
-        cache, copies = args.cache_dir or default_cache_dir(), {}
-        checkpoint = chosen_checkpoint(args.checkpoint, lambda path: copies.setdefault(
-            path, onnx_copy.ready_copy(path, cache)).answers)
-        copy = copies.get(checkpoint) or onnx_copy.ready_copy(checkpoint, cache)
-        return copy.iter_predictions(paths, args.top_k, args.workers)
+        cache = args.cache_dir or default_cache_dir()
+        copy_of = functools.cache(lambda path: onnx_copy.ready_copy(path, cache))  # made once, named, then used
+        checkpoint = chosen_checkpoint(args.checkpoint, lambda path: copy_of(path).answers)
+        return copy_of(checkpoint).iter_predictions(paths, args.top_k, args.workers)
     checkpoint = chosen_checkpoint(args.checkpoint)
     from .predict import PetClassifier
 
