@@ -62,7 +62,7 @@ class Epochs:
         self.optimizer, self.scheduler, self.steps_per_epoch = optimizer_and_schedule(p.trainable, p.train_labels, cfg)
         self.last, self.metrics_file = run_dir / "last.pt", run_dir / "metrics.jsonl"
         self.meta = checkpoint_meta(p)
-        self.state = {"epoch": 0, "step": 0, "best": -1.0, "totals": None, "epoch_lr": None}
+        self.state = {"epoch": 0, "step": 0, "best": -1.0, "best_loss": float("inf"), "totals": None, "epoch_lr": None}
         if cfg.resume:
             self.state.update(resumed_state(p, self.optimizer, self.scheduler, self.augment, device,
                                             self.metrics_file, run_dir))
@@ -116,8 +116,10 @@ class Epochs:
         if distributed.is_main():
             with open(self.metrics_file, "a") as f:
                 f.write(json.dumps(row) + "\n")
-        if row["val_accuracy"] > self.state["best"]:
-            self.state["best"] = row["val_accuracy"]
+        # at equal accuracy the lower validation loss: a few validation photos are all right from the first epoch
+        # on, and that epoch's head, barely trained, gave them 77% where the last gave 99.9%
+        if (row["val_accuracy"], -row["val_loss"]) > (self.state["best"], -self.state["best_loss"]):
+            self.state.update(best=row["val_accuracy"], best_loss=row["val_loss"])
             if distributed.is_main():
                 save_checkpoint({**self.meta, "model_state": self.p.model.state_dict(), "metrics": row},
                                 self.run_dir / "best.pt")
@@ -129,7 +131,8 @@ class Epochs:
         if distributed.is_main():
             save_checkpoint({**self.meta, "model_state": self.p.model.state_dict(), "metrics": metrics,
                              "epoch": epoch, "step": step, "epoch_lr": state["epoch_lr"],
-                             "best_accuracy": state["best"], "optimizer": self.optimizer.state_dict(),
+                             "best_accuracy": state["best"], "best_loss": state["best_loss"],
+                             "optimizer": self.optimizer.state_dict(),
                              "scheduler": self.scheduler.state_dict(), "ranks": ranks}, self.last)
 
     def on_step(self, totals: dict) -> None:
@@ -176,7 +179,8 @@ def resumed_state(p: Prepared, optimizer, scheduler, augment, device, metrics_fi
     epoch, step = ckpt["epoch"], ckpt["step"]
     mine = rank_state(ckpt, step)
     set_rng_state(mine["rng"], augment, device)
-    state = {"epoch": epoch, "step": step, "best": ckpt["best_accuracy"]}
+    state = {"epoch": epoch, "step": step, "best": ckpt["best_accuracy"],
+             "best_loss": ckpt.get("best_loss", float("inf"))}
     if step:
         state.update(totals=dict(mine["totals"]), epoch_lr=ckpt["epoch_lr"])
     if distributed.is_main() and metrics_file.exists():  # rows after the checkpoint are redone below

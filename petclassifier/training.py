@@ -28,7 +28,7 @@ from .data import PetData, load_data
 from .epochs import plural, train_epochs, warn_if_at_chance
 from .frozen import Views, fast_frozen, fits_on_gpu, is_global_pool, to_float
 from .loop import evaluate
-from .metrics import expected_calibration_error, mean_class_accuracy
+from .metrics import confusion_matrix, expected_calibration_error, mean_class_accuracy
 from .models import build_model, check_model_name
 from .plots import write_curves
 from .refit import cross_fitted_logits, refit
@@ -224,9 +224,12 @@ def finish(p: Prepared, trained: nn.Module, train_criterion, criterion, device, 
     if p.pooled:
         labels, inputs_of = torch.cat([p.train_labels, p.val_labels.to(p.train_labels.device)]), p.joined_inputs
         scored_views = [inputs_of(v) for v in ((0, 1) if cfg.flip_tta else (0,))]
-        fitted = calibration.fit_temperature(*cross_fitted_logits(
-            p.trainable, trained, p.initial_head, inputs_of, scored_views, labels, train_criterion, cfg, device),
-            source="cross-fitted")
+        logits, scored = cross_fitted_logits(p.trainable, trained, p.initial_head, inputs_of, scored_views, labels,
+                                             train_criterion, cfg, device)  # scored: labels in the folds' order
+        fitted = calibration.fit_temperature(logits, scored, source="cross-fitted")
+        # every photo scored by a head that never learned from it: per-class accuracy over all the photos
+        summary["cross_fitted_confusion"] = confusion_matrix(scored.cpu(), logits.argmax(1).cpu(),
+                                                             len(p.data.class_names)).tolist()
         p.trainable.load_state_dict(p.initial_head)
         if refitting:  # 10% more photos to learn from: about +0.7% on the breeds
             refit(trained, inputs_of, labels, train_criterion, cfg, device)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import ipaddress
-import json
 import socket
 import threading
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import quote
 
@@ -31,48 +32,55 @@ from .errors import UserError
 from .explain import GradCAM, heat_overlay, upsample
 from .metrics import epoch_rows
 from .predict import PetClassifier, stack_readable
+from .teach import MAX_JOB_PHOTOS, Job, Refused, TrainJobs, read_json
 from .transforms import centre_crop
+from .web_limits import MAX_TRAIN_BYTES, MAX_UPLOAD_BYTES, RequestLimits, check_pixels
 
-MAX_UPLOAD_BYTES = 32 * 2**20  # per request: a 48-megapixel phone JPEG fits; a larger body gets 413
 MAX_FILES = 64  # photos per request
-MAX_PIXELS_PER_REQUEST = 200_000_000  # decoded pixels a request may ask for (four 48-megapixel photos); past it 413
-# uploads read or answered at once; past it 503 with Retry-After, before the body is read: the server's memory holds
-# at most this many request bodies (uploads past 1 MiB are spooled to disk while they arrive)
-MAX_IN_FLIGHT = 8
-RETRY_AFTER_SECONDS = 1
+TAUGHT_MODELS_KEPT = 2  # models taught in the page kept loaded (the latest used)
 STATIC = Path(__file__).with_name("static")
 
 
 class PhotoService:
-    """The trained classifier behind the API, loaded and run on one thread of its own, in arrival order; predict
-    requests that wait together share forward passes. A forward pass already uses every core; and on 2 CPU cores a
-    second thread running torch made every pass about half as slow again (each thread gets its own OpenMP team,
-    which compete), and the server's memory grew with each new thread that ran the network (glibc gives each its
-    own heap). One thread also means one photo of up to 89 megapixels decoded at a time, however many requests
-    wait: each is cut to the square the network sees before the next."""
+    """The trained classifiers behind the API (the served checkpoint, and models taught in the page), loaded and
+    run on one thread of their own, in arrival order; predict requests that wait together share forward passes.
+
+    A forward pass already uses every core; and on 2 CPU cores a second thread running torch made every pass about
+    half as slow again (each thread gets its own OpenMP team, which compete), and the server's memory grew with each
+    new thread that ran the network (glibc gives each its own heap). One thread also means one photo of up to 89
+    megapixels decoded at a time, however many requests wait: each is cut to the square the network sees before the
+    next."""
 
     def __init__(self, checkpoint: Path, device: str = "auto"):
-        self.worker = ThreadPoolExecutor(1, thread_name_prefix="network")
-        self.worker.submit(self._load, checkpoint, device).result()
+        self.device, self.worker = device, ThreadPoolExecutor(1, thread_name_prefix="network")
+        self.taught: OrderedDict[str, Loaded] = OrderedDict()  # job id -> its model, the latest used last
+        self.served = self.worker.submit(Loaded.of, checkpoint, device).result()
         self.waiting, self.lock = [], threading.Lock()  # predict requests not yet through the network
 
-    def _load(self, checkpoint: Path, device: str) -> None:
-        ckpt = load_checkpoint(checkpoint)
-        self.classifier = PetClassifier.from_loaded(ckpt, device)
-        self.gradcam = GradCAM(self.classifier.model.requires_grad_(False))  # gradients of activations, not weights
-        self.info = model_info(checkpoint, ckpt)
+    @property
+    def classifier(self) -> PetClassifier:
+        return self.served.classifier
+
+    @property
+    def info(self) -> dict:
+        return self.served.info
+
+    def model(self, job: Job | None) -> Loaded:
+        """The served model, or a taught job's (loaded at its first use; the last few used are kept)."""
+        if job is None:
+            return self.served
+        if job.id not in self.taught:
+            self.taught[job.id] = Loaded.of(job.checkpoint, self.device)
+            while len(self.taught) > TAUGHT_MODELS_KEPT:
+                self.taught.popitem(last=False)
+        self.taught.move_to_end(job.id)
+        return self.taught[job.id]
 
     async def run(self, work, *args):
         """`work(*args)` on the service's thread, awaited."""
         return await asyncio.get_running_loop().run_in_executor(self.worker, work, *args)
 
-    def decode(self, name: str, data: bytes) -> tuple[str, torch.Tensor | str]:
-        """(name, the uint8 square [3, R, R] the network sees) or (name, why the bytes are not a readable photo)."""
-        if not data:
-            return name, "empty file (0 bytes)"
-        return name, square_or_reason(io.BytesIO(data), self.classifier.preprocessing)  # the name is never opened
-
-    async def predict(self, uploads: list[tuple[str, bytes]], top_k: int) -> list[dict]:
+    async def predict(self, uploads: list[tuple[str, bytes]], top_k: int, job: Job | None = None) -> list[dict]:
         """One `predict --json` entry per upload, in upload order; unreadable ones get an error entry.
 
         Requests that wait while the network is busy go through it together: their photos share forward passes.
@@ -81,22 +89,25 @@ class PhotoService:
         loop = asyncio.get_running_loop()
         answer = loop.create_future()
         with self.lock:
-            self.waiting.append((uploads, top_k, answer, loop))
+            self.waiting.append((uploads, top_k, job, answer, loop))
         self.worker.submit(self._predict_waiting)  # the first of these to run takes every waiting request
         return await answer
 
     def _predict_waiting(self) -> None:
-        """Every waiting request's photos through the network in batches; each request's entries to its future."""
+        """Every waiting request's photos through its model in batches; each request's entries to its future."""
         with self.lock:
             requests, self.waiting = self.waiting, []
-        if not requests:
-            return
+        for job in {id(r[2]): r[2] for r in requests}.values():  # each model's requests share its passes
+            self._predict_together([r for r in requests if r[2] is job])
+
+    def _predict_together(self, requests: list) -> None:
         try:
-            decoded = [self.decode(name, data) for uploads, *_ in requests for name, data in uploads]
-            top_k, size, predictions = max(r[1] for r in requests), self.classifier.batch_size, []
+            loaded = self.model(requests[0][2])
+            decoded = [loaded.decode(name, data) for uploads, *_ in requests for name, data in uploads]
+            top_k, size, predictions = max(r[1] for r in requests), loaded.classifier.batch_size, []
             for start in range(0, len(decoded), size):
-                predictions += self.classifier.scored(*stack_readable(decoded[start : start + size]), top_k)
-            for uploads, k, answer, loop in requests:
+                predictions += loaded.classifier.scored(*stack_readable(decoded[start : start + size]), top_k)
+            for uploads, k, _, answer, loop in requests:
                 mine, predictions = predictions[: len(uploads)], predictions[len(uploads) :]
                 entries = [replace(p, labels=p.labels[:k]).as_dict() for p in mine]
                 loop.call_soon_threadsafe(settle, answer, entries, None)
@@ -104,8 +115,33 @@ class PhotoService:
             for *_, answer, loop in requests:
                 loop.call_soon_threadsafe(settle, answer, None, e)
 
-    def explain(self, name: str, data: bytes, class_name: str | None) -> tuple[bytes, str, float]:
+    def explain(self, name: str, data: bytes, class_name: str | None, job: Job | None = None) -> tuple:
         """(PNG of the Grad-CAM overlay on the square the network sees, its class, that class's probability)."""
+        return self.model(job).explain(name, data, class_name)
+
+
+@dataclass
+class Loaded:
+    """One classifier the service runs, with its Grad-CAM and what the page shows about it."""
+
+    classifier: PetClassifier
+    gradcam: GradCAM
+    info: dict
+
+    @classmethod
+    def of(cls, checkpoint: Path, device: str) -> Loaded:
+        ckpt = load_checkpoint(checkpoint)
+        classifier = PetClassifier.from_loaded(ckpt, device)
+        # gradients of activations, not of weights
+        return cls(classifier, GradCAM(classifier.model.requires_grad_(False)), model_info(checkpoint, ckpt))
+
+    def decode(self, name: str, data: bytes) -> tuple[str, torch.Tensor | str]:
+        """(name, the uint8 square [3, R, R] the network sees) or (name, why the bytes are not a readable photo)."""
+        if not data:
+            return name, "empty file (0 bytes)"
+        return name, square_or_reason(io.BytesIO(data), self.classifier.preprocessing)  # the name is never opened
+
+    def explain(self, name: str, data: bytes, class_name: str | None) -> tuple[bytes, str, float]:
         c = self.classifier
         if class_name is not None and class_name not in c.class_names:
             raise HTTPException(400, f"unknown class {class_name!r}; the model knows: {', '.join(c.class_names)}")
@@ -120,21 +156,6 @@ class PhotoService:
         png = io.BytesIO()
         Image.fromarray(overlay.permute(1, 2, 0).numpy()).save(png, "PNG")
         return png.getvalue(), c.class_names[k], float(probs[k])
-
-
-def check_pixels(uploads: list[tuple[str, bytes]]) -> None:
-    """413 where a request's photos hold more pixels than one request may have decoded (headers only: no pixels
-    are decoded here); unreadable ones count nothing and get their own error entry later."""
-    total = 0
-    for _, data in uploads:
-        try:
-            with Image.open(io.BytesIO(data)) as img:
-                total += img.width * img.height
-        except Exception:  # not an image, or a bomb: the decode says so for that photo
-            continue
-    if total > MAX_PIXELS_PER_REQUEST:
-        raise HTTPException(413, f"the photos hold {total:,} pixels, over the limit of {MAX_PIXELS_PER_REQUEST:,} "
-                                 "per request; send them in several requests")
 
 
 def settle(answer: asyncio.Future, result, error: BaseException | None) -> None:
@@ -166,47 +187,73 @@ def model_info(checkpoint: Path, ckpt: dict) -> dict:
             "task": task_of(ckpt), "class_names": ckpt["class_names"], "species_of": ckpt.get("species_of") or None,
             "image_size": ckpt["preprocessing"]["crop"], "flip_tta": flip_tta_of(ckpt),
             "temperature": temperature_of(ckpt), "not_a_pet": ckpt.get("imagenet_stages") is not None,
-            "accuracy": accuracy, "curve": curve, "max_upload_bytes": MAX_UPLOAD_BYTES, "max_files": MAX_FILES}
-
-
-def read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
+            "accuracy": accuracy, "curve": curve, "max_upload_bytes": MAX_UPLOAD_BYTES, "max_files": MAX_FILES,
+            "max_job_photos": MAX_JOB_PHOTOS, "max_train_bytes": MAX_TRAIN_BYTES}
 
 
 async def uploaded_files(request: Request) -> tuple[list[tuple[str, bytes]], dict[str, str]]:
     """The request's `file` uploads as (file name, bytes), in upload order, and its plain form fields."""
+    async with request.form(max_files=MAX_FILES, max_fields=16) as form:
+        files, fields = form_parts(request, form)
+        return [(f.filename or "upload", await f.read()) for f in files], fields
+
+
+def form_parts(request: Request, form) -> tuple[list[UploadFile], dict[str, str]]:
+    """A multipart form's `file` uploads, in upload order, and its plain fields; 400 where there is no photo."""
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise HTTPException(400, "send photos as multipart/form-data, one 'file' field per photo")
-    async with request.form(max_files=MAX_FILES, max_fields=16) as form:
-        files = form.getlist("file")
-        if not files or not all(isinstance(f, UploadFile) for f in files):
-            raise HTTPException(400, "no photo: send each one as a 'file' field of multipart/form-data")
-        uploads = [(f.filename or "upload", await f.read()) for f in files]
-        return uploads, {k: v for k, v in form.items() if isinstance(v, str)}
+    files = form.getlist("file")
+    if not files or not all(isinstance(f, UploadFile) for f in files):
+        raise HTTPException(400, "no photo: send each one as a 'file' field of multipart/form-data")
+    return files, {k: v for k, v in form.items() if isinstance(v, str)}
 
 
-def create_app(service: PhotoService) -> RequestLimits:
+def create_app(service: PhotoService, jobs: TrainJobs | None = None) -> RequestLimits:
     """The ASGI app: the page at /, its files under /static/, the JSON API under /api/."""
+    jobs = jobs or TrainJobs(service.device)
+
+    def taught(fields: dict[str, str]) -> Job | None:
+        """The job whose model a request asks for (its `job` field), trained; None for the served model."""
+        if not fields.get("job"):
+            return None
+        job = jobs.get(fields["job"])
+        if job.status != "done":
+            raise HTTPException(409, f"job {job.id} is {job.status}{': ' + job.error if job.error else ''}; its "
+                                     "model can answer once it is done")
+        return job
 
     async def predict(request: Request) -> JSONResponse:
         uploads, fields = await uploaded_files(request)
         top_k = fields.get("top_k", request.query_params.get("top_k", "5"))
         if not (top_k.isascii() and top_k.isdigit()) or int(top_k) < 1:  # "²".isdigit() is True
             raise HTTPException(400, f"top_k must be a whole number, at least 1 (got {top_k!r})")
-        return JSONResponse(await service.predict(uploads, int(top_k)))
+        return JSONResponse(await service.predict(uploads, int(top_k), taught(fields)))
 
     async def explain(request: Request) -> Response:
         uploads, fields = await uploaded_files(request)
         if len(uploads) != 1:
             raise HTTPException(400, f"explain takes one photo, not {len(uploads)}")
         check_pixels(uploads)
-        png, label, probability = await service.run(service.explain, *uploads[0], fields.get("class"))
+        png, label, probability = await service.run(service.explain, *uploads[0], fields.get("class"),
+                                                    taught(fields))
         # headers are latin-1: the class name (any script) is sent percent-encoded UTF-8, as in a URL
         return Response(png, media_type="image/png",
                         headers={"X-Class": quote(label, safe=""), "X-Probability": f"{probability:.6f}"})
+
+    async def train(request: Request) -> JSONResponse:
+        async with request.form(max_files=MAX_JOB_PHOTOS + 1, max_fields=16) as form:
+            files, fields = form_parts(request, form)
+            uploads = [(f.filename or "upload", f.file) for f in files]  # spooled: written to the job's folder
+            job = await asyncio.to_thread(jobs.create, uploads, fields.get("labels"), fields)
+        return JSONResponse({"job": job.id}, status_code=202)
+
+    async def train_status(request: Request) -> JSONResponse:
+        return JSONResponse(jobs.get(request.path_params["job"]).report())
+
+    async def train_checkpoint(request: Request) -> FileResponse:
+        job = taught({"job": request.path_params["job"]})
+        name = "-".join(job.classes)[:80]
+        return FileResponse(job.checkpoint, filename=f"petclassifier-{name}.pt", media_type="application/octet-stream")
 
     async def model(request: Request) -> JSONResponse:
         return JSONResponse(service.info)
@@ -221,49 +268,22 @@ def create_app(service: PhotoService) -> RequestLimits:
     async def error(request: Request, exc: HTTPException) -> JSONResponse:
         return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
+    async def refused(request: Request, exc: Refused) -> JSONResponse:
+        retry = {"Retry-After": "60"} if exc.status == 503 else None
+        return JSONResponse({"error": exc.message}, status_code=exc.status, headers=retry)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        yield
+        await asyncio.to_thread(jobs.close)  # the running job stops; every job's photos and model are removed
+
     routes = [Route("/", page), Route("/api/predict", predict, methods=["POST"]),
               Route("/api/explain", explain, methods=["POST"]), Route("/api/model", model),
-              Route("/api/health", health), Mount("/static", StaticFiles(directory=STATIC), name="static")]
-    return RequestLimits(Starlette(routes=routes, exception_handlers={HTTPException: error}), MAX_UPLOAD_BYTES)
-
-
-class RequestLimits:
-    """ASGI wrapper bounding what clients can make the server hold: a request body over `max_bytes` gets 413 (at
-    once when its Content-Length says so, or as soon as that many bytes of a body without one have arrived), and an
-    upload past `max_in_flight` uploads at once gets 503 with Retry-After before its body is read."""
-
-    def __init__(self, app, max_bytes: int, max_in_flight: int = MAX_IN_FLIGHT):
-        self.app, self.limit, self.max_in_flight, self.in_flight = app, max_bytes, max_in_flight, 0
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["method"] != "POST":
-            return await self.app(scope, receive, send)
-        length = dict(scope["headers"]).get(b"content-length", b"0")
-        if length.isdigit() and int(length) > self.limit:
-            too_large = JSONResponse({"error": self.message(length.decode("latin-1"))}, status_code=413)
-            return await too_large(scope, receive, send)
-        if self.in_flight >= self.max_in_flight:
-            busy = JSONResponse({"error": f"busy: {self.in_flight} uploads in progress; try again in a moment"},
-                                status_code=503, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
-            return await busy(scope, receive, send)
-        received = 0
-
-        async def counted():
-            nonlocal received
-            message = await receive()
-            received += len(message.get("body", b""))
-            if received > self.limit:  # raised inside the route: its error handler answers 413
-                raise HTTPException(413, self.message(f"more than {received:,}"))
-            return message
-
-        self.in_flight += 1
-        try:
-            await self.app(scope, counted, send)
-        finally:
-            self.in_flight -= 1
-
-    def message(self, size: str) -> str:
-        return f"the upload ({size} bytes) is over the limit of {self.limit // 2**20} MiB per request"
+              Route("/api/health", health), Route("/api/train", train, methods=["POST"]),
+              Route("/api/train/{job}", train_status), Route("/api/train/{job}/checkpoint", train_checkpoint),
+              Mount("/static", StaticFiles(directory=STATIC), name="static")]
+    app = Starlette(routes=routes, exception_handlers={HTTPException: error, Refused: refused}, lifespan=lifespan)
+    return RequestLimits(app, MAX_UPLOAD_BYTES, larger={"/api/train": MAX_TRAIN_BYTES})
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
@@ -295,7 +315,10 @@ def serve(checkpoint: Path, host: str = "127.0.0.1", port: int = 8000, device: s
     if not ip.is_loopback:
         print(f"note: other machines can reach this page at this machine's address, port {port}; there is no login",
               flush=True)
+    jobs = TrainJobs(device)
     try:
-        uvicorn.Server(uvicorn.Config(create_app(service), log_level="info")).run(sockets=[listener])
+        uvicorn.Server(uvicorn.Config(create_app(service, jobs), log_level="info")).run(sockets=[listener])
     except KeyboardInterrupt:  # Ctrl+C is how a server stops: uvicorn has shut down cleanly, and says so
         pass
+    finally:
+        jobs.close()  # also where the server stopped without its shutdown (the jobs' files are temporary)

@@ -94,9 +94,10 @@ def test_health_model_and_the_page_offline(client, run_dir):
     assert info["checkpoint"] == "run/best.pt" and info["max_upload_bytes"] == MAX_UPLOAD_BYTES
     page = client.get("/")
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
-    for name in ("app.js", "style.css"):
+    names = ("app.js", "teach.js", "style.css")
+    for name in names:
         assert f"/static/{name}" in page.text and client.get(f"/static/{name}").status_code == 200
-    for text in (page.text, client.get("/static/app.js").text, client.get("/static/style.css").text):
+    for text in (page.text, *(client.get(f"/static/{name}").text for name in names)):
         # nothing fetched from the internet (the SVG namespace is a name, never fetched)
         assert "//" not in text.replace("http://www.w3.org/2000/svg", "").replace("// ", "").replace("//\n", "")
 
@@ -403,10 +404,10 @@ def test_class_names_in_any_script_explain_with_200(run_dir, tmp_path):
 
 
 def test_too_many_pixels_in_one_request_get_413_and_uploads_past_the_limit_503(client, tmp_path, monkeypatch):
-    from petclassifier import web
+    from petclassifier import web_limits
 
     width, height = Image.open(photo("pug")).size
-    monkeypatch.setattr(web, "MAX_PIXELS_PER_REQUEST", width * height * 3)  # three of these photos, not four
+    monkeypatch.setattr(web_limits, "MAX_PIXELS_PER_REQUEST", width * height * 3)  # three of these photos, not four
     pug = (photo("pug").name, photo("pug").read_bytes())
     assert client.post("/api/predict", files=upload(*[pug] * 3)).status_code == 200
     four = client.post("/api/predict", files=upload(*[pug] * 4))
@@ -417,7 +418,7 @@ def test_too_many_pixels_in_one_request_get_413_and_uploads_past_the_limit_503(c
     async def slow(scope, receive, send):  # an upload the network is still busy with
         started.append(1)
         await release.wait()
-        await web.JSONResponse({"ok": True})(scope, receive, send)
+        await web_limits.JSONResponse({"ok": True})(scope, receive, send)
 
     async def request(limits):
         scope = {"type": "http", "method": "POST", "path": "/api/predict", "headers": [(b"content-length", b"10")]}
@@ -433,7 +434,7 @@ def test_too_many_pixels_in_one_request_get_413_and_uploads_past_the_limit_503(c
         return messages[0]["status"], dict(messages[0]["headers"])
 
     async def three_at_once():
-        limits = web.RequestLimits(slow, max_bytes=100, max_in_flight=2)
+        limits = web_limits.RequestLimits(slow, max_bytes=100, max_in_flight=2)
         tasks = [asyncio.create_task(request(limits)) for _ in range(2)]
         while len(started) < 2:
             await asyncio.sleep(0)

@@ -111,7 +111,8 @@ function chart(title, rows, series, low, high) {
 
 // --- photos ----------------------------------------------------------------------------------------------------
 
-function addPhotos(files) {
+// each photo a card in `target`, answered by the served model, or by a model taught in the page (`job`)
+function addPhotos(files, target = results, job = null) {
   for (const file of files) {
     const preview = el("img", { alt: file.name, src: URL.createObjectURL(file) });
     const photo = file.type.startsWith("image/") || /\.(heic|heif|avif)$/i.test(file.name);
@@ -120,12 +121,12 @@ function addPhotos(files) {
     const body = el("div", {}, el("p", { className: "name", textContent: file.name }),
                     el("p", { className: "pending", textContent: "looking…" }));
     const card = el("article", { className: "card" }, el("div", { className: "pictures" }, preview), body);
-    results.append(card);
+    target.append(card);
     if (file.size > maxUploadBytes) {
       showError(body, `${(file.size / 2 ** 20).toFixed(1)} MiB is over the ${Math.round(maxUploadBytes / 2 ** 20)} MiB limit`);
       continue;
     }
-    queue.push({ file, card, body });
+    queue.push({ file, card, body, job });
   }
   pump();
 }
@@ -140,15 +141,22 @@ function pump() {
   }
 }
 
-async function predict({ file, card, body }) {
+// a form with the photo, and the taught model's job when it is one of those
+function photoForm(file, job) {
   const form = new FormData();
   form.append("file", file, file.name);
+  if (job) form.append("job", job);
+  return form;
+}
+
+async function predict({ file, card, body, job }) {
+  const form = photoForm(file, job);
   try {
     const reply = await answer(await post("/api/predict", form));
     if (reply.error) return showError(body, reply.error);
     const [result] = reply;
     if (result.error) return showError(body, result.error);
-    showResult(file, result, card, body);
+    showResult(file, result, card, body, job);
   } catch (e) {
     showError(body, `no answer from the server (${e.message})`);
   }
@@ -159,7 +167,7 @@ function showError(body, message) {
   body.append(el("p", { className: "error", textContent: `cannot read it: ${message}` }));
 }
 
-function showResult(file, result, card, body) {
+function showResult(file, result, card, body, job) {
   body.querySelector(".pending")?.remove();
   const [best] = result.predictions;
   const badges = el("div", { className: "badges" });
@@ -174,18 +182,16 @@ function showResult(file, result, card, body) {
                     el("em", { textContent: readable(label), title: label })),
            el("span", { className: "p", textContent: percent(probability) }))));
   const button = el("button", { type: "button", textContent: "Where did it look?" });
-  button.onclick = () => explain(file, card, button);
+  button.onclick = () => explain(file, card, button, job);
   const heading = result.not_a_pet ? `no pet here? closest: ${readable(best.label)}` : readable(best.label);
   body.append(el("p", { className: result.not_a_pet ? "label doubtful" : "label", textContent: heading }), badges,
               bars, button);
 }
 
-async function explain(file, card, button) {
+async function explain(file, card, button, job) {
   button.disabled = true;
   button.textContent = "looking…";
-  const form = new FormData();
-  form.append("file", file, file.name);
-  const response = await post("/api/explain", form);
+  const response = await post("/api/explain", photoForm(file, job));
   if (!response.ok) {
     button.textContent = `no map: ${(await answer(response)).error}`;
     return;
@@ -201,21 +207,25 @@ async function explain(file, card, button) {
 
 // --- wiring ----------------------------------------------------------------------------------------------------
 
-const drop = document.getElementById("drop");
-const input = document.getElementById("files");
-input.addEventListener("change", () => {
-  addPhotos(input.files);
-  input.value = ""; // the same photo can be chosen again
-});
-for (const name of ["dragenter", "dragover"]) {
-  drop.addEventListener(name, (e) => { e.preventDefault(); drop.classList.add("over"); });
+// photos chosen with `input` or dropped on `zone` go to onFiles(files)
+function dropZone(zone, input, onFiles) {
+  input.addEventListener("change", () => {
+    onFiles([...input.files]);
+    input.value = ""; // the same photo can be chosen again
+  });
+  for (const name of ["dragenter", "dragover"]) {
+    zone.addEventListener(name, (e) => { e.preventDefault(); zone.classList.add("over"); });
+  }
+  zone.addEventListener("dragleave", () => zone.classList.remove("over"));
+  zone.addEventListener("drop", (e) => {
+    e.preventDefault();
+    e.stopPropagation();
+    zone.classList.remove("over");
+    onFiles([...e.dataTransfer.files]);
+  });
 }
-drop.addEventListener("dragleave", () => drop.classList.remove("over"));
-drop.addEventListener("drop", (e) => {
-  e.preventDefault();
-  drop.classList.remove("over");
-  addPhotos(e.dataTransfer.files);
-});
+
+dropZone(document.getElementById("drop"), document.getElementById("files"), (files) => addPhotos(files));
 // a photo dropped beside the zone would make the browser leave the page for it
 window.addEventListener("dragover", (e) => e.preventDefault());
 window.addEventListener("drop", (e) => e.preventDefault());

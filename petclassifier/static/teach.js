@@ -1,0 +1,122 @@
+// The teaching part of the page: classes of photos go to POST /api/train; GET /api/train/ID is read every
+// 400 ms while it trains, each epoch's losses and accuracy drawn as they arrive; then photos are tried on the
+// taught model (its job) and its checkpoint downloaded. Uses app.js's el, chart, readable, post, answer, addPhotos
+// and dropZone.
+"use strict";
+
+const teachClasses = document.getElementById("teach-classes");
+const trainButton = document.getElementById("train");
+const trainStatus = document.getElementById("train-status");
+const classes = []; // {name input, files}
+let taughtJob = null;
+
+function addClass(name) {
+  const entry = { files: [] };
+  const input = el("input", { className: "class-name", value: name, placeholder: "class name", maxLength: 100 });
+  const files = el("input", { type: "file", accept: "image/*,.heic,.heif", multiple: true });
+  const count = el("span", { className: "hint count", textContent: "no photos yet" });
+  const thumbs = el("div", { className: "thumbs" });
+  const remove = el("button", { type: "button", className: "remove", title: "remove this class", textContent: "×" });
+  const zone = el("div", { className: "class drop" }, el("div", { className: "class-head" }, input, remove),
+                  el("p", {}, el("label", { className: "button" }, "add photos", files), " or drop them here ", count),
+                  thumbs);
+  entry.input = input;
+  dropZone(zone, files, (chosen) => {
+    entry.files.push(...chosen);
+    for (const file of chosen.slice(0, Math.max(0, 24 - thumbs.children.length))) {
+      const img = el("img", { alt: file.name, title: file.name, src: URL.createObjectURL(file) });
+      img.onerror = () => img.remove();
+      thumbs.append(img);
+    }
+    count.textContent = `${entry.files.length} photo${entry.files.length === 1 ? "" : "s"}`;
+  });
+  remove.onclick = () => {
+    classes.splice(classes.indexOf(entry), 1);
+    zone.remove();
+  };
+  classes.push(entry);
+  teachClasses.append(zone);
+}
+
+async function train() {
+  const names = classes.map((c) => c.input.value.trim());
+  const form = new FormData();
+  for (const c of classes) for (const file of c.files) form.append("file", file, file.name);
+  form.append("labels", JSON.stringify(classes.flatMap((c, i) => c.files.map(() => names[i]))));
+  for (const key of ["epochs", "batch_size", "lr"]) form.append(key, document.getElementById(`set-${key}`).value);
+  trainButton.disabled = true;
+  trainStatus.textContent = "sending the photos…";
+  try {
+    const reply = await answer(await post("/api/train", form));
+    if (reply.error) throw new Error(reply.error);
+    taughtJob = reply.job;
+    document.getElementById("taught").hidden = true;
+    document.getElementById("progress").hidden = false;
+    await follow(reply.job);
+  } catch (e) {
+    trainStatus.textContent = `cannot train: ${e.message}`;
+  } finally {
+    trainButton.disabled = false;
+  }
+}
+
+// read the job's state until it ends, drawing each epoch as it arrives
+async function follow(job) {
+  for (;;) {
+    const report = await answer(await fetch(`/api/train/${job}`));
+    if (report.error && !report.status) throw new Error(report.error);
+    showProgress(report);
+    if (report.status === "failed") throw new Error(report.error);
+    if (report.status === "done") return showTaught(report);
+    await new Promise((done) => setTimeout(done, 400));
+  }
+}
+
+function showProgress(report) {
+  const rows = report.epochs;
+  const last = rows[rows.length - 1];
+  trainStatus.textContent = report.status === "queued" ? "waiting for the job before it…"
+    : `${report.status}: ${report.seconds.toFixed(0)} s` +
+      (last ? `, epoch ${last.epoch}${report.recipe ? ` of ${report.recipe.epochs}` : ""}` : "");
+  document.getElementById("phase").textContent = report.phase;
+  const r = report.recipe;
+  if (r) {
+    document.getElementById("recipe").textContent =
+      `${r.model} (frozen body, ${r.image_size} px), ${r.augment_views} views of each photo, batches of ` +
+      `${r.batch_size}, ${r.epochs} epochs, learning rate ${r.lr}, on ${r.device}`;
+  }
+  const curves = document.getElementById("train-curves");
+  if (rows.length) {
+    curves.replaceChildren(
+      chart("loss per epoch: training (orange), held-out photos (blue)", rows,
+            [["train_loss", "#e0803a"], ["val_loss", "#2f6fdf"]], 0, null),
+      chart("accuracy on held-out photos per epoch", rows, [["val_accuracy", "#2f6fdf"]], 0, 1));
+  }
+}
+
+function showTaught(report) {
+  const names = report.classes.map((c) => c.name);
+  const matrix = report.cross_fitted_confusion || [];
+  const rows = matrix.map((row, i) => {
+    const total = row.reduce((a, b) => a + b, 0);
+    return el("tr", {}, el("th", { textContent: readable(names[i]), title: names[i] }),
+              el("td", { className: "accuracy", textContent: total ? percent(row[i] / total) : "–" }),
+              ...row.map((n, j) => el("td", { className: i === j ? "hit" : n ? "miss" : "", textContent: String(n) })));
+  });
+  const head = el("tr", {}, el("th", { textContent: "class" }), el("th", { textContent: "accuracy" }),
+                  ...names.map((n) => el("th", { textContent: readable(n), title: n })));
+  document.getElementById("per-class").replaceChildren(el("table", { className: "confusion" }, head, ...rows));
+  const download = document.getElementById("download");
+  download.href = report.checkpoint;
+  trainStatus.textContent = `done in ${report.seconds.toFixed(0)} s` +
+    (report.calibration ? `; probabilities calibrated (temperature ${report.calibration.temperature.toFixed(2)})` : "");
+  document.getElementById("try-results").replaceChildren();
+  document.getElementById("taught").hidden = false;
+}
+
+dropZone(document.getElementById("try"), document.getElementById("try-files"),
+         (files) => addPhotos(files, document.getElementById("try-results"), taughtJob));
+document.getElementById("add-class").onclick = () => addClass(`class ${classes.length + 1}`);
+trainButton.onclick = train;
+addClass("class 1");
+addClass("class 2");

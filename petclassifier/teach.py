@@ -1,0 +1,296 @@
+"""Teaching the network in the page: photos and their class names in, a `petclassifier train` run on them out.
+
+Each job is the command a user would type, `petclassifier train --dataset folder`, run on the job's photos in a
+folder of its own: one job trains at a time, in a process of its own (the server's network thread stays free, and a
+job's memory goes back when it ends), and the page follows it through the files training writes as it goes
+(metrics.jsonl: a row per epoch; the log's last line: the phase it is in; summary.json at the end).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from .images import IMAGE_EXTENSIONS, ImageError, open_checked, reason
+
+MAX_JOB_PHOTOS = 500  # photos per job: "10 to a few hundred" fit
+MIN_CLASS_PHOTOS = 2  # one to learn from and one held out to score on; 10 or more learn well
+MAX_WAITING = 4  # jobs queued behind the one training; past it 503 with Retry-After
+KEEP_SECONDS = 3600  # a finished job's photos, run folder and model are removed this long after it ended
+MAX_KEPT = 16  # finished jobs kept at once; past it the oldest goes first
+MAX_NAME = 100  # characters in a class name
+# the page's "under the hood" settings: train's flags of the same names; a blank field keeps the recipe's value
+OPTIONS = {"epochs": (int, 1, 1000), "batch_size": (int, 1, 512), "lr": (float, 1e-6, 1.0)}
+FORMAT_SUFFIX = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp",
+                 "TIFF": ".tif", "AVIF": ".avif", "HEIF": ".heic"}
+
+
+class Refused(Exception):
+    """A request the jobs cannot take: its HTTP status and what to fix, in one line."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+@dataclass
+class Job:
+    """One teaching job: its photos (photos/train/<class>/), its run folder and where it stands."""
+
+    id: str
+    folder: Path
+    classes: dict[str, int]  # class name -> photos, in the model's (sorted) order
+    options: dict  # the settings the page gave (train's flags); the rest is the recipe sized to the photos
+    status: str = "queued"  # queued | running | done | failed
+    error: str | None = None
+    created: float = field(default_factory=time.time)
+    started: float | None = None
+    ended: float | None = None
+    process: subprocess.Popen | None = None
+
+    @property
+    def run(self) -> Path:
+        return self.folder / "run"
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.run / "best.pt"
+
+    @property
+    def log(self) -> Path:
+        return self.folder / "train.log"
+
+    def report(self) -> dict:
+        """Where the job stands, as GET /api/train/ID answers: status, epochs so far, phase, and the results."""
+        now = self.ended or time.time()
+        answer = {"job": self.id, "status": self.status, "error": self.error, "options": self.options,
+                  "classes": [{"name": name, "photos": n} for name, n in self.classes.items()],
+                  "seconds": round(now - self.started, 1) if self.started else 0.0,
+                  "phase": last_line(self.log), "epochs": written_rows(self.run / "metrics.jsonl"),
+                  "recipe": read_json(self.run / "config.json")}
+        if self.status == "done":
+            summary = read_json(self.run / "summary.json") or {}
+            answer["cross_fitted_confusion"] = summary.get("cross_fitted_confusion")
+            answer["calibration"] = summary.get("calibration")
+            answer["checkpoint"] = f"/api/train/{self.id}/checkpoint"
+        return answer
+
+
+class TrainJobs:
+    """The jobs of one server: queued, trained one at a time, kept a while, all removed at `close`."""
+
+    def __init__(self, device: str = "auto", train_args: tuple[str, ...] = ()):
+        self._root: Path | None = None  # made at the first job
+        self.device, self.train_args = device, list(train_args)  # train_args: extra flags for every job (tests)
+        self.jobs: dict[str, Job] = {}
+        self.lock = threading.Lock()
+        self.runner = ThreadPoolExecutor(1, thread_name_prefix="teach")
+        self.closed = False
+
+    def create(self, uploads: list[tuple[str, BinaryIO]], labels: str | None, settings: dict[str, str]) -> Job:
+        """A queued job for the uploads (file name, readable file), `labels` a JSON list of one class per upload."""
+        names = parse_labels(labels, len(uploads))
+        options = parse_options(settings)
+        counts = Counter(names)
+        if too_few := [name for name in sorted(counts) if counts[name] < MIN_CLASS_PHOTOS]:
+            raise Refused(400, f"class {too_few[0]!r} has {counts[too_few[0]]} photo; each class needs at least "
+                               f"{MIN_CLASS_PHOTOS} (10 or more learn well)")
+        self.sweep()
+        with self.lock:
+            if sum(job.status == "queued" for job in self.jobs.values()) >= MAX_WAITING:
+                raise Refused(503, f"{MAX_WAITING} jobs are waiting to train already; try again in a minute")
+            job_id = secrets.token_hex(8)
+            job = Job(job_id, self.root / job_id, {name: counts[name] for name in sorted(counts)}, options)
+            job.folder.mkdir(parents=True)
+        try:
+            write_photos(job.folder / "photos" / "train", uploads, names)
+        except BaseException:
+            shutil.rmtree(job.folder, ignore_errors=True)
+            raise
+        with self.lock:
+            self.jobs[job.id] = job
+        self.runner.submit(self._train, job)
+        return job
+
+    @property
+    def root(self) -> Path:
+        if self._root is None:
+            self._root = Path(tempfile.mkdtemp(prefix="petclassifier-jobs-"))
+        return self._root
+
+    def get(self, job_id: str) -> Job:
+        self.sweep()
+        with self.lock:
+            if job_id not in self.jobs:
+                raise Refused(404, f"no training job {job_id!r} (jobs are removed {KEEP_SECONDS // 60} minutes "
+                                   "after they end)")
+            return self.jobs[job_id]
+
+    def command(self, job: Job) -> list[str]:
+        """The `petclassifier train` command line of a job."""
+        flags = [f"--{key.replace('_', '-')}={value}" for key, value in job.options.items()]
+        return [sys.executable, "-m", "petclassifier", "train", "--dataset", "folder", "--data-dir",
+                str(job.folder / "photos"), "--out", str(job.run), "--device", self.device, *self.train_args, *flags]
+
+    def _train(self, job: Job) -> None:
+        """Run a job's training to its end, on the runner's thread."""
+        if self.closed or job.status != "queued":
+            return
+        job.status, job.started = "running", time.time()
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # its log's lines arrive as they are printed
+        try:
+            with open(job.log, "w") as log:
+                job.process = subprocess.Popen(self.command(job), stdout=log, stderr=subprocess.STDOUT, env=env,
+                                               stdin=subprocess.DEVNULL)
+                code = job.process.wait()
+        except OSError as e:  # its folder was removed meanwhile, or the process could not start
+            code, job.error = -1, str(e)
+        job.ended = time.time()
+        if code == 0 and job.checkpoint.exists():
+            job.status = "done"
+        else:
+            job.status = "failed"
+            job.error = job.error or ("stopped" if self.closed else failure_line(job.log, code))
+
+    def sweep(self) -> None:
+        """Remove the jobs that ended over KEEP_SECONDS ago, and the oldest ended ones past MAX_KEPT."""
+        with self.lock:
+            ended = sorted((j for j in self.jobs.values() if j.ended), key=lambda j: j.ended)
+            old = [j for j in ended if time.time() - j.ended > KEEP_SECONDS] + ended[: max(0, len(ended) - MAX_KEPT)]
+            for job in old:
+                self.jobs.pop(job.id, None)
+                shutil.rmtree(job.folder, ignore_errors=True)
+
+    def close(self) -> None:
+        """Stop the running job, drop the queued ones and remove every job's files."""
+        self.closed = True
+        for job in list(self.jobs.values()):
+            if job.process and job.process.poll() is None:
+                job.process.kill()
+        self.runner.shutdown(wait=True, cancel_futures=True)
+        if self._root is not None:
+            shutil.rmtree(self._root, ignore_errors=True)
+
+
+def parse_labels(labels: str | None, photos: int) -> list[str]:
+    """The class name of each photo from the `labels` field, or Refused saying what to fix."""
+    if not photos:
+        raise Refused(400, "no photos: send each one as a 'file' field, with its class in 'labels'")
+    if photos > MAX_JOB_PHOTOS:
+        raise Refused(413, f"{photos} photos: a job takes at most {MAX_JOB_PHOTOS}")
+    try:
+        names = json.loads(labels) if labels is not None else None
+    except ValueError:
+        names = None
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise Refused(400, "'labels' must be a JSON list of class names, one per photo in upload order, e.g. "
+                           '["cat", "cat", "dog"]')
+    if len(names) != photos:
+        raise Refused(400, f"'labels' names {len(names)} classes for {photos} photos: give one per photo")
+    names = [n.strip() for n in names]
+    for name in names:
+        if not name:
+            raise Refused(400, "a class has no name: type one for every class")
+        if name.startswith(".") or "/" in name or "\\" in name or "\0" in name or len(name) > MAX_NAME:
+            raise Refused(400, f"class name {name[:MAX_NAME]!r}: use at most {MAX_NAME} characters, none of / \\, "
+                               "and no leading dot")
+    if len(set(names)) < 2:
+        raise Refused(400, f"only one class ({names[0]!r}): a classifier needs photos of at least two")
+    return names
+
+
+def parse_options(settings: dict[str, str]) -> dict:
+    """The page's settings as train's flags (blank ones left to the recipe), or Refused naming the bad one."""
+    options = {}
+    for key, (kind, low, high) in OPTIONS.items():
+        text = (settings.get(key) or "").strip()
+        if not text:
+            continue
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not low <= value <= high:
+            what = "a whole number" if kind is int else "a number"
+            raise Refused(400, f"{key.replace('_', ' ')} {text!r}: give {what} from {low:g} to {high:g}, or leave it "
+                               "blank for the recipe's")
+        options[key] = value
+    return options
+
+
+def write_photos(folder: Path, uploads: list[tuple[str, BinaryIO]], names: list[str]) -> None:
+    """Each upload to folder/<class>/<number><suffix of its format>, or Refused naming the files that are not
+    photos."""
+    bad = []
+    for i, ((filename, source), name) in enumerate(zip(uploads, names)):
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        path = folder / name / f"{i:04d}"
+        source.seek(0)
+        with open(path, "wb") as out:
+            shutil.copyfileobj(source, out)
+        try:
+            with open_checked(path) as img:
+                suffix = FORMAT_SUFFIX.get(img.format or "", "")
+        except Exception as e:  # as training's own check: Pillow's plugins raise many kinds on damaged files
+            bad.append(f"{filename} ({e if isinstance(e, ImageError) else reason(e)})")
+            continue
+        suffix = suffix or Path(filename).suffix.lower()
+        if suffix not in IMAGE_EXTENSIONS:
+            bad.append(f"{filename} (a {suffix or 'file'} the training does not read)")
+            continue
+        path.rename(path.with_suffix(suffix))
+    if bad:
+        raise Refused(400, f"{len(bad)} file(s) are not photos it can learn from: {'; '.join(bad[:5])}"
+                           f"{'; ...' if len(bad) > 5 else ''}; remove them and train again")
+
+
+def written_rows(path: Path) -> list[dict]:
+    """The epoch rows of a metrics.jsonl being written: a line cut short at the end is left for the next read."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return []
+    rows = []
+    for line in lines:
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            break
+    return [{k: row.get(k) for k in ("epoch", "train_loss", "val_loss", "val_accuracy", "lr", "elapsed")}
+            for row in rows]
+
+
+def last_line(path: Path) -> str:
+    """The last line a job's training printed: the phase it is in (frozen features, epoch, calibration)."""
+    try:
+        with open(path, "rb") as log:
+            log.seek(max(0, log.seek(0, os.SEEK_END) - 4096))
+            lines = log.read().decode("utf-8", "replace").replace("\r", "\n").splitlines()
+    except OSError:
+        return ""
+    return next((line.strip() for line in reversed(lines) if line.strip()), "")
+
+
+def failure_line(log: Path, code: int) -> str:
+    """Why a job failed: training's own one-line error, or its exit status."""
+    line = last_line(log)
+    return line.removeprefix("error: ") if line.startswith("error: ") else f"training stopped (status {code}): {line}"
+
+
+def read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
