@@ -1,4 +1,4 @@
-"""Command line: `petclassifier train|predict|evaluate|explain|compare|export|serve ...`; scripts share parsers."""
+"""Command line: `petclassifier train|predict|evaluate|explain|compare|export|serve|kind ...`; scripts share parsers."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import textwrap
 from dataclasses import fields
 from pathlib import Path
 
+from .cli_data import add_kind_arguments, run_kind
 from .config import TrainConfig
 from .errors import SavedAndStopped, UserError
 
@@ -134,20 +135,26 @@ def run_predict(args: argparse.Namespace) -> int:
         raise UserError("--top-k must be at least 1")
     if args.workers < 0:
         raise UserError("--workers must be 0 or more")
-    predictions = predictor(args)
+    entries = ((r.as_dict(), r.as_text) for r in predictor(args))
+    return 0 if write_entries(entries, args.json, args.jsonl) else 1
+
+
+def write_entries(entries, as_json: bool, as_jsonl: bool) -> bool:
+    """Print each (JSON entry, its text line's maker) as it comes: text lines, one JSON array, or JSON lines; whether
+    any photo was read (an entry without "error")."""
     read_any = False
-    for i, r in enumerate(predictions):
-        read_any |= r.error is None
-        if args.jsonl:
-            sys.stdout.write(json.dumps(r.as_dict()) + "\n")
-        elif args.json:  # the array json.dumps(results, indent=2) prints, one element at a time
-            sys.stdout.write(("[\n" if i == 0 else ",\n") + textwrap.indent(json.dumps(r.as_dict(), indent=2), "  "))
+    for i, (entry, text) in enumerate(entries):
+        read_any |= "error" not in entry
+        if as_jsonl:
+            sys.stdout.write(json.dumps(entry) + "\n")
+        elif as_json:  # the array json.dumps(results, indent=2) prints, one element at a time
+            sys.stdout.write(("[\n" if i == 0 else ",\n") + textwrap.indent(json.dumps(entry, indent=2), "  "))
         else:
-            sys.stdout.write(r.as_text() + "\n")
+            sys.stdout.write(text() + "\n")
         sys.stdout.flush()  # each photo's result is seen as it is ready, when stdout is a file or a pipe too
-    if args.json:
+    if as_json:
         sys.stdout.write("\n]\n")
-    return 0 if read_any else 1
+    return read_any
 
 
 def predictor(args: argparse.Namespace):
@@ -319,6 +326,7 @@ COMMANDS = {
     "compare": (add_compare_arguments, run_compare, "hand-crafted features vs learned ones, on the same split"),
     "cache": (add_cache_arguments, run_cache, "decoded photos and frozen features kept: size, --limit-gb, --clear"),
     "serve": (add_serve_arguments, run_serve, "a local web page and JSON API: drop photos, see labels and Grad-CAM"),
+    "kind": (add_kind_arguments, run_kind, "the kind of animal in photos (cat, dog, hamster, ...), no training"),
 }
 
 

@@ -83,3 +83,11 @@ def kind_head(head: nn.Sequential, imagenet_head: nn.Sequential, num_classes: in
     kinds = KindFeatures(imagenet_head[-1], head[2].p)
     return nn.Sequential(head[0], head[1], kinds, nn.Linear(head[-1].in_features + len(KIND_NAMES), num_classes))
 
+
+
+class KindScores(nn.Module):
+    """[B, 1000] ImageNet class scores -> [B, 15] log-probability of each kind: their softmax is the kinds'
+    probabilities, so a network ending in it answers kinds as a trained model answers its classes."""
+
+    def forward(self, imagenet_logits: torch.Tensor) -> torch.Tensor:
+        return kind_probabilities(imagenet_logits).clamp_min(1e-30).log()

@@ -2,6 +2,7 @@
 """Load on `petclassifier serve`: requests per second, latency and server memory for one photo at a time.
 
     python scripts/benchmark_serve.py --checkpoint runs/<run> --clients 4 --requests 1000 --json serve.json
+    python scripts/benchmark_serve.py --checkpoint runs/<run> --clients 40 --upload-mb 30   # memory under a burst
 """
 
 import argparse
@@ -22,26 +23,37 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=1000, help="in all; the first tenth warms up (1000)")
     parser.add_argument("--clients", type=int, default=4, help="concurrent clients, one request each at a time (4)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--upload-mb", type=float,
+                        help="instead: each client uploads one photo of random pixels this large, all at once")
     parser.add_argument("--json", help="also write the results to this JSON file")
     args = parser.parse_args()
     try:
         if args.requests < 20 or args.clients < 1:
             raise UserError("--requests must be at least 20 and --clients at least 1")
-        from benchmarks.serve_load import measure
+        from benchmarks.serve_load import burst, measure
 
         from petclassifier.cli import chosen_checkpoint
 
-        result = measure(str(chosen_checkpoint(args.checkpoint)), Path(args.photo), args.requests, args.clients,
-                         args.device)
+        checkpoint = str(chosen_checkpoint(args.checkpoint))
+        if args.upload_mb:
+            result = burst(checkpoint, args.upload_mb, args.clients, args.device)
+        else:
+            result = measure(checkpoint, Path(args.photo), args.requests, args.clients, args.device)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    (warm, rss_warm), (end, rss_end) = ((k.removeprefix("after_"), v) for k, v in result["rss_mb"].items())
-    print(f"{result['clients']} clients, {result['timed_requests']} timed requests of {result['photo']}: "
-          f"{result['requests_per_second']:.1f} requests/s, latency p50 {result['latency_ms']['p50']:.1f} ms, "
-          f"p95 {result['latency_ms']['p95']:.1f} ms")
-    print(f"server memory: {rss_warm:.0f} MB after {warm} requests, {rss_end:.0f} MB after {end} "
-          f"({100 * result['rss_growth']:+.1f}%)")
+    if args.upload_mb:
+        print(f"{result['clients']} uploads of {result['upload_mb']} MB at once: {result['answered']} answered in "
+              f"{result['seconds']:.1f} s ({result['busy_answers']} 503s asked again); server memory "
+              f"{result['rss_mb']['before']} MB before, peak {result['rss_mb']['peak']} MB")
+    else:
+        (warm, rss_warm), (end, rss_end) = ((k.removeprefix("after_"), v) for k, v in result["rss_mb"].items())
+        latency = result["latency_ms"]
+        print(f"{result['clients']} clients, {result['timed_requests']} timed requests of {result['photo']}: "
+              f"{result['requests_per_second']:.1f} requests/s, latency p50 {latency['p50']:.1f} ms, "
+              f"p95 {latency['p95']:.1f} ms, p99 {latency['p99']:.1f} ms")
+        print(f"server memory: {rss_warm:.0f} MB after {warm} requests, {rss_end:.0f} MB after {end} "
+              f"({100 * result['rss_growth']:+.1f}%)")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     return 0

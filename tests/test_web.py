@@ -403,7 +403,7 @@ def test_class_names_in_any_script_explain_with_200(run_dir, tmp_path):
     assert [p["label"] for p in client.post("/api/predict", files=upload(pug)).json()[0]["predictions"]]
 
 
-def test_too_many_pixels_in_one_request_get_413_and_uploads_past_the_limit_503(client, tmp_path, monkeypatch):
+def test_too_many_pixels_in_one_request_get_413_and_uploads_past_the_line_503(client, tmp_path, monkeypatch):
     from petclassifier import web_limits
 
     width, height = Image.open(photo("pug")).size
@@ -433,17 +433,19 @@ def test_too_many_pixels_in_one_request_get_413_and_uploads_past_the_limit_503(c
         await limits(scope, receive, send)
         return messages[0]["status"], dict(messages[0]["headers"])
 
-    async def three_at_once():
-        limits = web_limits.RequestLimits(slow, max_bytes=100, max_in_flight=2)
-        tasks = [asyncio.create_task(request(limits)) for _ in range(2)]
-        while len(started) < 2:
+    async def four_at_once():
+        limits = web_limits.RequestLimits(slow, max_bytes=100, max_in_flight=2, max_waiting=1)
+        tasks = [asyncio.create_task(request(limits)) for _ in range(3)]  # two in flight, one waiting its turn
+        while len(started) < 2 or limits.waiting < 1:
             await asyncio.sleep(0)
-        third = await request(limits)  # two in flight: this one is turned away before its body is read
+        fourth = await request(limits)  # the line is full: turned away before its body is read
+        assert len(started) == 2  # the third has not started
         release.set()
-        return third, [await t for t in tasks]
+        return fourth, [await t for t in tasks], len(started)
 
-    (status, headers), others = asyncio.run(three_at_once())
-    assert status == 503 and headers[b"retry-after"] == b"1" and [s for s, _ in others] == [200, 200]
+    (status, headers), others, served = asyncio.run(four_at_once())
+    assert status == 503 and headers[b"retry-after"] == b"1" and [s for s, _ in others] == [200, 200, 200]
+    assert served == 3  # the waiting one was served when a slot came free
 
 
 def test_odd_form_values_get_an_answer_or_a_4xx_with_its_reason(client):

@@ -101,7 +101,7 @@ function chart(title, rows, series, low, high) {
   add("text", { x: 2, y: y(top) + 4 }, high === 1 ? "100%" : top.toFixed(2));
   add("text", { x: 2, y: y(low) }, high === 1 ? "0%" : String(low));
   add("text", { x: pad, y: h - 4 }, "epoch 1");
-  add("text", { x: w - 50, y: h - 4 }, `epoch ${rows.length}`);
+  add("text", { x: w - 2, y: h - 4, "text-anchor": "end" }, `epoch ${rows[rows.length - 1].epoch ?? rows.length}`);
   for (const [key, colour] of series) {
     const points = rows.map((r, i) => (typeof r[key] === "number" ? `${x(i)},${y(r[key])}` : null)).filter(Boolean);
     add("polyline", { points: points.join(" "), fill: "none", stroke: colour, "stroke-width": 2 });

@@ -78,7 +78,8 @@ function showProgress(report) {
   trainStatus.textContent = report.status === "queued" ? "waiting for the job before it…"
     : `${report.status}: ${report.seconds.toFixed(0)} s` +
       (last ? `, epoch ${last.epoch}${report.recipe ? ` of ${report.recipe.epochs}` : ""}` : "");
-  document.getElementById("phase").textContent = report.phase;
+  // what training prints as it goes: the frozen passes, each epoch, the calibration
+  document.getElementById("phase").textContent = report.status === "running" ? report.phase : "";
   const r = report.recipe;
   if (r) {
     document.getElementById("recipe").textContent =
