@@ -1,4 +1,5 @@
-"""Command line: `petclassifier train|predict|evaluate|explain|compare|export|serve|kind ...`; scripts share parsers."""
+"""Command line: `petclassifier COMMAND ...` (train, predict, evaluate, explain, ..., kind, doctor); scripts share
+parsers."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import textwrap
 from dataclasses import fields
 from pathlib import Path
 
-from .cli_data import add_kind_arguments, run_kind
+from .cli_data import add_doctor_arguments, add_kind_arguments, run_doctor, run_kind
 from .config import TrainConfig
 from .errors import SavedAndStopped, UserError
 
@@ -327,6 +328,8 @@ COMMANDS = {
     "cache": (add_cache_arguments, run_cache, "decoded photos and frozen features kept: size, --limit-gb, --clear"),
     "serve": (add_serve_arguments, run_serve, "a local web page and JSON API: drop photos, see labels and Grad-CAM"),
     "kind": (add_kind_arguments, run_kind, "the kind of animal in photos (cat, dog, hamster, ...), no training"),
+    "doctor": (add_doctor_arguments, run_doctor, "what is wrong with a dataset: duplicates, leakage, wrong labels, "
+               "no pet, unreadable, small classes"),
 }
 
 

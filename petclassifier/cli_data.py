@@ -1,5 +1,5 @@
 """The commands that look at photos with no trained model: `kind` (what animal) and `doctor` (what is wrong with a
-dataset). Argument parsing only; the work is in petclassifier.animals and petclassifier.doctor."""
+dataset). Argument parsing only; the work is in petclassifier.animals, doctor and sheets."""
 
 from __future__ import annotations
 
@@ -33,3 +33,48 @@ def run_kind(args: argparse.Namespace) -> int:
     classifier = kind_classifier(args.model, args.device)
     answers = (kind_answer(p) for p in classifier.iter_predictions(paths, top_k=TOP_KINDS, workers=args.workers))
     return 0 if write_entries(((a, lambda a=a: kind_text(a)) for a in answers), args.json, args.jsonl) else 1
+
+
+def add_doctor_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("data_dir", metavar="DATA", help="class folders (or train/ val/ test/ of them), or the folder "
+                   "holding oxford-iiit-pet/")
+    p.add_argument("--dataset", choices=("folder", "oxford-iiit-pet"),
+                   help="default: oxford-iiit-pet where DATA holds oxford-iiit-pet/, else folder")
+    p.add_argument("--json", metavar="REPORT", help="write the findings to this JSON file")
+    p.add_argument("--out", metavar="DIR", help="draw a contact sheet of each list of findings in this folder")
+    p.add_argument("--model", default="efficientnet_lite2", choices=("efficientnet_lite0", "efficientnet_lite1",
+                                                                     "efficientnet_lite2"),
+                   help="whose features and ImageNet classifier it reads (default efficientnet_lite2)")
+    p.add_argument("--cache-dir", help="decoded photos and features kept (default ~/.cache/petclassifier)")
+    p.add_argument("--backend", default="auto", choices=("auto", "torch", "onnxruntime"),
+                   help="what runs the network (default auto: as training)")
+    p.add_argument("--workers", type=int, default=2, help="image-decoding processes (default 2)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+
+
+def run_doctor(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from .config import default_cache_dir
+    from .doctor import advice, diagnose, pooled_features
+    from .runtime import resolve_device
+
+    root = Path(args.data_dir)
+    if not root.is_dir():
+        raise UserError(f"no folder {root}")
+    dataset = args.dataset or ("oxford-iiit-pet" if (root / "oxford-iiit-pet").is_dir() else "folder")
+    device, cache = resolve_device(args.device), str(args.cache_dir or default_cache_dir())
+    found = diagnose(root, dataset, lambda paths: pooled_features(paths, args.model, cache, args.backend, device,
+                                                                  args.workers))
+    print("\n".join(advice(found)))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(found, indent=2, ensure_ascii=False) + "\n")
+        print(f"wrote {args.json}")
+    if args.out:
+        from .sheets import draw_sheets
+
+        for path in draw_sheets(found, Path(args.out)):
+            print(f"wrote {path}")
+    return 0
