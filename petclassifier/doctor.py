@@ -26,9 +26,10 @@ from .refit import stratified_folds
 
 # Near duplicates: photos whose squares have nearly the same difference hash (a resized or re-encoded copy: at most 3
 # bits apart on 150 copies of cats-vs-dogs train/ photos at 50% and 70% size and JPEG quality 70; distinct photos of
-# that folder, 8 or more), or whose pooled features point the same way (a crop or an edit: distinct photos' closest
-# pair 0.896)
-NEAR_BITS, NEAR_COSINE = 6, 0.95
+# that folder, 8 or more) and features not far apart (those copies: cosine 0.67 or more; two photos of the Oxford
+# subset 5-6 bits apart, a dog and a cat, 0.29-0.34); or whose pooled features point the same way (a crop or an
+# edit: distinct cats-vs-dogs photos' closest pair 0.896)
+NEAR_BITS, HASHED_COSINE, NEAR_COSINE = 6, 0.6, 0.95
 FOLDS = 5
 FEW_PHOTOS = 10  # a class with fewer photos than this learns poorly (2 at least: one to learn, one to score)
 IMBALANCE = 3.0  # largest class over smallest past which the report suggests --balance
@@ -106,7 +107,8 @@ def near_duplicates(features: torch.Tensor, hashes: torch.Tensor, block: int = 2
 
     for start in range(0, len(unit), block):
         rows = slice(start, start + block)
-        near = (unit[rows] @ unit.T >= NEAR_COSINE) | (signs[rows] @ signs.T >= 64 - 2 * NEAR_BITS)
+        cosine = unit[rows] @ unit.T
+        near = (cosine >= NEAR_COSINE) | ((signs[rows] @ signs.T >= 64 - 2 * NEAR_BITS) & (cosine >= HASHED_COSINE))
         for i, j in near.triu(diagonal=start + 1).nonzero().tolist():  # each pair once
             parent[root(start + i)] = root(j)
     groups: dict[int, list[int]] = {}

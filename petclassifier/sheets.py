@@ -1,5 +1,5 @@
-"""Contact sheets of the doctor's findings: each photo a thumbnail with its caption, on one PNG per list, for a person
-to look through. Pillow only."""
+"""Contact sheets of the doctor's findings: each photo a thumbnail with its caption, on one JPEG per list, for a
+person to look through. Pillow only."""
 
 from __future__ import annotations
 
@@ -37,12 +37,12 @@ def sheet(tiles: list[Image.Image], path: Path) -> Path:
     canvas = Image.new("RGB", (COLUMNS * (TILE + 4), rows * (TILE + CAPTION + 4)), (235, 235, 235))
     for i, t in enumerate(tiles):
         canvas.paste(t, ((i % COLUMNS) * (TILE + 4) + 2, (i // COLUMNS) * (TILE + CAPTION + 4) + 2))
-    canvas.save(path)
+    canvas.save(path, quality=85)
     return path
 
 
 def draw_sheets(found: dict, folder: Path) -> list[Path]:
-    """label_issues.png, duplicates.png and not_pets.png in `folder` (those with findings; the first MOST of each)."""
+    """label_issues.jpg, duplicates.jpg and not_pets.jpg in `folder` (those with findings; the first MOST of each)."""
     folder.mkdir(parents=True, exist_ok=True)
     lists = {
         "label_issues": [tile(f["path"], [f"{f['given']} -> {f['suggested']}",
@@ -52,4 +52,4 @@ def draw_sheets(found: dict, folder: Path) -> list[Path]:
                        for g, d in enumerate(found["duplicates"][: MOST // 2]) for p in d["paths"][:4]][:MOST],
         "not_pets": [tile(f["path"], [f["kind"], Path(f["path"]).name]) for f in found["not_pets"][:MOST]],
     }
-    return [sheet(tiles, folder / f"{name}.png") for name, tiles in lists.items() if tiles]
+    return [sheet(tiles, folder / f"{name}.jpg") for name, tiles in lists.items() if tiles]

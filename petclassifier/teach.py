@@ -23,26 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from .images import IMAGE_EXTENSIONS, ImageError, open_checked, reason
+from .job_input import MIN_CLASS_PHOTOS, Refused, parse_labels, parse_options, write_photos
 
-MAX_JOB_PHOTOS = 500  # photos per job: "10 to a few hundred" fit
-MIN_CLASS_PHOTOS = 2  # one to learn from and one held out to score on; 10 or more learn well
 MAX_WAITING = 4  # jobs queued behind the one training; past it 503 with Retry-After
 KEEP_SECONDS = 3600  # a finished job's photos, run folder and model are removed this long after it ended
 MAX_KEPT = 16  # finished jobs kept at once; past it the oldest goes first
-MAX_NAME = 100  # characters in a class name
-# the page's "under the hood" settings: train's flags of the same names; a blank field keeps the recipe's value
-OPTIONS = {"epochs": (int, 1, 1000), "batch_size": (int, 1, 512), "lr": (float, 1e-6, 1.0)}
-FORMAT_SUFFIX = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp",
-                 "TIFF": ".tif", "AVIF": ".avif", "HEIF": ".heic"}
-
-
-class Refused(Exception):
-    """A request the jobs cannot take: its HTTP status and what to fix, in one line."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status, self.message = status, message
 
 
 @dataclass
@@ -81,6 +66,7 @@ class Job:
                   "phase": last_line(self.log), "epochs": written_rows(self.run / "metrics.jsonl"),
                   "recipe": read_json(self.run / "config.json")}
         if self.status == "done":
+            answer["doctor"] = findings_by_photo(read_json(self.folder / "doctor.json"))
             summary = read_json(self.run / "summary.json") or {}
             answer["cross_fitted_confusion"] = summary.get("cross_fitted_confusion")
             answer["calibration"] = summary.get("calibration")
@@ -144,25 +130,35 @@ class TrainJobs:
         return [sys.executable, "-m", "petclassifier", "train", "--dataset", "folder", "--data-dir",
                 str(job.folder / "photos"), "--out", str(job.run), "--device", self.device, *self.train_args, *flags]
 
+    def doctor_command(self, job: Job) -> list[str]:
+        """The `petclassifier doctor` command line that checks a job's photos once its model is made."""
+        return [sys.executable, "-m", "petclassifier", "doctor", str(job.folder / "photos"), "--dataset", "folder",
+                "--json", str(job.folder / "doctor.json"), "--device", self.device]
+
     def _train(self, job: Job) -> None:
-        """Run a job's training to its end, on the runner's thread."""
+        """Run a job's training, then the doctor on its photos, on the runner's thread."""
         if self.closed or job.status != "queued":
             return
         job.status, job.started = "running", time.time()
+        code = self._run(job, self.command(job))
+        if code == 0 and job.checkpoint.exists():
+            self._run(job, self.doctor_command(job))  # what it finds is extra: the model is made either way
+            job.ended, job.status = time.time(), "done"
+        else:
+            job.ended, job.status = time.time(), "failed"
+            job.error = job.error or ("stopped" if self.closed else failure_line(job.log, code))
+
+    def _run(self, job: Job, command: list[str]) -> int:
+        """A step of a job in a process of its own, its output appended to the job's log; its exit status."""
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # its log's lines arrive as they are printed
         try:
-            with open(job.log, "w") as log:
-                job.process = subprocess.Popen(self.command(job), stdout=log, stderr=subprocess.STDOUT, env=env,
+            with open(job.log, "a") as log:
+                job.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
                                                stdin=subprocess.DEVNULL)
-                code = job.process.wait()
+                return job.process.wait()
         except OSError as e:  # its folder was removed meanwhile, or the process could not start
-            code, job.error = -1, str(e)
-        job.ended = time.time()
-        if code == 0 and job.checkpoint.exists():
-            job.status = "done"
-        else:
-            job.status = "failed"
-            job.error = job.error or ("stopped" if self.closed else failure_line(job.log, code))
+            job.error = str(e)
+            return -1
 
     def sweep(self) -> None:
         """Remove the jobs that ended over KEEP_SECONDS ago, and the oldest ended ones past MAX_KEPT."""
@@ -182,78 +178,6 @@ class TrainJobs:
         self.runner.shutdown(wait=True, cancel_futures=True)
         if self._root is not None:
             shutil.rmtree(self._root, ignore_errors=True)
-
-
-def parse_labels(labels: str | None, photos: int) -> list[str]:
-    """The class name of each photo from the `labels` field, or Refused saying what to fix."""
-    if not photos:
-        raise Refused(400, "no photos: send each one as a 'file' field, with its class in 'labels'")
-    if photos > MAX_JOB_PHOTOS:
-        raise Refused(413, f"{photos} photos: a job takes at most {MAX_JOB_PHOTOS}")
-    try:
-        names = json.loads(labels) if labels is not None else None
-    except ValueError:
-        names = None
-    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        raise Refused(400, "'labels' must be a JSON list of class names, one per photo in upload order, e.g. "
-                           '["cat", "cat", "dog"]')
-    if len(names) != photos:
-        raise Refused(400, f"'labels' names {len(names)} classes for {photos} photos: give one per photo")
-    names = [n.strip() for n in names]
-    for name in names:
-        if not name:
-            raise Refused(400, "a class has no name: type one for every class")
-        if name.startswith(".") or "/" in name or "\\" in name or "\0" in name or len(name) > MAX_NAME:
-            raise Refused(400, f"class name {name[:MAX_NAME]!r}: use at most {MAX_NAME} characters, none of / \\, "
-                               "and no leading dot")
-    if len(set(names)) < 2:
-        raise Refused(400, f"only one class ({names[0]!r}): a classifier needs photos of at least two")
-    return names
-
-
-def parse_options(settings: dict[str, str]) -> dict:
-    """The page's settings as train's flags (blank ones left to the recipe), or Refused naming the bad one."""
-    options = {}
-    for key, (kind, low, high) in OPTIONS.items():
-        text = (settings.get(key) or "").strip()
-        if not text:
-            continue
-        try:
-            value = kind(text)
-        except ValueError:
-            value = None
-        if value is None or not low <= value <= high:
-            what = "a whole number" if kind is int else "a number"
-            raise Refused(400, f"{key.replace('_', ' ')} {text!r}: give {what} from {low:g} to {high:g}, or leave it "
-                               "blank for the recipe's")
-        options[key] = value
-    return options
-
-
-def write_photos(folder: Path, uploads: list[tuple[str, BinaryIO]], names: list[str]) -> None:
-    """Each upload to folder/<class>/<number><suffix of its format>, or Refused naming the files that are not
-    photos."""
-    bad = []
-    for i, ((filename, source), name) in enumerate(zip(uploads, names)):
-        (folder / name).mkdir(parents=True, exist_ok=True)
-        path = folder / name / f"{i:04d}"
-        source.seek(0)
-        with open(path, "wb") as out:
-            shutil.copyfileobj(source, out)
-        try:
-            with open_checked(path) as img:
-                suffix = FORMAT_SUFFIX.get(img.format or "", "")
-        except Exception as e:  # as training's own check: Pillow's plugins raise many kinds on damaged files
-            bad.append(f"{filename} ({e if isinstance(e, ImageError) else reason(e)})")
-            continue
-        suffix = suffix or Path(filename).suffix.lower()
-        if suffix not in IMAGE_EXTENSIONS:
-            bad.append(f"{filename} (a {suffix or 'file'} the training does not read)")
-            continue
-        path.rename(path.with_suffix(suffix))
-    if bad:
-        raise Refused(400, f"{len(bad)} file(s) are not photos it can learn from: {'; '.join(bad[:5])}"
-                           f"{'; ...' if len(bad) > 5 else ''}; remove them and train again")
 
 
 def written_rows(path: Path) -> list[dict]:
@@ -294,3 +218,18 @@ def read_json(path: Path) -> dict | None:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+
+
+def findings_by_photo(found: dict | None) -> dict | None:
+    """The doctor's findings on a job's photos with each photo named by its place in the upload (the page holds the
+    photos in that order; the files are named by it): label_issues, duplicates, not_pets."""
+    if found is None:
+        return None
+
+    def place(path: str) -> int:
+        return int(Path(path).stem)
+
+    return {"label_issues": [{"photo": place(f["path"]), "given": f["given"], "suggested": f["suggested"],
+                              "score": f["score"]} for f in found["label_issues"]],
+            "duplicates": [{"photos": sorted(map(place, d["paths"])), "kind": d["kind"]} for d in found["duplicates"]],
+            "not_pets": [{"photo": place(f["path"]), "kind": f["kind"]} for f in found["not_pets"]]}

@@ -30,9 +30,10 @@ from .cache import square_or_reason
 from .checkpoint import describe, flip_tta_of, load_checkpoint, task_of, temperature_of
 from .errors import UserError
 from .explain import GradCAM, heat_overlay, upsample
+from .job_input import MAX_JOB_PHOTOS, Refused
 from .metrics import epoch_rows
 from .predict import PetClassifier, stack_readable
-from .teach import MAX_JOB_PHOTOS, Job, Refused, TrainJobs, read_json
+from .teach import Job, TrainJobs, read_json
 from .transforms import centre_crop
 from .web_limits import MAX_TRAIN_BYTES, MAX_UPLOAD_BYTES, RequestLimits, check_pixels
 

@@ -25,14 +25,16 @@ def test_confident_learning_names_the_photos_another_class_claims_most_likely_fi
 
 
 def test_near_duplicates_link_photos_by_features_or_difference_hash_and_chain_them():
-    features = torch.eye(6)
+    features = torch.eye(6) + 1  # every pair at cosine 0.89: near enough where the hashes say so
     features[1] = features[0] + 0.01  # a copy by its features
+    features[5] = -features[2]  # the same hash as 2 below, but nothing alike: not a copy
     hashes = torch.zeros(6, 64, dtype=torch.bool)
     hashes[2:] = torch.rand(4, 64, generator=torch.Generator().manual_seed(0)) > 0.5
     hashes[3] = hashes[2]
     hashes[3, :doctor.NEAR_BITS] ^= True  # 6 bits apart: a resized copy
     hashes[4] = hashes[3]
     hashes[4, -3:] ^= True  # 3 bits from 3, 9 from 2: linked to 2 through 3
+    hashes[5] = hashes[2]
     assert sorted(map(sorted, doctor.near_duplicates(features, hashes, block=2))) == [[0, 1], [2, 3, 4]]
 
 
@@ -113,8 +115,8 @@ def test_the_doctor_finds_planted_flips_copies_and_not_pets_in_real_photos(tmp_p
     assert set(not_pets) <= {f["path"] for f in found["not_pets"]}, found["not_pets"]
     # 30 train + 10 val photos, 4 val copies, 2 objects a class
     assert found["classes"] == [{"name": "cats", "photos": 46}, {"name": "dogs", "photos": 46}]
-    assert sorted(p.name for p in (tmp_path / "sheets").iterdir()) == ["duplicates.png", "label_issues.png",
-                                                                       "not_pets.png"]
+    assert sorted(p.name for p in (tmp_path / "sheets").iterdir()) == ["duplicates.jpg", "label_issues.jpg",
+                                                                       "not_pets.jpg"]
     out = capsys.readouterr().out
     assert "across splits" in out and "wrong class" in out and "no pet" in out
     assert {f["path"] for f in found["label_issues"]} | {f["path"] for f in found["not_pets"]} <= \

@@ -14,7 +14,7 @@ pytest.importorskip("httpx", reason="Starlette's test client needs httpx (in the
 
 from starlette.testclient import TestClient  # noqa: E402
 
-from petclassifier import teach  # noqa: E402
+from petclassifier import job_input, teach  # noqa: E402
 from petclassifier.checkpoint import load_checkpoint  # noqa: E402
 from petclassifier.teach import TrainJobs  # noqa: E402
 from petclassifier.web import create_app  # noqa: E402
@@ -52,7 +52,13 @@ def fake_jobs(monkeypatch):
     def command(self, job):
         return [sys.executable, "-c", FAKE_TRAIN, str(job.run), "1", "fail" if job.options.get("epochs") == 13 else ""]
 
+    def doctor_command(self, job):  # its findings: the second photo of the first class looks like the other
+        found = {"label_issues": [{"path": str(job.folder / "photos/train/x/0001.jpg"), "given": "cat",
+                                   "suggested": "pug", "score": 0.9}], "duplicates": [], "not_pets": []}
+        return [sys.executable, "-c", f"open({str(job.folder / 'doctor.json')!r}, 'w').write({json.dumps(found)!r})"]
+
     monkeypatch.setattr(TrainJobs, "command", command)
+    monkeypatch.setattr(TrainJobs, "doctor_command", doctor_command)
     jobs = TrainJobs("cpu")
     yield jobs
     jobs.close()
@@ -61,7 +67,7 @@ def fake_jobs(monkeypatch):
 def test_bad_teaching_requests_get_a_4xx_that_says_what_to_fix(service, monkeypatch):  # noqa: F811
     client = TestClient(create_app(service))
     pug, text = photos(1)[0], ("notes.txt", b"not a photo")
-    monkeypatch.setattr(teach, "MAX_JOB_PHOTOS", 5)
+    monkeypatch.setattr(job_input, "MAX_JOB_PHOTOS", 5)
 
     def train(files, labels=None, **fields):
         data = {**fields, **({"labels": labels if isinstance(labels, str) else json.dumps(labels)} if labels else {})}
@@ -107,6 +113,8 @@ def test_jobs_train_one_at_a_time_queue_fail_with_their_reason_and_are_removed(s
 
     done = finished(client, first)
     assert done["status"] == "done" and done["checkpoint"] == f"/api/train/{first}/checkpoint"
+    assert done["doctor"] == {"label_issues": [{"photo": 1, "given": "cat", "suggested": "pug", "score": 0.9}],
+                              "duplicates": [], "not_pets": []}  # photos named by their place in the upload
     assert client.get(done["checkpoint"]).content == b"model"
     failed = finished(client, second)
     assert failed["status"] == "failed" and failed["error"] == "class x has too few photos"
@@ -131,6 +139,7 @@ def test_a_job_on_ten_cats_and_ten_dogs_names_photos_it_never_saw(service, tmp_p
         report = finished(client, job.json()["job"])
         assert report["status"] == "done", report
         assert report["recipe"]["epochs"] == len(report["epochs"]) and report["cross_fitted_confusion"]
+        assert set(report["doctor"]) == {"label_issues", "duplicates", "not_pets"}, report["phase"]
         held = [p for kind in ("cats", "dogs") for p in sorted((SHARED / "cats-vs-dogs" / "val" / kind).glob("*"))[:10]]
         answers = client.post("/api/predict", files=upload(*((p.name, p.read_bytes()) for p in held)),
                               data={"job": report["job"]}).json()

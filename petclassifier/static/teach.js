@@ -9,6 +9,7 @@ const trainButton = document.getElementById("train");
 const trainStatus = document.getElementById("train-status");
 const classes = []; // {name input, files}
 let taughtJob = null;
+let taughtFiles = []; // the photos of the job, in upload order: the doctor's findings name them by place
 
 function addClass(name) {
   const entry = { files: [] };
@@ -50,6 +51,7 @@ async function train() {
     const reply = await answer(await post("/api/train", form));
     if (reply.error) throw new Error(reply.error);
     taughtJob = reply.job;
+    taughtFiles = classes.flatMap((c) => c.files);
     document.getElementById("taught").hidden = true;
     document.getElementById("progress").hidden = false;
     await follow(reply.job);
@@ -111,8 +113,31 @@ function showTaught(report) {
   download.href = report.checkpoint;
   trainStatus.textContent = `done in ${report.seconds.toFixed(0)} s` +
     (report.calibration ? `; probabilities calibrated (temperature ${report.calibration.temperature.toFixed(2)})` : "");
+  showFindings(report.doctor);
   document.getElementById("try-results").replaceChildren();
   document.getElementById("taught").hidden = false;
+}
+
+// what `petclassifier doctor` found among the job's photos: each a thumbnail and what to look at
+function showFindings(found) {
+  const box = document.getElementById("findings");
+  if (!found) return box.replaceChildren();
+  const thumb = (i) => el("img", { alt: taughtFiles[i]?.name ?? "", title: taughtFiles[i]?.name ?? "",
+                                   src: taughtFiles[i] ? URL.createObjectURL(taughtFiles[i]) : "" });
+  const item = (photos, text) => el("figure", { className: "finding" }, ...photos.map(thumb),
+                                    el("figcaption", { textContent: text }));
+  const items = [
+    ...found.label_issues.map((f) => item([f.photo], `filed under ${readable(f.given)}, looks like ` +
+                                                      `${readable(f.suggested)}`)),
+    ...found.duplicates.map((d) => item(d.photos, d.kind === "exact" ? "the same file twice" : "the same photo twice")),
+    ...found.not_pets.map((f) => item([f.photo], `no pet here? (${f.kind})`)),
+  ];
+  box.replaceChildren(el("h3", { textContent: "Photos to look at" }),
+    el("p", { className: "hint", textContent: items.length
+      ? "What the doctor found among your photos (petclassifier doctor): a photo under the wrong class, the same " +
+        "photo twice or one with no pet teaches the network wrong. Fix them and train again."
+      : "The doctor found nothing to fix: no photo that looks like another class, none twice, none without a pet." }),
+    el("div", { className: "findings" }, ...items));
 }
 
 dropZone(document.getElementById("try"), document.getElementById("try-files"),
