@@ -107,6 +107,7 @@ def test_the_page_teaches_a_model_shows_each_epoch_and_hands_over_its_checkpoint
     shown("#per-class tr", 3, seconds=240)  # done: a row per class under the header
     rows = [e.text for e in shown("#per-class tr", 3)]
     assert rows[0] == "class accuracy Dog Кот" and rows[1].startswith("Dog ") and rows[2].startswith("Кот "), rows
+    assert shown("#findings h3")[0].text == "Photos to look at"  # the doctor's check of the photos
 
     tried = [photo("Persian", 5), photo("pug", 5)]  # photos it did not learn from
     shown("#try-files")[0].send_keys("\n".join(map(str, tried)))
