@@ -299,7 +299,8 @@ def run_cache(args: argparse.Namespace) -> int:
 
 
 def add_serve_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", help="a best.pt, or a run folder (default: the newest runs/*/best.pt)")
+    p.add_argument("--checkpoint", help="a best.pt, or a run folder (default: the newest runs/*/best.pt; none: the "
+                   "page only teaches)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1: this computer only; 0.0.0.0: your network too)")
     p.add_argument("--port", type=int, default=8000, help="(default 8000; 0: any free port)")
@@ -314,7 +315,14 @@ def run_serve(args: argparse.Namespace) -> int:
         if missing not in ("starlette", "uvicorn", "multipart", "python_multipart"):
             raise
         raise UserError(f'the web page needs the web extra ({missing} is missing): pip install -e ".[web]"') from None
-    serve(chosen_checkpoint(args.checkpoint), args.host, args.port, args.device)
+    try:
+        checkpoint = chosen_checkpoint(args.checkpoint)
+    except UserError:
+        if args.checkpoint is not None:
+            raise
+        checkpoint = None  # nothing trained yet: the page can teach a model
+        print("no --checkpoint given and no runs/*/best.pt: the page will teach a model", file=sys.stderr)
+    serve(checkpoint, args.host, args.port, args.device)
     return 0
 
 

@@ -39,6 +39,7 @@ from .web_limits import MAX_TRAIN_BYTES, MAX_UPLOAD_BYTES, RequestLimits, check_
 
 MAX_FILES = 64  # photos per request
 TAUGHT_MODELS_KEPT = 2  # models taught in the page kept loaded (the latest used)
+NO_MODEL = "no model is served here: teach one in the page, or start serve with --checkpoint"
 STATIC = Path(__file__).with_name("static")
 
 
@@ -52,10 +53,11 @@ class PhotoService:
     megapixels decoded at a time, however many requests wait: each is cut to the square the network sees before the
     next."""
 
-    def __init__(self, checkpoint: Path, device: str = "auto"):
+    def __init__(self, checkpoint: Path | None, device: str = "auto"):
         self.device, self.worker = device, ThreadPoolExecutor(1, thread_name_prefix="network")
         self.taught: OrderedDict[str, Loaded] = OrderedDict()  # job id -> its model, the latest used last
-        self.served = self.worker.submit(Loaded.of, checkpoint, device).result()
+        # None: no model served yet, only the ones taught in the page
+        self.served = self.worker.submit(Loaded.of, checkpoint, device).result() if checkpoint else None
         self.waiting, self.lock = [], threading.Lock()  # predict requests not yet through the network
 
     @property
@@ -63,8 +65,8 @@ class PhotoService:
         return self.served.classifier
 
     @property
-    def info(self) -> dict:
-        return self.served.info
+    def info(self) -> dict | None:
+        return self.served.info if self.served else None
 
     def model(self, job: Job | None) -> Loaded:
         """The served model, or a taught job's (loaded at its first use; the last few used are kept)."""
@@ -216,6 +218,8 @@ def create_app(service: PhotoService, jobs: TrainJobs | None = None) -> RequestL
     def taught(fields: dict[str, str]) -> Job | None:
         """The job whose model a request asks for (its `job` field), trained; None for the served model."""
         if not fields.get("job"):
+            if service.served is None:
+                raise HTTPException(409, NO_MODEL)
             return None
         job = jobs.get(fields["job"])
         if job.status != "done":
@@ -257,10 +261,10 @@ def create_app(service: PhotoService, jobs: TrainJobs | None = None) -> RequestL
         return FileResponse(job.checkpoint, filename=f"petclassifier-{name}.pt", media_type="application/octet-stream")
 
     async def model(request: Request) -> JSONResponse:
-        return JSONResponse(service.info)
+        return JSONResponse(service.info) if service.info else JSONResponse({"error": NO_MODEL}, status_code=404)
 
     async def health(request: Request) -> JSONResponse:
-        info = service.info
+        info = service.info or {"model": None, "class_names": []}
         return JSONResponse({"status": "ok", "model": info["model"], "classes": len(info["class_names"])})
 
     async def page(request: Request) -> FileResponse:
@@ -306,13 +310,15 @@ def listening_socket(host: str, port: int) -> socket.socket:
     return listener
 
 
-def serve(checkpoint: Path, host: str = "127.0.0.1", port: int = 8000, device: str = "auto") -> None:
-    """Load the checkpoint, listen on host:port (0: any free port) and serve until Ctrl+C."""
+def serve(checkpoint: Path | None, host: str = "127.0.0.1", port: int = 8000, device: str = "auto") -> None:
+    """Load the checkpoint (None: none, the page teaches one), listen on host:port (0: any free port) and serve
+    until Ctrl+C."""
     listener = listening_socket(host, port)
     service = PhotoService(checkpoint, device)
     ip, port = ipaddress.ip_address(listener.getsockname()[0]), listener.getsockname()[1]
     shown = "localhost" if ip.is_unspecified else f"[{host}]" if ip.version == 6 and host == str(ip) else host
-    print(f"serving {checkpoint} ({service.info['description']}) at http://{shown}:{port}  (Ctrl+C stops)", flush=True)
+    served = f"{checkpoint} ({service.info['description']})" if checkpoint else "no model yet (the page teaches one)"
+    print(f"serving {served} at http://{shown}:{port}  (Ctrl+C stops)", flush=True)
     if not ip.is_loopback:
         print(f"note: other machines can reach this page at this machine's address, port {port}; there is no login",
               flush=True)

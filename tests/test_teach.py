@@ -150,3 +150,26 @@ def test_a_job_on_ten_cats_and_ten_dogs_names_photos_it_never_saw(service, tmp_p
         assert explained.status_code == 200 and explained.headers["X-Class"] == "cat"
         (tmp_path / "taught.pt").write_bytes(client.get(report["checkpoint"]).content)
     assert load_checkpoint(tmp_path / "taught.pt")["class_names"] == ["cat", "dog"]
+
+
+def test_with_no_model_served_the_page_only_teaches(tmp_path):
+    import subprocess
+
+    from petclassifier.web import NO_MODEL, PhotoService
+
+    client = TestClient(create_app(PhotoService(None, "cpu")))
+    assert client.get("/api/health").json() == {"status": "ok", "model": None, "classes": 0}
+    assert client.get("/api/model").status_code == 404 and client.get("/api/model").json()["error"] == NO_MODEL
+    answer = client.post("/api/predict", files=upload(photos(1)[0]))
+    assert answer.status_code == 409 and answer.json()["error"] == NO_MODEL
+    assert client.get("/").status_code == 200
+    # a first `serve` where nothing was trained yet starts, and says so
+    server = subprocess.Popen([sys.executable, "-m", "petclassifier", "serve", "--port", "0"], cwd=tmp_path,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = server.stdout.readline()
+    finally:
+        server.terminate()
+        _, err = server.communicate(timeout=30)
+    assert line.startswith("serving no model yet (the page teaches one) at http://127.0.0.1:"), line + err
+    assert "no --checkpoint given and no runs/*/best.pt: the page will teach a model" in err

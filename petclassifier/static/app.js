@@ -46,8 +46,10 @@ async function answer(response) {
 
 async function showModel() {
   const info = await answer(await fetch("/api/model"));
-  if (info.error) {
-    document.getElementById("model-line").textContent = `model unavailable: ${info.error}`;
+  if (info.error) {  // no model served: the page teaches one
+    document.getElementById("model-line").textContent = "No model is served yet: teach one below.";
+    for (const id of ["drop", "results", "model"]) document.getElementById(id).hidden = true;
+    document.querySelector("header nav").hidden = true;
     return;
   }
   maxUploadBytes = info.max_upload_bytes;

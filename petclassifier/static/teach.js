@@ -41,6 +41,11 @@ function addClass(name) {
 
 async function train() {
   const names = classes.map((c) => c.input.value.trim());
+  const twice = names.find((n, i) => n && names.indexOf(n) !== i);
+  if (twice) {  // their photos would become one class
+    trainStatus.textContent = `two classes are named "${twice}": give each its own name`;
+    return;
+  }
   const form = new FormData();
   for (const c of classes) for (const file of c.files) form.append("file", file, file.name);
   form.append("labels", JSON.stringify(classes.flatMap((c, i) => c.files.map(() => names[i]))));
