@@ -56,17 +56,9 @@ def run_doctor(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from .config import default_cache_dir
-    from .doctor import advice, diagnose, pooled_features
-    from .runtime import resolve_device
+    from .doctor import advice, examine
 
-    root = Path(args.data_dir)
-    if not root.is_dir():
-        raise UserError(f"no folder {root}")
-    dataset = args.dataset or ("oxford-iiit-pet" if (root / "oxford-iiit-pet").is_dir() else "folder")
-    device, cache = resolve_device(args.device), str(args.cache_dir or default_cache_dir())
-    found = diagnose(root, dataset, lambda paths: pooled_features(paths, args.model, cache, args.backend, device,
-                                                                  args.workers))
+    found = examine(args.data_dir, args.dataset, args.model, args.cache_dir, args.backend, args.device, args.workers)
     print("\n".join(advice(found)))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -193,26 +193,31 @@ def report(photos: Photos, bad: dict[str, str], features: torch.Tensor, hashes: 
             "seconds": seconds}
 
 
+def count(n: int, one: str, many: str | None = None) -> str:
+    """'1 photo', '3 photos'."""
+    return f"{n:,} {one if n == 1 else many or one + 's'}"
+
+
 def advice(found: dict) -> list[str]:
     """What the report says, and what to do about each finding, one line each."""
-    lines = [f"{found['photos']:,} photos in {len(found['classes'])} classes"]
+    lines = [f"{count(found['photos'], 'photo')} in {count(len(found['classes']), 'class', 'classes')}"]
     if found["unreadable"]:
         lines.append(f"{len(found['unreadable'])} unreadable: remove them or open and save them again")
     duplicates = found["duplicates"]
     if duplicates:
         exact, leaks = sum(d["kind"] == "exact" for d in duplicates), sum(d["leakage"] for d in duplicates)
-        lines.append(f"{len(duplicates)} groups of duplicates ({exact} exact), {leaks} across splits: keep one photo "
-                     "of each group; a val or test photo also in train/ makes the score too good (leakage): move or "
-                     "delete the copy in train/")
-    if found["label_issues"]:
-        lines.append(f"{len(found['label_issues'])} photos likely filed under the wrong class (most likely first): "
-                     "look at each and move it to its class, or leave it where you were right")
-    if found["not_pets"]:
-        lines.append(f"{len(found['not_pets'])} photos with no pet in them: remove them, or keep a class for them")
+        lines.append(f"{count(len(duplicates), 'group')} of duplicates ({exact} exact), {leaks} across splits: keep "
+                     "one photo of each group; a val or test photo also in train/ makes the score too good "
+                     "(leakage): move or delete the copy in train/")
+    if issues := len(found["label_issues"]):
+        lines.append(f"{count(issues, 'photo')} likely filed under the wrong class (most likely first): look at "
+                     "each and move it to its class, or leave it where you were right")
+    if not_pets := len(found["not_pets"]):
+        lines.append(f"{count(not_pets, 'photo')} with no pet in them: remove them, or keep a class for them")
     counts = [c["photos"] for c in found["classes"]]
-    small = [c["name"] for c in found["classes"] if c["photos"] < FEW_PHOTOS]
-    if small:
-        lines.append(f"{len(small)} classes with fewer than {FEW_PHOTOS} photos ({', '.join(small[:5])}): add photos")
+    if small := [c["name"] for c in found["classes"] if c["photos"] < FEW_PHOTOS]:
+        lines.append(f"{count(len(small), 'class', 'classes')} with fewer than {FEW_PHOTOS} photos "
+                     f"({', '.join(small[:5])}): add photos")
     if counts and min(counts) and max(counts) / min(counts) > IMBALANCE:
         lines.append(f"imbalance: {max(counts)} photos in the largest class, {min(counts)} in the smallest; add "
                      "photos to the small ones, or train with --balance")
@@ -235,6 +240,22 @@ def diagnose(data_dir: str | Path, dataset: str, features_of, cats_and_dogs: boo
     seconds["features"] = round(time.perf_counter() - started, 1)
     bad.update(undecodable)  # a truncated file the header check let through: it has no row among the features
     return report(photos, bad, features, hashes, imagenet, seconds)
+
+
+def examine(data_dir: str | Path, dataset: str | None = None, model: str = "efficientnet_lite2",
+            cache_dir: str | None = None, backend: str = "auto", device: str = "auto", workers: int = 2) -> dict:
+    """Python API of `petclassifier doctor`: the findings for a dataset (a folder, or the folder holding
+    oxford-iiit-pet/: told apart when `dataset` is None), as the JSON report."""
+    from .config import default_cache_dir
+    from .errors import UserError
+    from .runtime import resolve_device
+
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise UserError(f"no folder {root}")
+    dataset = dataset or ("oxford-iiit-pet" if (root / "oxford-iiit-pet").is_dir() else "folder")
+    where, cache = resolve_device(device), str(cache_dir or default_cache_dir())
+    return diagnose(root, dataset, lambda paths: pooled_features(paths, model, cache, backend, where, workers))
 
 
 def pooled_features(paths: list[str], model_name: str, cache_dir: str, backend: str, device: torch.device,

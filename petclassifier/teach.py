@@ -19,7 +19,7 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -40,7 +40,6 @@ class Job:
     options: dict  # the settings the page gave (train's flags); the rest is the recipe sized to the photos
     status: str = "queued"  # queued | running | done | failed
     error: str | None = None
-    created: float = field(default_factory=time.time)
     started: float | None = None
     ended: float | None = None
     process: subprocess.Popen | None = None
@@ -77,9 +76,9 @@ class Job:
 class TrainJobs:
     """The jobs of one server: queued, trained one at a time, kept a while, all removed at `close`."""
 
-    def __init__(self, device: str = "auto", train_args: tuple[str, ...] = ()):
+    def __init__(self, device: str = "auto"):
         self._root: Path | None = None  # made at the first job
-        self.device, self.train_args = device, list(train_args)  # train_args: extra flags for every job (tests)
+        self.device = device
         self.jobs: dict[str, Job] = {}
         self.lock = threading.Lock()
         self.runner = ThreadPoolExecutor(1, thread_name_prefix="teach")
@@ -128,7 +127,7 @@ class TrainJobs:
         """The `petclassifier train` command line of a job."""
         flags = [f"--{key.replace('_', '-')}={value}" for key, value in job.options.items()]
         return [sys.executable, "-m", "petclassifier", "train", "--dataset", "folder", "--data-dir",
-                str(job.folder / "photos"), "--out", str(job.run), "--device", self.device, *self.train_args, *flags]
+                str(job.folder / "photos"), "--out", str(job.run), "--device", self.device, *flags]
 
     def doctor_command(self, job: Job) -> list[str]:
         """The `petclassifier doctor` command line that checks a job's photos once its model is made."""

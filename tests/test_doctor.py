@@ -70,6 +70,10 @@ def test_doctor_lists_unreadable_files_exact_copies_and_small_classes_and_says_w
     assert all(set(f) == {"path", "given", "suggested", "score", "split"} for f in found["label_issues"])
     out = capsys.readouterr().out
     assert "1 unreadable" in out and "fewer than 10 photos (tiny)" in out and "--balance" in out
+    from petclassifier import examine  # the same report from Python
+
+    again = examine(root, backend="torch", workers=0)
+    assert again["classes"] == found["classes"] and again["duplicates"] == found["duplicates"]
     assert main(["doctor", str(tmp_path / "nothing")]) == 2
     assert capsys.readouterr().err.strip() == f"error: no folder {tmp_path / 'nothing'}"
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import json
 
-from petclassifier.animals import TOP_KINDS, kind_answer, kind_classifier
+from petclassifier import kind_classifier
+from petclassifier.animals import TOP_KINDS, kind_answer
 from petclassifier.cli import main
 from petclassifier.kinds import KIND_NAMES
 
