@@ -140,6 +140,16 @@ def run_predict(args: argparse.Namespace) -> int:
     return 0 if write_entries(entries, args.json, args.jsonl) else 1
 
 
+def photo_paths(given: list[str], missing_ok: bool = False) -> list[Path]:
+    """The photos a command is given (files, and the image files under folders), or one line saying there are none."""
+    from .images import expand_paths
+
+    paths = expand_paths(given, missing_ok=missing_ok)
+    if not paths:
+        raise UserError(f"no image files found in {' '.join(given)}")
+    return paths
+
+
 def write_entries(entries, as_json: bool, as_jsonl: bool) -> bool:
     """Print each (JSON entry, its text line's maker) as it comes: text lines, one JSON array, or JSON lines; whether
     any photo was read (an entry without "error")."""
@@ -162,8 +172,6 @@ def predictor(args: argparse.Namespace):
     """The Predictions of the photos under args.paths, from the network on PyTorch or from its ONNX copy."""
     from . import onnx_copy
     from .config import default_cache_dir
-    from .images import expand_paths
-
     on_cpu = args.device == "cpu" or (args.device == "auto" and not onnx_copy.gpu_present())
     backend = args.backend
     if backend == "auto":
@@ -172,9 +180,7 @@ def predictor(args: argparse.Namespace):
         raise UserError("--backend onnxruntime runs on the CPU; use --device cpu (or --backend torch)")
     elif backend == "onnxruntime" and not onnx_copy.onnxruntime_installed():
         raise UserError('--backend onnxruntime needs ONNX Runtime: pip install -e ".[onnx]" (or --backend torch)')
-    paths = expand_paths(args.paths, missing_ok=True)  # each missing path gets its own error entry
-    if not paths:
-        raise UserError(f"no image files found in {' '.join(args.paths)}")
+    paths = photo_paths(args.paths, missing_ok=True)  # each missing path gets its own error entry
     if backend == "onnxruntime":  # the copy holds the class names: naming the newest checkpoint loads no PyTorch
         cache = args.cache_dir or default_cache_dir()
         copy_of = functools.cache(lambda path: onnx_copy.ready_copy(path, cache))  # made once, named, then used
@@ -225,15 +231,12 @@ def add_explain_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_explain(args: argparse.Namespace) -> int:
     from .explain import explain_photos
-    from .images import expand_paths
     from .plots import pyplot
     from .predict import PetClassifier
 
     pyplot()  # fail early, before any work, when matplotlib is missing
     classifier = PetClassifier.from_checkpoint(chosen_checkpoint(args.checkpoint), device=args.device)
-    paths = expand_paths(args.paths)
-    if not paths:
-        raise UserError(f"no image files found in {' '.join(args.paths)}")
+    paths = photo_paths(args.paths)
     for path in explain_photos(classifier, paths, args.out, args.classes):
         print(f"wrote {path}")
     return 0

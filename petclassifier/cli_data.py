@@ -22,14 +22,11 @@ def add_kind_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_kind(args: argparse.Namespace) -> int:
     from .animals import TOP_KINDS, kind_answer, kind_classifier, kind_text
-    from .cli import write_entries
-    from .images import expand_paths
+    from .cli import photo_paths, write_entries
 
     if args.workers < 0:
         raise UserError("--workers must be 0 or more")
-    paths = expand_paths(args.paths, missing_ok=True)  # each missing path gets its own error entry
-    if not paths:
-        raise UserError(f"no image files found in {' '.join(args.paths)}")
+    paths = photo_paths(args.paths, missing_ok=True)  # each missing path gets its own error entry
     classifier = kind_classifier(args.model, args.device)
     answers = (kind_answer(p) for p in classifier.iter_predictions(paths, top_k=TOP_KINDS, workers=args.workers))
     return 0 if write_entries(((a, lambda a=a: kind_text(a)) for a in answers), args.json, args.jsonl) else 1

@@ -23,6 +23,7 @@ from .data import SPLIT_DIRS, image_folder, oxford_splits, unreadable
 from .kinds import KIND_NAMES, KindFeatures, kind_probabilities
 from .predict import PET_KINDS
 from .refit import stratified_folds
+from .runtime import plural
 
 # Near duplicates: photos whose squares have nearly the same difference hash (a resized or re-encoded copy: at most 3
 # bits apart on 150 copies of cats-vs-dogs train/ photos at 50% and 70% size and JPEG quality 70; distinct photos of
@@ -193,30 +194,25 @@ def report(photos: Photos, bad: dict[str, str], features: torch.Tensor, hashes: 
             "seconds": seconds}
 
 
-def count(n: int, one: str, many: str | None = None) -> str:
-    """'1 photo', '3 photos'."""
-    return f"{n:,} {one if n == 1 else many or one + 's'}"
-
-
 def advice(found: dict) -> list[str]:
     """What the report says, and what to do about each finding, one line each."""
-    lines = [f"{count(found['photos'], 'photo')} in {count(len(found['classes']), 'class', 'classes')}"]
+    lines = [f"{plural(found['photos'], 'photo')} in {plural(len(found['classes']), 'class', 'classes')}"]
     if found["unreadable"]:
         lines.append(f"{len(found['unreadable'])} unreadable: remove them or open and save them again")
     duplicates = found["duplicates"]
     if duplicates:
         exact, leaks = sum(d["kind"] == "exact" for d in duplicates), sum(d["leakage"] for d in duplicates)
-        lines.append(f"{count(len(duplicates), 'group')} of duplicates ({exact} exact), {leaks} across splits: keep "
+        lines.append(f"{plural(len(duplicates), 'group')} of duplicates ({exact} exact), {leaks} across splits: keep "
                      "one photo of each group; a val or test photo also in train/ makes the score too good "
                      "(leakage): move or delete the copy in train/")
     if issues := len(found["label_issues"]):
-        lines.append(f"{count(issues, 'photo')} likely filed under the wrong class (most likely first): look at "
+        lines.append(f"{plural(issues, 'photo')} likely filed under the wrong class (most likely first): look at "
                      "each and move it to its class, or leave it where you were right")
     if not_pets := len(found["not_pets"]):
-        lines.append(f"{count(not_pets, 'photo')} with no pet in them: remove them, or keep a class for them")
+        lines.append(f"{plural(not_pets, 'photo')} with no pet in them: remove them, or keep a class for them")
     counts = [c["photos"] for c in found["classes"]]
     if small := [c["name"] for c in found["classes"] if c["photos"] < FEW_PHOTOS]:
-        lines.append(f"{count(len(small), 'class', 'classes')} with fewer than {FEW_PHOTOS} photos "
+        lines.append(f"{plural(len(small), 'class', 'classes')} with fewer than {FEW_PHOTOS} photos "
                      f"({', '.join(small[:5])}): add photos")
     if counts and min(counts) and max(counts) / min(counts) > IMBALANCE:
         lines.append(f"imbalance: {max(counts)} photos in the largest class, {min(counts)} in the smallest; add "

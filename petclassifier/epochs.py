@@ -21,17 +21,13 @@ from .frozen import to_float
 from .loop import evaluate, optimizer_and_schedule, train_one_epoch
 from .metrics import at_chance, chance_accuracy
 from .resilience import StopRequest, describe_position, rank_state, resume_from, rng_state, set_rng_state
-from .runtime import log
+from .runtime import log, plural
 from .store import Batches
 
 if TYPE_CHECKING:
     from .training import Prepared
 
 CHANCE_CHECK_EPOCH = 3  # after this many epochs (or a quarter of them, if more) a run still at chance says so
-
-
-def plural(n: int, noun: str) -> str:
-    return f"{n:,} {noun}{'' if n == 1 else 's'}"
 
 
 def train_epochs(p: Prepared, trained: nn.Module, train_criterion, criterion, device, run_dir: Path,

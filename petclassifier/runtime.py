@@ -48,6 +48,11 @@ def progress(iterable=None, disable: bool = False, **kwargs) -> tqdm:
     return tqdm(iterable, disable=disable or other_rank() or not sys.stderr.isatty(), **kwargs)
 
 
+def plural(n: int, noun: str, nouns: str | None = None) -> str:
+    """'1 photo', '3 photos' ('2 classes' with `nouns`)."""
+    return f"{n:,} {noun if n == 1 else nouns or noun + 's'}"
+
+
 def log(message: str = "") -> None:
     """Print a line on the first process; on a line of its own even while a progress bar is drawn."""
     if not other_rank():

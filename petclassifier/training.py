@@ -25,7 +25,7 @@ from .cache import decode_split, warn_unreadable
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .data import PetData, load_data
-from .epochs import plural, train_epochs, warn_if_at_chance
+from .epochs import train_epochs, warn_if_at_chance
 from .frozen import Views, fast_frozen, fits_on_gpu, is_global_pool, to_float
 from .loop import evaluate
 from .metrics import confusion_matrix, expected_calibration_error, mean_class_accuracy
@@ -36,7 +36,7 @@ from .resilience import (
     deterministic_mode,
     resume_config,
 )
-from .runtime import log, resolve_device
+from .runtime import log, plural, resolve_device
 from .store import Batches, FeatureStore
 from .transforms import Preprocessing
 
