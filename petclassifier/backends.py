@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
+import re
 import time
 from pathlib import Path
 
@@ -22,7 +24,8 @@ from .store import entry_key, temp_path, touch
 
 BACKENDS = ("auto", "torch", "onnxruntime", "onnxruntime-int8")
 CALIBRATION_PHOTOS = 64  # training photos whose activations set the int8 ranges
-CALIBRATION_SEED = 0
+INT8_COSINE = 0.98  # int8 runs only where every calibration photo's features point the way float32's do, to this
+FLOAT_CONVOLUTIONS = 5  # convolutions kept in float32 at each end of the int8 copy
 
 
 # What auto means on a CPU where ONNX Runtime is installed: float32, whose features equal PyTorch's (to 4e-6) at about
@@ -56,8 +59,9 @@ def onnx_available() -> bool:
 
 def on_backend(module: nn.Module, backend: str, crop: int, cache_dir: str | Path, calibration=None) -> nn.Module:
     """`module` (folded frozen stages) as it runs on `backend`; `calibration()` yields normalised float batches of
-    training photos, for int8."""
+    training photos, for int8. Its `backend` attribute names what runs: int8 that fails its check runs float32."""
     if backend == "torch":
+        module.backend = "torch"
         return module
     from .frozen import weights_digest
 
@@ -68,9 +72,10 @@ def on_backend(module: nn.Module, backend: str, crop: int, cache_dir: str | Path
     if not path.is_file():
         write_onnx(module, crop, path)
     if backend == "onnxruntime-int8":
-        path = quantized(path, calibration)
+        int8 = checked_int8(path, calibration)
+        path, backend = (int8, backend) if int8 is not None else (path, "onnxruntime")
     touch(path)
-    return OnnxRuntimeModule(path, f"{backend} of {source}")
+    return OnnxRuntimeModule(path, backend, f"{backend} of {source}")
 
 
 def write_onnx(module: nn.Module, crop: int, path: Path) -> None:
@@ -97,20 +102,73 @@ def write_onnx(module: nn.Module, crop: int, path: Path) -> None:
     log(f"exported the frozen stages to ONNX in {time.perf_counter() - started:.1f} s")
 
 
-def quantized(path: Path, calibration) -> Path:
+def has_vnni() -> bool:
+    """Whether this CPU multiplies int8 with VNNI (AVX512-VNNI or AVX-VNNI); unknown counts as no."""
+    try:
+        return bool(re.search(r"\b(avx512_vnni|avx_vnni)\b", Path("/proc/cpuinfo").read_text()))
+    except OSError:
+        return False
+
+
+def int8_settings() -> dict:
+    """How int8 is quantized on this CPU. Without VNNI, ONNX Runtime's uint8 x int8 kernels add pairs of products in
+    int16, which saturates: on an AVX2 EPYC one photo's features fell to cosine 0.76 of float32's. 7-bit weights
+    (reduce_range) keep each pair's sum in range, at some precision, which the float32 convolutions win back."""
+    return {"reduce_range": not has_vnni(), "float_convolutions": FLOAT_CONVOLUTIONS}
+
+
+def checked_int8(path: Path, calibration) -> Path | None:
+    """The int8 copy of an ONNX file, if its features on the calibration photos point the way float32's do (cosine
+    of at least INT8_COSINE on every photo); else None, after one line saying why. The copy and its cosines are
+    kept side by side in the cache."""
+    batches = calibration_arrays(calibration)
+    settings = int8_settings()
+    digest = entry_key(path.stem, *(entry_key(b.tobytes()) for b in batches), sorted(settings.items()),
+                       onnxruntime_version())
+    out, verdict_file = path.with_name(f"{digest}.int8.onnx"), path.with_name(f"{digest}.int8.json")
+    if out.is_file() and verdict_file.is_file():
+        verdict = json.loads(verdict_file.read_text())
+    else:
+        quantize(path, out, batches, settings)
+        verdict = int8_verdict(path, out, batches)
+        tmp = temp_path(verdict_file)  # whole or not at all: another process may read it
+        tmp.write_text(json.dumps(verdict) + "\n")
+        tmp.replace(verdict_file)
+        if verdict["min_cosine"] >= INT8_COSINE:
+            log(f"int8 checked: its features follow float32's to a cosine of {verdict['min_cosine']:.3f} or more on "
+                f"the {verdict['photos']} calibration photos")
+    touch(verdict_file)
+    if verdict["min_cosine"] >= INT8_COSINE:
+        return out
+    log(f"int8 refused on this CPU: its features strayed from float32's (cosine {verdict['min_cosine']:.3f} on one "
+        f"of {verdict['photos']} calibration photos, below {INT8_COSINE}); the frozen pass runs in float32 "
+        "(--backend onnxruntime)")
+    return None
+
+
+def calibration_arrays(calibration) -> list:
+    """The calibration photos as numpy batches of one size (the percentile calibrator stacks them)."""
+    photos = torch.cat(list(calibration())).float().contiguous()
+    size = min(8, len(photos))
+    return [photos[i : i + size].numpy() for i in range(0, len(photos) - size + 1, size)]
+
+
+def int8_verdict(float_path: Path, int8_path: Path, batches: list) -> dict:
+    """How closely int8's features follow float32's on the calibration photos, and whether that is close enough."""
+    runs = [OnnxRuntimeModule(p, "", "") for p in (float_path, int8_path)]
+    cosines = torch.cat([nn.functional.cosine_similarity(*(run(torch.from_numpy(b)).flatten(1) for run in runs))
+                         for b in batches])
+    return {"min_cosine": cosines.min().item(), "mean_cosine": cosines.mean().item(), "photos": len(cosines)}
+
+
+def quantize(path: Path, out: Path, batches: list, settings: dict) -> None:
     """The int8 copy of an ONNX file: QDQ, weights per channel, activation ranges from the calibration batches.
 
     Ranges at the 99.999th percentile rather than the extremes, and the first and last convolutions left in float32:
-    on Lite2's features (64 Oxford photos calibrating, 48 others) the cosine to float32's rose from 0.951 (min) /
-    0.993 (mean) to 0.979 / 0.995 (percentile) and 0.982 / 0.995 (the two convolutions).
+    on Lite2's features (64 Oxford photos calibrating, 48 others, on an AVX512-VNNI CPU) the cosine to float32's rose
+    from 0.951 (min) / 0.993 (mean) to 0.979 / 0.995 (percentile) and 0.982 / 0.995 (one convolution each end); on an
+    AVX2 EPYC with 7-bit weights, from 0.963 / 0.988 (one each end) to 0.985 / 0.993 (five).
     """
-    photos = torch.cat(list(calibration())).float().contiguous()
-    size = min(8, len(photos))  # batches of one size: the percentile calibrator stacks them
-    batches = [photos[i : i + size].numpy() for i in range(0, len(photos) - size + 1, size)]
-    digest = entry_key(path.stem, *(entry_key(b.tobytes()) for b in batches))
-    out = path.with_name(f"{digest}.int8.onnx")
-    if out.is_file():
-        return out
     import onnx
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -130,26 +188,36 @@ def quantized(path: Path, calibration) -> Path:
             return None if x is None else {"x": x}
 
     started, prepared, tmp = time.perf_counter(), temp_path(path.with_suffix(".pre.onnx")), temp_path(out)
+    ends = settings["float_convolutions"]
     try:
         quant_pre_process(str(path), str(prepared))
         convs = [n.name for n in onnx.load(str(prepared)).graph.node if n.op_type == "Conv"]
-        quantize_static(str(prepared), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.Percentile, nodes_to_exclude=convs[:1] + convs[-1:])
+        with contextlib.redirect_stdout(io.StringIO()):  # the calibrator's progress notes
+            quantize_static(str(prepared), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                            reduce_range=settings["reduce_range"], activation_type=QuantType.QUInt8,
+                            weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.Percentile,
+                            nodes_to_exclude=convs[:ends] + convs[-ends:])
         tmp.replace(out)
     finally:
         tmp.unlink(missing_ok=True)
         prepared.unlink(missing_ok=True)
-    log(f"quantized the frozen stages to int8 on {sum(len(b) for b in batches)} training photos in "
+    bits = "7-bit weights" if settings["reduce_range"] else "8-bit weights"
+    log(f"quantized the frozen stages to int8 ({bits}) on {sum(len(b) for b in batches)} training photos in "
         f"{time.perf_counter() - started:.1f} s")
-    return out
+
+
+def onnxruntime_version() -> str:
+    import onnxruntime
+
+    return onnxruntime.__version__
 
 
 class OnnxRuntimeModule(nn.Module):
     """An ONNX file run by ONNX Runtime on the CPU, with PyTorch's thread count: float32 in, float32 out."""
 
-    def __init__(self, path: Path, name: str):
+    def __init__(self, path: Path, backend: str, name: str):
         super().__init__()
+        self.backend = backend
         import onnxruntime
 
         options = onnxruntime.SessionOptions()

@@ -53,6 +53,7 @@ def describe(fit: dict) -> str:
     if fit.get("failed"):
         return line + "; the fit failed, so the model's own probabilities are kept (T = 1)"
     if fit.get("wrong", FEW_WRONG) < FEW_WRONG:
-        return (line + f"; only {fit['wrong']} of them wrong: too few mistakes to measure confidence on, so T rests "
-                "on its prior (log T around 0) as much as on the photos; more photos calibrate it better")
+        return (line + f"; only {fit['wrong']} of them wrong: too few mistakes to measure confidence on, so T "
+                f"{fit['temperature']:.3g} is where these photos and the prior that holds T near 1 balance, not a "
+                "measurement; more photos calibrate it better")
     return line

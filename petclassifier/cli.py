@@ -344,8 +344,30 @@ COMMANDS = {
 }
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with whole flags only (no `--epoch` for `--epochs`) and each error on one line, status 2."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, allow_abbrev=False, **kwargs)
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
+
+    def unknown(self, arguments: list[str]):
+        """The error for arguments no flag takes, naming the closest flag to the first unknown one."""
+        import difflib
+
+        flags = [flag for flag in arguments if flag.startswith("-")]
+        if not flags:
+            self.error(f"unexpected argument {arguments[0]}")
+        flag = flags[0].split("=")[0]
+        known = [s for action in self._actions for s in action.option_strings if s.startswith("--")]
+        close = difflib.get_close_matches(flag, known, n=1, cutoff=0.6)
+        self.error(f"unknown flag {flag}" + (f" (did you mean {close[0]}?)" if close else ""))
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="petclassifier", description="Pet photo classifier (PyTorch).")
+    parser = Parser(prog="petclassifier", description="Pet photo classifier (PyTorch).")
     parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (add_arguments, _, help_text) in COMMANDS.items():
@@ -373,11 +395,11 @@ def main(argv: list[str] | None = None) -> int:
     args, unknown = parser.parse_known_args(argv)
     if args.command is None:  # `petclassifier` alone: say what it can do
         if unknown:
-            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+            parser.unknown(unknown)
         parser.print_help()
         return 0
-    if unknown:  # the command's own usage, not the top-level one
-        args.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if unknown:  # named by the command's own parser, with its flags
+        args.command_parser.unknown(unknown)
     try:
         return COMMANDS[args.command][1](args)
     except (UserError, FloatingPointError) as e:

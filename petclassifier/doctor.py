@@ -34,6 +34,7 @@ NEAR_BITS, HASHED_COSINE, NEAR_COSINE = 6, 0.6, 0.95
 FOLDS = 5
 FEW_PHOTOS = 10  # a class with fewer photos than this learns poorly (2 at least: one to learn, one to score)
 IMBALANCE = 3.0  # largest class over smallest past which the report suggests --balance
+SHOWN = 10  # photos the terminal lists under each finding; the JSON report holds them all
 
 
 @dataclass
@@ -118,15 +119,20 @@ def near_duplicates(features: torch.Tensor, hashes: torch.Tensor, block: int = 2
     return [g for g in groups.values() if len(g) > 1]
 
 
-def out_of_fold(inputs: torch.Tensor, labels: torch.Tensor, num_classes: int, seed: int = 0,
-                epochs: int = 200) -> torch.Tensor:
+def out_of_fold(inputs: torch.Tensor, labels: torch.Tensor, num_classes: int, seed: int = 0, epochs: int = 200,
+                together: list[list[int]] = ()) -> torch.Tensor:
     """[N, num_classes] probabilities of each photo from a linear head trained (full batch, AdamW) on the other
-    folds' inputs [N, D]."""
+    folds' inputs [N, D]; the photos of each group of `together` (copies) fall in one fold."""
     probs = torch.zeros(len(labels), num_classes)
     k = max(2, min(FOLDS, int(torch.bincount(labels, minlength=num_classes).min())))
-    for held in stratified_folds(labels, k, seed):
-        kept = torch.ones(len(labels), dtype=torch.bool)
-        kept[held] = False
+    fold_of = torch.zeros(len(labels), dtype=torch.long)
+    for fold, members in enumerate(stratified_folds(labels, k, seed)):
+        fold_of[members] = fold
+    for group in together:  # a copy filed under another class would otherwise teach the head its original is wrong
+        fold_of[group] = int(fold_of[group[0]])
+    for fold in range(k):
+        kept = fold_of != fold
+        held = ~kept
         torch.manual_seed(seed)
         head = nn.Linear(inputs.shape[1], num_classes)
         optimizer = torch.optim.AdamW(head.parameters(), lr=1e-2, weight_decay=0.05)
@@ -168,48 +174,82 @@ def report(photos: Photos, bad: dict[str, str], features: torch.Tensor, hashes: 
     with torch.no_grad():
         inputs = KindFeatures(imagenet, 0.0).eval()(features.float())  # what the product's heads read
         kinds = kind_probabilities(imagenet(features.float()))
-    probs = out_of_fold(inputs, labels, len(names))
+    duplicates = duplicate_groups(photos, paths, features, hashes)
+    seconds["duplicates"] = round(time.perf_counter() - started, 1)
+    started = time.perf_counter()
+    index = {path: i for i, path in enumerate(paths)}
+    copies = [[index[p] for p in d["paths"] if p in index] for d in duplicates]
+    probs = out_of_fold(inputs, labels, len(names), together=[g for g in copies if len(g) > 1])
     issues = [{"path": paths[i], "split": photos.splits[kept[i]], "given": names[int(labels[i])],
                "suggested": names[j], "score": round(score, 4)} for i, j, score in confident_learning(probs, labels)]
     seconds["label_issues"] = round(time.perf_counter() - started, 1)
-    started = time.perf_counter()
+    pet_kinds, below = PET_KINDS["cats and dogs" if photos.cats_and_dogs else "animals"]
+    pet = kinds[:, [KIND_NAMES.index(k) for k in pet_kinds]].sum(1)
+    no_pet = pet < below
+    counts = Counter(int(y) for y in labels)
+    classes = [{"name": name, "photos": counts[i]} for i, name in enumerate(names)]
+    # a class most of whose photos hold no pet is a class of such things (not_pets/, empty_room/): named once
+    no_pet_classes = [{"name": names[c], "photos": counts[c], "no_pet": int(no_pet[labels == c].sum())}
+                      for c in range(len(names)) if counts[c] and no_pet[labels == c].sum() > counts[c] / 2]
+    skipped = {names.index(c["name"]) for c in no_pet_classes}
+    not_pets = [{"path": paths[i], "kind": KIND_NAMES[int(kinds[i].argmax())], "pet_probability": round(float(p), 4)}
+                for i, p in enumerate(pet.tolist()) if no_pet[i] and int(labels[i]) not in skipped]
+    return {"photos": len(photos.paths), "label_issues": issues, "duplicates": duplicates, "not_pets": not_pets,
+            "no_pet_classes": no_pet_classes, "classes": classes,
+            "unreadable": [{"path": p, "reason": r} for p, r in bad.items()], "seconds": seconds}
+
+
+def duplicate_groups(photos: Photos, paths: list[str], features: torch.Tensor, hashes: torch.Tensor) -> list[dict]:
+    """The groups of the same photo (exact copies among all files, near ones among the readable `paths`), each with
+    its splits and classes."""
     groups = [("exact", [photos.paths[i] for i in g]) for g in exact_duplicates(photos.paths)]
     exact_sets = [set(g) for _, g in groups]
     for g in near_duplicates(features, hashes):
         near = [paths[i] for i in g]
         if not any(set(near) <= s for s in exact_sets):
             groups.append(("near", near))
-    split_of = dict(zip(photos.paths, photos.splits))
-    duplicates = [{"paths": g, "kind": kind, "splits": sorted({split_of[p] for p in g}),
-                   "leakage": len({split_of[p] for p in g}) > 1} for kind, g in groups]
-    seconds["duplicates"] = round(time.perf_counter() - started, 1)
-    pet_kinds, below = PET_KINDS["cats and dogs" if photos.cats_and_dogs else "animals"]
-    pet = kinds[:, [KIND_NAMES.index(k) for k in pet_kinds]].sum(1)
-    not_pets = [{"path": paths[i], "kind": KIND_NAMES[int(kinds[i].argmax())], "pet_probability": round(float(p), 4)}
-                for i, p in enumerate(pet.tolist()) if p < below]
-    counts = Counter(int(y) for y in labels)
-    classes = [{"name": name, "photos": counts[i]} for i, name in enumerate(names)]
-    return {"photos": len(photos.paths), "label_issues": issues, "duplicates": duplicates, "not_pets": not_pets,
-            "classes": classes, "unreadable": [{"path": p, "reason": r} for p, r in bad.items()],
-            "seconds": seconds}
+    split_of, class_of = dict(zip(photos.paths, photos.splits)), dict(zip(photos.paths, photos.labels))
+    return [{"paths": g, "kind": kind, "splits": sorted({split_of[p] for p in g}),
+             "classes": sorted({photos.class_names[class_of[p]] for p in g}),
+             "leakage": len({split_of[p] for p in g}) > 1} for kind, g in groups]
+
+
+def listed(lines: list[str], items: list[str]) -> None:
+    """The first SHOWN items under a finding's line, indented, and how many more the JSON report holds."""
+    lines += [f"  {item}" for item in items[:SHOWN]]
+    if len(items) > SHOWN:
+        lines.append(f"  ... and {len(items) - SHOWN} more (--json REPORT lists every one)")
 
 
 def advice(found: dict) -> list[str]:
-    """What the report says, and what to do about each finding, one line each."""
+    """What the report says and what to do about each finding, each followed by the photos it names."""
     lines = [f"{plural(found['photos'], 'photo')} in {plural(len(found['classes']), 'class', 'classes')}"]
     if found["unreadable"]:
         lines.append(f"{len(found['unreadable'])} unreadable: remove them or open and save them again")
+        listed(lines, [f"{f['path']}: {f['reason']}" for f in found["unreadable"]])
     duplicates = found["duplicates"]
     if duplicates:
         exact, leaks = sum(d["kind"] == "exact" for d in duplicates), sum(d["leakage"] for d in duplicates)
         lines.append(f"{plural(len(duplicates), 'group')} of duplicates ({exact} exact), {leaks} across splits: keep "
                      "one photo of each group; a val or test photo also in train/ makes the score too good "
                      "(leakage): move or delete the copy in train/")
-    if issues := len(found["label_issues"]):
-        lines.append(f"{plural(issues, 'photo')} likely filed under the wrong class (most likely first): look at "
-                     "each and move it to its class, or leave it where you were right")
-    if not_pets := len(found["not_pets"]):
-        lines.append(f"{plural(not_pets, 'photo')} with no pet in them: remove them, or keep a class for them")
+        listed(lines, [" = ".join(d["paths"]) + f" ({d['kind']}" + (", across splits" if d["leakage"] else "") +
+                       (f", under {' and '.join(d.get('classes', []))}" if len(d.get("classes", [])) > 1 else "") +
+                       ")" for d in duplicates])
+    if issues := found["label_issues"]:
+        lines.append(f"{plural(len(issues), 'photo')} likely filed under the wrong class (most likely first): look "
+                     "at each and move it to its class, or leave it where you were right")
+        listed(lines, [f"{f['path']}: filed under {f['given']}, looks like {f['suggested']} ({f['score']:.0%} sure "
+                       f"it is not {f['given']})" for f in issues])
+    for c in found.get("no_pet_classes", []):
+        lines.append(f"class {c['name']}: no pet in {c['no_pet']} of its {c['photos']} photos; fine if that is "
+                     "the class")
+    if not_pets := found["not_pets"]:
+        them = "it" if len(not_pets) == 1 else "them"
+        lines.append(f"{plural(len(not_pets), 'photo')} with no pet in {them}: remove {them}, or keep a class for "
+                     f"{them}")
+        listed(lines, [f"{f['path']}: sees {f['kind']} ({1 - f['pet_probability']:.0%} sure there is no pet)"
+                       for f in not_pets])
     counts = [c["photos"] for c in found["classes"]]
     if small := [c["name"] for c in found["classes"] if c["photos"] < FEW_PHOTOS]:
         lines.append(f"{plural(len(small), 'class', 'classes')} with fewer than {FEW_PHOTOS} photos "

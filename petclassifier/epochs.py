@@ -19,7 +19,7 @@ from .checkpoint import save_checkpoint
 from .errors import SavedAndStopped
 from .frozen import to_float
 from .loop import evaluate, optimizer_and_schedule, train_one_epoch
-from .metrics import at_chance, chance_accuracy
+from .metrics import at_chance, chance_accuracy, luck_ceiling
 from .resilience import StopRequest, describe_position, rank_state, resume_from, rng_state, set_rng_state
 from .runtime import log, plural
 from .store import Batches
@@ -149,7 +149,7 @@ def epoch_row(p: Prepared, epoch: int, state: dict, val_result: dict, started: f
     train_loss = loss_sum / max(seen, 1)
     val_loss, val_accuracy = distributed.reduced(val_result)
     row = {"epoch": epoch + 1, "train_loss": round(train_loss, 5), "val_loss": round(val_loss, 5),
-           "val_accuracy": round(val_accuracy, 5), "lr": state["epoch_lr"],
+           "val_accuracy": round(val_accuracy, 5), "val_photos": len(p.val_labels), "lr": state["epoch_lr"],
            "seconds": round(time.perf_counter() - started, 2),
            "elapsed": round(time.perf_counter() - run_started, 1),  # since the run started, setup included
            "time": round(time.time(), 2)}  # the wall clock (Unix seconds): lines runs up with each other
@@ -200,9 +200,10 @@ def warn_if_at_chance(p: Prepared, accuracy: float, when: str) -> None:
     classes = len(p.data.class_names)
     if not at_chance(accuracy, p.val_labels, classes):
         return
-    chance = chance_accuracy(p.val_labels, classes)
+    chance, n = chance_accuracy(p.val_labels, classes), len(p.val_labels)
     tips = ["more epochs", "more photos"] if p.cfg.pretrained else \
         ["ImageNet weights (leave out --no-pretrained, or use the default model)", "more photos", "more epochs"]
-    log(f"warning: {when} validation accuracy {accuracy:.1%} is at chance ({chance:.1%}: always answering the "
-        f"commonest of {classes} classes); the network has not learned to tell these photos apart yet. Try "
+    log(f"warning: {when} validation accuracy {accuracy:.1%} on {plural(n, 'photo')} is no better than luck: always "
+        f"answering the commonest of {classes} classes scores {chance:.1%}, and on {n} photos luck alone reaches "
+        f"{luck_ceiling(p.val_labels, classes):.1%}; the network has not shown it tells these photos apart yet. Try "
         f"{', '.join(tips)}, or a lower --lr if the training loss is not falling")

@@ -17,7 +17,7 @@ from .config import TrainConfig
 from .data import load_split
 from .errors import UserError
 from .loop import evaluate
-from .metrics import at_chance, calibration_report, chance_accuracy, metrics_report
+from .metrics import at_chance, calibration_report, chance_accuracy, luck_ceiling, metrics_report
 from .models import FlipAveraged
 from .runtime import inference_batch_size, resolve_device
 from .store import Batches
@@ -108,6 +108,7 @@ def evaluate_checkpoint(checkpoint: str | Path, dataset=None, data_dir=None, tas
     report["calibration"] = calibration_report(raw.softmax(1), scores.softmax(1), labels, temperature)
     report["chance_top1"] = chance_accuracy(labels, len(class_names))
     report["at_chance"] = at_chance(report["top1"], labels, len(class_names))
+    report["luck_top1"] = luck_ceiling(labels, len(class_names))
     return {"report": report, "images": images, "labels": labels, "probs": scores.softmax(1), "crop": prep.crop}
 
 
@@ -163,8 +164,9 @@ def summary_lines(report: dict) -> list[str]:
     lines.append(f"{report['split']} split, {report['photos']} photos: top-1 {report['top1']:.1%}  {top5}"
                  f"mean per-class accuracy {report['mean_per_class_accuracy']:.1%}")
     if report.get("at_chance"):
-        lines.append(f"at chance: top-1 {report['top1']:.1%} is no better than always answering the commonest class "
-                     f"({report['chance_top1']:.1%}); the model has not learned to tell these classes apart (train "
+        lines.append(f"at chance: top-1 {report['top1']:.1%} is no better than luck (always answering the commonest "
+                     f"class scores {report['chance_top1']:.1%}, and on {report['photos']} photos luck alone reaches "
+                     f"{report['luck_top1']:.1%}); the model has not shown it tells these classes apart (train "
                      "from ImageNet weights, with more photos or more epochs)")
     lines.append(calibration_line(report["calibration"]))
     scored = [(m["recall"], name, m) for name, m in report["per_class"].items() if m["recall"] is not None]

@@ -102,8 +102,13 @@ def chance_accuracy(labels: torch.Tensor, num_classes: int) -> float:
     return torch.bincount(labels.cpu(), minlength=num_classes).max().item() / max(1, len(labels))
 
 
-def at_chance(accuracy: float, labels: torch.Tensor, num_classes: int) -> bool:
-    """Whether `accuracy` on these photos is within two standard errors of chance, where they can tell at all."""
+def luck_ceiling(labels: torch.Tensor, num_classes: int) -> float:
+    """The accuracy a model that learned nothing reaches by luck on these photos: chance plus two standard errors."""
     chance = chance_accuracy(labels, num_classes)
-    margin = 2 * (chance * (1 - chance) / max(1, len(labels))) ** 0.5
-    return chance + margin < 1 and accuracy <= chance + margin
+    return chance + 2 * (chance * (1 - chance) / max(1, len(labels))) ** 0.5
+
+
+def at_chance(accuracy: float, labels: torch.Tensor, num_classes: int) -> bool:
+    """Whether `accuracy` on these photos is within luck's reach of chance, where they can tell at all."""
+    ceiling = luck_ceiling(labels, num_classes)
+    return ceiling < 1 and accuracy <= ceiling

@@ -126,14 +126,15 @@ def plot_image_grid(images: list[torch.Tensor], captions: list[str], out: str | 
     """Photos in a grid, each with its caption."""
     plt = pyplot()
     rows = max(1, math.ceil(len(images) / columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 2.9 * rows), dpi=70, squeeze=False)
+    # constrained layout makes room for each caption (tight_layout let two-line captions run under the photo above)
+    fig, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 3.0 * rows), dpi=70, squeeze=False,
+                             layout="constrained")
     for ax in axes.flat:
         ax.axis("off")
     for ax, img, caption in zip(axes.flat, images, captions):
         ax.imshow(to_image(img))
         ax.set_title(caption, fontsize=8)
     fig.suptitle(title)
-    fig.tight_layout()
     return save(fig, out)
 
 

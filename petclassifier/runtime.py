@@ -53,6 +53,11 @@ def plural(n: int, noun: str, nouns: str | None = None) -> str:
     return f"{n:,} {noun if n == 1 else nouns or noun + 's'}"
 
 
+def duration(seconds: float) -> str:
+    """'42.0 s', or '2 min 11 s' past a minute."""
+    return f"{seconds:.1f} s" if seconds < 60 else f"{int(seconds // 60)} min {round(seconds % 60):d} s"
+
+
 def log(message: str = "") -> None:
     """Print a line on the first process; on a line of its own even while a progress bar is drawn."""
     if not other_rank():

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from .job_input import MIN_CLASS_PHOTOS, Refused, parse_labels, parse_options, write_photos
+from .runtime import resolve_device
 
 MAX_WAITING = 4  # jobs queued behind the one training; past it 503 with Retry-After
 KEEP_SECONDS = 3600  # a finished job's photos, run folder and model are removed this long after it ended
@@ -79,6 +80,7 @@ class TrainJobs:
     def __init__(self, device: str = "auto"):
         self._root: Path | None = None  # made at the first job
         self.device = device
+        self.device_type = resolve_device(device).type  # where the jobs, which resolve it alike, train: cpu, cuda
         self.jobs: dict[str, Job] = {}
         self.lock = threading.Lock()
         self.runner = ThreadPoolExecutor(1, thread_name_prefix="teach")

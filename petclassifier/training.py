@@ -26,17 +26,15 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .data import PetData, load_data
 from .epochs import train_epochs, warn_if_at_chance
+from .errors import SavedAndStopped
 from .frozen import Views, fast_frozen, fits_on_gpu, is_global_pool, to_float
 from .loop import evaluate
 from .metrics import confusion_matrix, expected_calibration_error, mean_class_accuracy
 from .models import build_model, check_model_name
 from .plots import write_curves
 from .refit import cross_fitted_logits, refit
-from .resilience import (
-    deterministic_mode,
-    resume_config,
-)
-from .runtime import log, plural, resolve_device
+from .resilience import describe_position, deterministic_mode, resume_config
+from .runtime import duration, log, plural, resolve_device
 from .store import Batches, FeatureStore
 from .transforms import Preprocessing
 
@@ -129,12 +127,36 @@ class Prepared:
 def run(cfg: TrainConfig, device: torch.device, features: FeatureStore) -> dict:
     """The body of `fit` on one process (one rank) with its device chosen: the phases in order."""
     run_started = time.perf_counter()
+    run_dir = Path(distributed.gather(str(run_dir_for(cfg.resolved())))[0])  # rank 0's name: the clock may tick
+    try:
+        return phases(cfg, device, features, run_dir, run_started)
+    except KeyboardInterrupt as e:
+        if not isinstance(e, SavedAndStopped):  # stopped outside a step (decoding, a frozen pass, the finish)
+            say_how_to_go_on(cfg, run_dir)
+        raise SavedAndStopped from None
+
+
+def say_how_to_go_on(cfg: TrainConfig, run_dir: Path) -> None:
+    """After Ctrl-C anywhere in a run: the --resume line where a last.pt holds its state, else what is kept."""
+    last = Path(cfg.resume) if cfg.resume and not run_dir.joinpath("last.pt").is_file() else run_dir / "last.pt"
+    if last.is_dir():
+        last = last / "last.pt"
+    if last.is_file():
+        ckpt = load_checkpoint(last)
+        log(f"interrupted: {last} holds the run {describe_position(ckpt['epoch'], ckpt['step'])}; continue with "
+            f"--resume {last.parent}")
+    else:
+        log("interrupted before the first epoch ended, so there is nothing to resume: run the same command again; "
+            "the photos decoded and the frozen views finished so far are kept in the cache and not computed again")
+
+
+def phases(cfg: TrainConfig, device: torch.device, features: FeatureStore, run_dir: Path, run_started: float) -> dict:
+    """The run's phases in order: the photos, prepare, the epochs, the finish."""
     torch.manual_seed(cfg.seed)
     data = distributed.per_machine(lambda: load_data(cfg))  # each machine's first process checks the photos
     warn_unreadable(data.skipped)
     cfg = cfg.resolved(train_photos=len(data.train.paths))  # the recipe sized to the photos (a resumed run's stays)
     p = prepare(cfg, data, device, features)
-    run_dir = Path(distributed.gather(str(run_dir_for(cfg)))[0])  # rank 0's name, in case the clock ticked
     if distributed.is_main():
         run_dir.mkdir(parents=True, exist_ok=True)
         p.cfg.save(run_dir / "config.json")
@@ -148,9 +170,22 @@ def run(cfg: TrainConfig, device: torch.device, features: FeatureStore) -> dict:
         trained = torch.compile(trained)
     best_accuracy = train_epochs(p, trained, train_criterion, criterion, device, run_dir, run_started)
     summary = finish(p, trained, train_criterion, criterion, device, run_dir, best_accuracy, features)
-    split_name, accuracy = ("test", summary["test_accuracy"]) if "test_accuracy" in summary else ("val", best_accuracy)
-    log(f"{split_name} accuracy {accuracy:.1%}; checkpoint {summary['checkpoint']}")
+    summary["seconds"] = round(time.perf_counter() - run_started, 1)  # from the run's start, setup included
+    if distributed.is_main():
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        write_curves(run_dir)  # loss and accuracy per epoch, for people to see the learning
+    log(last_line(summary, cfg.epochs))
     return summary
+
+
+def last_line(summary: dict, epochs: int) -> str:
+    """The run's result in one line: the score, the best epoch, the time it took and the checkpoint."""
+    split_name, accuracy = ("test", summary["test_accuracy"]) if "test_accuracy" in summary else \
+        ("val", summary["best_val_accuracy"])
+    best = f"; best epoch {summary['best_epoch']} of {epochs}" if summary.get("best_epoch") else ""
+    refit = " (then refit on train + val)" if summary.get("refit") else ""
+    return (f"{split_name} accuracy {accuracy:.1%}{best}{refit}; {duration(summary['seconds'])} in all; checkpoint "
+            f"{summary['checkpoint']}")
 
 
 def describe(cfg: TrainConfig, data: PetData, train_labels: torch.Tensor, val_labels: torch.Tensor) -> str:
@@ -193,6 +228,7 @@ def prepare(cfg: TrainConfig, data: PetData, device: torch.device, features: Fea
     if len(frozen):  # the frozen stages run once per view, not once per epoch
         p.frozen_fast = on_backend(fast_frozen(frozen, model.head[0] if pooled else None), cfg.backend, prep.crop,
                                    cfg.cache_dir, lambda: calibration_batches(train_images, prep, cfg.seed))
+        p.cfg = cfg = replace(cfg, backend=p.frozen_fast.backend)  # int8 that failed its check runs float32
         p.train_views, p.val_views = (
             Views(p.frozen_fast, images, prep, name, cfg.augment_views, cfg.flip_tta, cfg.seed + i, device, features,
                   photos[i]) for i, (name, images) in enumerate((("train", train_images), ("val", val_images))))
@@ -254,9 +290,7 @@ def finish(p: Prepared, trained: nn.Module, train_criterion, criterion, device, 
     if p.skipped:
         log(f"warning: {len(p.skipped)} unreadable photo(s) were skipped (listed above); --strict-images stops "
             "at the first instead")
-    if distributed.is_main():
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        write_curves(run_dir)  # loss and accuracy per epoch, for people to see the learning
+    summary["best_epoch"] = best["metrics"]["epoch"] if best.get("metrics") else None
     return summary
 
 

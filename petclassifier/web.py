@@ -253,7 +253,7 @@ def create_app(service: PhotoService, jobs: TrainJobs | None = None) -> RequestL
         return JSONResponse({"job": job.id}, status_code=202)
 
     async def train_status(request: Request) -> JSONResponse:
-        return JSONResponse(jobs.get(request.path_params["job"]).report())
+        return JSONResponse({**jobs.get(request.path_params["job"]).report(), "device": jobs.device_type})
 
     async def train_checkpoint(request: Request) -> FileResponse:
         job = taught({"job": request.path_params["job"]})

@@ -67,10 +67,15 @@ def test_module_entry_point_lists_the_commands_with_or_without_help():
         assert all(f"    {command} " in result.stdout for command in ("train", "predict", "evaluate", "export"))
 
 
-def test_an_unknown_flag_shows_the_usage_of_the_command_it_was_given_to():
-    result = run("train.py", "--no-such-flag")
-    assert result.returncode == 2 and "usage: petclassifier train" in result.stderr
-    assert "--image-size" in result.stderr and "unrecognized arguments: --no-such-flag" in result.stderr
+def test_an_unknown_or_shortened_flag_is_one_line_naming_the_closest_flag_with_status_2():
+    for given, said in ((["--datset", "folder"], "unknown flag --datset (did you mean --dataset?)"),
+                        (["--epoch", "5"], "unknown flag --epoch (did you mean --epochs?)"),  # no abbreviations
+                        (["--no-such-flag"], "unknown flag --no-such-flag"),
+                        (["--backend", "tpu"], "argument --backend: invalid choice: 'tpu'")):
+        result = run("train.py", *given)
+        assert result.returncode == 2 and result.stdout == "", given
+        assert result.stderr.startswith(f"petclassifier train: error: {said}"), result.stderr
+        assert result.stderr.endswith("; see petclassifier train --help\n") and result.stderr.count("\n") == 1
 
 
 def test_oxford_without_a_data_dir_looks_in_one_documented_place_and_never_swaps_datasets(tmp_path):
@@ -147,7 +152,10 @@ def test_version_prints_the_version_and_an_unknown_option_is_an_error(capsys):
         main(["--bogus"])
     said = capsys.readouterr()
     assert ended.value.code == 2 and said.out == "", said.out  # an argparse error, not the help
-    assert said.err.startswith("usage: petclassifier") and "unrecognized arguments: --bogus" in said.err
+    assert said.err == "petclassifier: error: unknown flag --bogus; see petclassifier --help\n"
+    with pytest.raises(SystemExit) as ended:
+        main(["train", "--help"])  # the help is as argparse draws it
+    assert ended.value.code == 0 and capsys.readouterr().out.startswith("usage: petclassifier train [-h]")
 
 
 def test_every_train_flag_says_what_it_does_and_no_default_reads_none(capsys):

@@ -125,3 +125,32 @@ def test_the_doctor_finds_planted_flips_copies_and_not_pets_in_real_photos(tmp_p
     assert "across splits" in out and "wrong class" in out and "no pet" in out
     assert {f["path"] for f in found["label_issues"]} | {f["path"] for f in found["not_pets"]} <= \
         {str(p) for p in (tmp_path / "pets").rglob("*") if p.is_file()}
+
+
+@needs_shared
+def test_the_doctor_names_in_the_terminal_the_copies_it_doubts_not_their_originals_and_a_class_of_no_pets_once(
+        tmp_path, capsys):
+    """cats/ and dogs/ of 20 photos, 3 cats copied into dogs/, a class of 16 things that are not pets, and one of
+    those things among the dogs: each finding lists its photos, the originals of the copies are not doubted, the
+    class of things is named once and the thing among the dogs is still listed."""
+    root = tmp_path / "pets"
+    for kind in ("cats", "dogs"):
+        (root / kind).mkdir(parents=True)
+        for path in sorted((SHARED / "cats-vs-dogs" / "train" / kind).iterdir())[:20]:
+            shutil.copy(path, root / kind / path.name)
+    (root / "not_pets").mkdir()
+    things = sorted((SHARED / "not-pets").iterdir())
+    for path in things[:16]:
+        shutil.copy(path, root / "not_pets" / path.name)
+    originals = sorted((root / "cats").iterdir())[:3]
+    copies = [shutil.copy(path, root / "dogs" / f"copy_{path.name}") for path in originals]
+    hamper = shutil.copy(next(p for p in things if "hamper" in p.name), root / "dogs")
+    assert main(["doctor", str(root), "--backend", "torch", "--workers", "0"]) == 0
+    out = capsys.readouterr().out
+    doubted = [line.split(": filed under")[0].strip() for line in out.splitlines() if ": filed under" in line]
+    assert set(map(str, copies)) <= set(doubted) and not set(map(str, originals)) & set(doubted), out
+    assert f"  {hamper}: sees no animal" in out, out
+    assert "class not_pets: no pet in 16 of its 16 photos; fine if that is the class" in out, out
+    assert "1 photo with no pet in it" in out and "not_pets/" not in out.split("1 photo with no pet")[1], out
+    for original, copy in zip(originals, copies):
+        assert f"  {original} = {copy} (exact, under cats and dogs)" in out, out

@@ -266,3 +266,26 @@ def test_training_writes_curves_and_works_without_matplotlib(trained, tmp_path, 
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
     assert write_curves(copy) is None
     assert 'pip install -e ".[plots]"' in capsys.readouterr().out and not (copy / "curves.png").exists()
+
+
+def test_the_mistakes_grid_keeps_each_two_line_caption_clear_of_the_photo_above(monkeypatch, tmp_path):
+    pytest.importorskip("matplotlib")
+    from petclassifier import plots
+
+    overlaps = []
+
+    def measured(fig, path):
+        fig.canvas.draw()
+        renderer, photos = fig.canvas.get_renderer(), [ax for ax in fig.axes if ax.images]
+        for ax in photos:
+            caption = ax.title.get_window_extent(renderer)
+            overlaps.extend(other for other in photos if other is not ax
+                            and caption.overlaps(other.get_images()[0].get_window_extent(renderer)))
+        plots.pyplot().close(fig)
+        return path
+
+    monkeypatch.setattr(plots, "save", measured)
+    images = [torch.randint(0, 255, (3, 120, 120), dtype=torch.uint8) for _ in range(8)]
+    captions = ["true: american_pit_bull_terrier\npredicted: staffordshire_bull_terrier 97%"] * 8
+    plots.plot_image_grid(images, captions, tmp_path / "mistakes.png", "Most confident mistakes (test split)")
+    assert overlaps == []

@@ -236,16 +236,20 @@ class Frozen(torch.nn.Module):
         return self.run(x)
 
 
-def test_ctrl_c_in_a_frozen_pass_of_a_training_run_says_interrupted_once(shapes_dir, cache_dir, tmp_path):
-    """The whole command: the second view's pass is cut short, one `interrupted` line, and nothing else after it."""
-    patch = """
+@pytest.mark.parametrize("view", [1, 2])
+def test_ctrl_c_in_a_frozen_pass_of_a_training_run_says_how_to_go_on_once(shapes_dir, cache_dir, tmp_path, view):
+    """The whole command: a view's pass is cut short and one line says how to go on: in the first view's pass
+    (nothing saved yet) run the command again, in the second's (after epoch 1) --resume, which then finishes."""
+    patch = f"""
         import os, signal
         import petclassifier.frozen as frozen
         frozen.inference_batch_size = lambda *args: 2  # 11 batches a pass over the 22 training photos
-        shown = frozen.progress
+        shown, passes = frozen.progress, []
         def press_ctrl_c_in_the_training_pass(items, desc="", **kwargs):
+            passes.append(desc)
             for i, item in enumerate(shown(items, desc=desc, **kwargs)):
-                if "(train" in desc:  # computed once training has begun, its Ctrl-C handler in place
+                # the training photos' pass of the view epoch {view} trains on: computed once training has begun
+                if "(train," in desc and sum("(train," in d for d in passes) == {view}:
                     print("train pass batch", i + 1, flush=True)
                     if i == 1:
                         os.kill(os.getpid(), signal.SIGINT)
@@ -253,11 +257,20 @@ def test_ctrl_c_in_a_frozen_pass_of_a_training_run_says_interrupted_once(shapes_
         frozen.progress = press_ctrl_c_in_the_training_pass
     """
     cfg = {**CFG, "model": "efficientnet_lite0", "pretrained": True, "trainable_stages": 1, "image_size": 48,
-           "save_every": 0}
-    proc = launch(tmp_path, patch, {**cfg, "data_dir": shapes_dir, "cache_dir": cache_dir, "out": tmp_path / "run"})
+           "save_every": 0, "augment_views": 2}
+    run = tmp_path / "run"
+    proc = launch(tmp_path, patch, {**cfg, "data_dir": shapes_dir, "cache_dir": cache_dir, "out": run})
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 130, stderr
     assert stdout.count("train pass batch") <= 3, stdout  # not the whole pass of 11 batches
     said = [line for line in (stdout + stderr).splitlines() if "interrupt" in line or "stopping" in line]
-    assert said == ["interrupted"], stdout + stderr
+    if view == 1:
+        assert said == ["interrupted before the first epoch ended, so there is nothing to resume: run the same "
+                        "command again; the photos decoded and the frozen views finished so far are kept in the "
+                        "cache and not computed again"], stdout + stderr
+    else:
+        assert said == [f"interrupted: {run / 'last.pt'} holds the run after epoch 1; continue with --resume {run}"], \
+            stdout + stderr
+        summary = train(**{**cfg, "data_dir": str(shapes_dir), "cache_dir": cache_dir, "resume": str(run)})
+        assert summary["best_epoch"] in (1, 2) and (run / "summary.json").is_file()
     assert "Traceback" not in stderr and "Exception ignored" not in stderr, stderr

@@ -34,7 +34,16 @@ def test_training_writes_metrics_and_checkpoints(shapes_dir, cache_dir, tmp_path
     assert fitted == summary["calibration"] and fitted["nll_after"] <= fitted["nll_before"]
     assert fitted["temperature"] != 1.0 and load_checkpoint(out / "best.pt")["temperature"] == fitted["temperature"]
     assert PetClassifier.from_checkpoint(out, device="cpu").temperature == fitted["temperature"]
-    assert f"calibration: temperature {fitted['temperature']:.3g}" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert f"calibration: temperature {fitted['temperature']:.3g}" in printed
+    # the last line and summary.json: the score, the best epoch, the time from the run's start, the checkpoint
+    saved = json.loads((out / "summary.json").read_text())
+    best = max(rows, key=lambda r: (r["val_accuracy"], -r["val_loss"]))
+    assert saved["best_epoch"] == best["epoch"] and saved["seconds"] >= rows[-1]["elapsed"] > 0
+    assert all(r["val_photos"] == summary["photos"]["val"] for r in rows)
+    assert printed.splitlines()[-1] == (f"val accuracy {summary['best_val_accuracy']:.1%}; best epoch "
+                                        f"{best['epoch']} of 3; {saved['seconds']:.1f} s in all; checkpoint "
+                                        f"{out / 'best.pt'}")
 
 
 def test_resume_continues_the_same_metrics_file(shapes_dir, cache_dir, tmp_path):

@@ -91,15 +91,23 @@ function showProgress(report) {
   if (r) {
     document.getElementById("recipe").textContent =
       `${r.model} (frozen body, ${r.image_size} px), ${r.augment_views} views of each photo, batches of ` +
-      `${r.batch_size}, ${r.epochs} epochs, learning rate ${r.lr}, on ${r.device}`;
+      `${r.batch_size}, ${r.epochs} epochs, learning rate ${r.lr}, frozen pass on ${r.backend}` +
+      (report.device ? `, on the ${report.device === "cuda" ? "GPU" : "CPU"}` : "");
   }
   const curves = document.getElementById("train-curves");
   if (rows.length) {
     curves.replaceChildren(
       chart("loss per epoch: training (orange), held-out photos (blue)", rows,
             [["train_loss", "#e0803a"], ["val_loss", "#2f6fdf"]], 0, null),
-      chart("accuracy on held-out photos per epoch", rows, [["val_accuracy", "#2f6fdf"]], 0, 1));
+      chart(`accuracy on the ${heldOut(last)} per epoch`, rows, [["val_accuracy", "#2f6fdf"]], 0, 1));
   }
+}
+
+// how many photos the held-out curve is drawn from: with few, each one moves it by a large step
+function heldOut(row) {
+  const n = row.val_photos;
+  if (n === undefined) return "held-out photos";
+  return n === 1 ? "1 held-out photo" : `${n} held-out photos (each one ${Math.round(100 / n)}%)`;
 }
 
 function showTaught(report) {
