@@ -22,7 +22,7 @@ from torch import nn
 from . import calibration, distributed
 from .backends import CALIBRATION_PHOTOS, on_backend, resolve_backend
 from .cache import decode_split, warn_unreadable
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import checkpoint_file, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .data import PetData, load_data
 from .epochs import train_epochs, warn_if_at_chance
@@ -138,9 +138,9 @@ def run(cfg: TrainConfig, device: torch.device, features: FeatureStore) -> dict:
 
 def say_how_to_go_on(cfg: TrainConfig, run_dir: Path) -> None:
     """After Ctrl-C anywhere in a run: the --resume line where a last.pt holds its state, else what is kept."""
-    last = Path(cfg.resume) if cfg.resume and not run_dir.joinpath("last.pt").is_file() else run_dir / "last.pt"
-    if last.is_dir():
-        last = last / "last.pt"
+    last = run_dir / "last.pt"
+    if not last.is_file() and cfg.resume:  # resumed into another folder, before its first save there
+        last = checkpoint_file(cfg.resume, ("last.pt",))
     if last.is_file():
         ckpt = load_checkpoint(last)
         log(f"interrupted: {last} holds the run {describe_position(ckpt['epoch'], ckpt['step'])}; continue with "
