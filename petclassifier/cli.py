@@ -15,6 +15,7 @@ from pathlib import Path
 from .cli_data import add_doctor_arguments, add_kind_arguments, run_doctor, run_kind
 from .config import TrainConfig
 from .errors import SavedAndStopped, UserError
+from .parent import end_with_parent
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
@@ -307,6 +308,8 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1: this computer only; 0.0.0.0: your network too)")
     p.add_argument("--port", type=int, default=8000, help="(default 8000; 0: any free port)")
+    p.add_argument("--token", help="what visitors must give (in the address: ?token=...) (default: a new random one "
+                   "where other machines can reach the server, none on 127.0.0.1)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
 
 
@@ -325,7 +328,7 @@ def run_serve(args: argparse.Namespace) -> int:
             raise
         checkpoint = None  # nothing trained yet: the page can teach a model
         print("no --checkpoint given and no runs/*/best.pt: the page will teach a model", file=sys.stderr)
-    serve(checkpoint, args.host, args.port, args.device)
+    serve(checkpoint, args.host, args.port, args.device, args.token)
     return 0
 
 
@@ -391,6 +394,7 @@ def package_version() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    end_with_parent()  # a teaching job of `serve`: ends with the server, however it ends
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if args.command is None:  # `petclassifier` alone: say what it can do

@@ -24,11 +24,15 @@ from pathlib import Path
 from typing import BinaryIO
 
 from .job_input import MIN_CLASS_PHOTOS, Refused, parse_labels, parse_options, write_photos
+from .parent import ENDS_WITH_STDIN, end_group
 from .runtime import resolve_device
 
 MAX_WAITING = 4  # jobs queued behind the one training; past it 503 with Retry-After
+JOB_SECONDS = 20 * 60  # a job still training after this is stopped (500 photos take about 3 minutes on 2 cores)
+PATH_FIELDS = ("data_dir", "out", "cache_dir", "resume")  # of a job's config: places on the server, not shown
 KEEP_SECONDS = 3600  # a finished job's photos, run folder and model are removed this long after it ended
 MAX_KEPT = 16  # finished jobs kept at once; past it the oldest goes first
+ROOT_PREFIX, OWNER = "petclassifier-jobs-", "server.pid"  # each server's folder of jobs, and the file naming it
 
 
 @dataclass
@@ -60,11 +64,13 @@ class Job:
     def report(self) -> dict:
         """Where the job stands, as GET /api/train/ID answers: status, epochs so far, phase, and the results."""
         now = self.ended or time.time()
-        answer = {"job": self.id, "status": self.status, "error": self.error, "options": self.options,
-                  "classes": [{"name": name, "photos": n} for name, n in self.classes.items()],
+        recipe = read_json(self.run / "config.json")
+        answer = {"job": self.id, "status": self.status, "error": self.without_paths(self.error),
+                  "options": self.options, "classes": [{"name": name, "photos": n} for name, n in self.classes.items()],
                   "seconds": round(now - self.started, 1) if self.started else 0.0,
-                  "phase": last_line(self.log), "epochs": written_rows(self.run / "metrics.jsonl"),
-                  "recipe": read_json(self.run / "config.json")}
+                  "phase": self.without_paths(last_line(self.log)),
+                  "epochs": written_rows(self.run / "metrics.jsonl"),
+                  "recipe": {k: v for k, v in recipe.items() if k not in PATH_FIELDS} if recipe else None}
         if self.status == "done":
             answer["doctor"] = findings_by_photo(read_json(self.folder / "doctor.json"))
             summary = read_json(self.run / "summary.json") or {}
@@ -74,11 +80,18 @@ class Job:
         return answer
 
 
+    def without_paths(self, line: str | None) -> str | None:
+        """A line training printed, with the job's folder on the server left out (`run folder run`)."""
+        return line and line.replace(f"{self.folder}{os.sep}", "").replace(str(self.folder), ".")
+
+
 class TrainJobs:
     """The jobs of one server: queued, trained one at a time, kept a while, all removed at `close`."""
 
-    def __init__(self, device: str = "auto"):
+    def __init__(self, device: str = "auto", time_limit: float = JOB_SECONDS):
+        sweep_abandoned()  # the folders of servers that were killed before they could remove them
         self._root: Path | None = None  # made at the first job
+        self.time_limit = time_limit
         self.device = device
         self.device_type = resolve_device(device).type  # where the jobs, which resolve it alike, train: cpu, cuda
         self.jobs: dict[str, Job] = {}
@@ -114,7 +127,8 @@ class TrainJobs:
     @property
     def root(self) -> Path:
         if self._root is None:
-            self._root = Path(tempfile.mkdtemp(prefix="petclassifier-jobs-"))
+            self._root = Path(tempfile.mkdtemp(prefix=ROOT_PREFIX))
+            (self._root / OWNER).write_text(f"{os.getpid()}\n")  # while this process lives, the folder is in use
         return self._root
 
     def get(self, job_id: str) -> Job:
@@ -150,13 +164,23 @@ class TrainJobs:
             job.error = job.error or ("stopped" if self.closed else failure_line(job.log, code))
 
     def _run(self, job: Job, command: list[str]) -> int:
-        """A step of a job in a process of its own, its output appended to the job's log; its exit status."""
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # its log's lines arrive as they are printed
+        """A step of a job in a process group of its own, its output appended to the job's log; its exit status.
+
+        The step ends with the server, however the server ends: it holds the step's stdin, whose end the step
+        watches (parent.end_with_parent); and it ends when the job has run for `time_limit` seconds."""
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", ENDS_WITH_STDIN: "1"}  # the log's lines arrive as printed
         try:
             with open(job.log, "a") as log:
                 job.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                               stdin=subprocess.DEVNULL)
-                return job.process.wait()
+                                               stdin=subprocess.PIPE, start_new_session=True)
+                try:
+                    return job.process.wait(timeout=max(0.0, job.started + self.time_limit - time.time()))
+                except subprocess.TimeoutExpired:
+                    end_group(job.process)
+                    job.error = f"stopped: the job was still running after {self.time_limit:g} s, its time limit"
+                    return -1
+                finally:
+                    job.process.stdin.close()
         except OSError as e:  # its folder was removed meanwhile, or the process could not start
             job.error = str(e)
             return -1
@@ -175,10 +199,36 @@ class TrainJobs:
         self.closed = True
         for job in list(self.jobs.values()):
             if job.process and job.process.poll() is None:
-                job.process.kill()
+                end_group(job.process)
         self.runner.shutdown(wait=True, cancel_futures=True)
         if self._root is not None:
             shutil.rmtree(self._root, ignore_errors=True)
+
+
+def sweep_abandoned() -> None:
+    """Remove the job folders whose server has ended without removing them (killed): its process is gone, or, for
+    a folder of an earlier version (no owner named), it is over KEEP_SECONDS old."""
+    for root in Path(tempfile.gettempdir()).glob(f"{ROOT_PREFIX}*"):
+        try:
+            owner = int((root / OWNER).read_text())
+        except (OSError, ValueError):
+            owner = None
+        try:
+            abandoned = not alive(owner) if owner else time.time() - root.stat().st_mtime > KEEP_SECONDS
+        except OSError:
+            continue
+        if abandoned:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
 
 
 def written_rows(path: Path) -> list[dict]:

@@ -35,6 +35,7 @@ from .metrics import epoch_rows
 from .predict import PetClassifier, stack_readable
 from .teach import Job, TrainJobs, read_json
 from .transforms import centre_crop
+from .web_guard import Guard, new_token
 from .web_limits import MAX_TRAIN_BYTES, MAX_UPLOAD_BYTES, RequestLimits, check_pixels
 
 MAX_FILES = 64  # photos per request
@@ -211,8 +212,10 @@ def form_parts(request: Request, form) -> tuple[list[UploadFile], dict[str, str]
     return files, {k: v for k, v in form.items() if isinstance(v, str)}
 
 
-def create_app(service: PhotoService, jobs: TrainJobs | None = None) -> RequestLimits:
-    """The ASGI app: the page at /, its files under /static/, the JSON API under /api/."""
+def create_app(service: PhotoService, jobs: TrainJobs | None = None, local_only: bool = True,
+               token: str | None = None) -> Guard:
+    """The ASGI app: the page at /, its files under /static/, the JSON API under /api/; behind the Guard (Host
+    names of this computer only where `local_only`, same-origin changes, `token` where one is given)."""
     jobs = jobs or TrainJobs(service.device)
 
     def taught(fields: dict[str, str]) -> Job | None:
@@ -288,7 +291,7 @@ def create_app(service: PhotoService, jobs: TrainJobs | None = None) -> RequestL
               Route("/api/train/{job}", train_status), Route("/api/train/{job}/checkpoint", train_checkpoint),
               Mount("/static", StaticFiles(directory=STATIC), name="static")]
     app = Starlette(routes=routes, exception_handlers={HTTPException: error, Refused: refused}, lifespan=lifespan)
-    return RequestLimits(app, MAX_UPLOAD_BYTES, larger={"/api/train": MAX_TRAIN_BYTES})
+    return Guard(RequestLimits(app, MAX_UPLOAD_BYTES, larger={"/api/train": MAX_TRAIN_BYTES}), local_only, token)
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
@@ -310,21 +313,26 @@ def listening_socket(host: str, port: int) -> socket.socket:
     return listener
 
 
-def serve(checkpoint: Path | None, host: str = "127.0.0.1", port: int = 8000, device: str = "auto") -> None:
+def serve(checkpoint: Path | None, host: str = "127.0.0.1", port: int = 8000, device: str = "auto",
+          token: str | None = None) -> None:
     """Load the checkpoint (None: none, the page teaches one), listen on host:port (0: any free port) and serve
-    until Ctrl+C."""
+    until Ctrl+C; beyond this computer only with a token (`token`, or a new one printed in the address)."""
     listener = listening_socket(host, port)
     service = PhotoService(checkpoint, device)
     ip, port = ipaddress.ip_address(listener.getsockname()[0]), listener.getsockname()[1]
+    local_only = ip.is_loopback
+    token = token or (None if local_only else new_token())
     shown = "localhost" if ip.is_unspecified else f"[{host}]" if ip.version == 6 and host == str(ip) else host
     served = f"{checkpoint} ({service.info['description']})" if checkpoint else "no model yet (the page teaches one)"
-    print(f"serving {served} at http://{shown}:{port}  (Ctrl+C stops)", flush=True)
-    if not ip.is_loopback:
-        print(f"note: other machines can reach this page at this machine's address, port {port}; there is no login",
-              flush=True)
+    address = f"http://{shown}:{port}/" + (f"?token={token}" if token else "")
+    print(f"serving {served} at {address}  (Ctrl+C stops)", flush=True)
+    if not local_only:
+        print(f"note: other machines can reach this page at this machine's address, port {port}, with the token "
+              "in the address above", flush=True)
     jobs = TrainJobs(device)
     try:
-        uvicorn.Server(uvicorn.Config(create_app(service, jobs), log_level="info")).run(sockets=[listener])
+        app = create_app(service, jobs, local_only, token)
+        uvicorn.Server(uvicorn.Config(app, log_level="info")).run(sockets=[listener])
     except KeyboardInterrupt:  # Ctrl+C is how a server stops: uvicorn has shut down cleanly, and says so
         pass
     finally:

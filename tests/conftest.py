@@ -11,6 +11,7 @@ from PIL import Image, ImageDraw
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "data"  # the bundled Oxford-IIIT Pet sample (always present)
 SHARED = ROOT.parent / "shared" / "data"  # the larger real-photo sets beside the checkout (CI has them)
+LOCAL = "http://127.0.0.1:8000"  # where test clients send requests: a name the server answers to
 
 needs_shared = pytest.mark.skipif(
     not (SHARED / "oxford-iiit-pet").is_dir(), reason=f"real-photo sets not found at {SHARED} (only beside a CI clone)"

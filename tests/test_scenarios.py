@@ -22,7 +22,7 @@ from petclassifier.checkpoint import load_checkpoint
 from petclassifier.cli import main
 from petclassifier.web import PhotoService, create_app
 
-from .conftest import make_tiny_oxford
+from .conftest import LOCAL, make_tiny_oxford
 from .nested import approx_nested
 
 # the breeds make_tiny_oxford copies, and their species
@@ -164,7 +164,7 @@ def test_every_command_on_this_dataset_and_model(name, datasets, tmp_path, monke
         assert torch.allclose(exported(x), classifier.probabilities([image]), atol=1e-4)
 
     # serve: the web API answers as predict --json did, explains with Grad-CAM and describes the run
-    client = TestClient(create_app(PhotoService(run_dir / "best.pt", device="cpu")))
+    client = TestClient(create_app(PhotoService(run_dir / "best.pt", device="cpu")), base_url=LOCAL)
     answered = client.post("/api/predict", files=[("file", (p.name, p.read_bytes())) for p in photos]).json()
     for got, want in zip(answered, entries, strict=True):
         assert {**got, "path": None} == approx_nested({**want, "path": None}, abs=1e-5)

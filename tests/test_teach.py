@@ -19,7 +19,7 @@ from petclassifier.checkpoint import load_checkpoint  # noqa: E402
 from petclassifier.teach import TrainJobs  # noqa: E402
 from petclassifier.web import create_app  # noqa: E402
 
-from .conftest import SHARED, needs_shared  # noqa: E402
+from .conftest import LOCAL, SHARED, needs_shared  # noqa: E402
 from .test_web import photo, run_dir, service, upload  # noqa: E402, F401  (module fixtures: a served model)
 
 # stands in for `petclassifier train` where a test is about the jobs, not the training: sleeps, then writes best.pt
@@ -65,7 +65,7 @@ def fake_jobs(monkeypatch):
 
 
 def test_bad_teaching_requests_get_a_4xx_that_says_what_to_fix(service, monkeypatch):  # noqa: F811
-    client = TestClient(create_app(service))
+    client = TestClient(create_app(service), base_url=LOCAL)
     pug, text = photos(1)[0], ("notes.txt", b"not a photo")
     monkeypatch.setattr(job_input, "MAX_JOB_PHOTOS", 5)
 
@@ -96,7 +96,7 @@ def test_bad_teaching_requests_get_a_4xx_that_says_what_to_fix(service, monkeypa
 
 
 def test_jobs_train_one_at_a_time_queue_fail_with_their_reason_and_are_removed(service, fake_jobs, monkeypatch):  # noqa: F811
-    client = TestClient(create_app(service, fake_jobs))
+    client = TestClient(create_app(service, fake_jobs), base_url=LOCAL)
     first = client.post("/api/train", **two_classes()).json()["job"]
     second = client.post("/api/train", **two_classes(epochs="13")).json()["job"]
     assert client.get(f"/api/train/{second}").json()["status"] == "queued"  # behind the first
@@ -134,7 +134,7 @@ def test_a_job_on_ten_cats_and_ten_dogs_names_photos_it_never_saw(service, tmp_p
     cats, dogs = (sorted((SHARED / "cats-vs-dogs" / split / kind).glob("*.jpg"))[:10]
                   for split, kind in (("train", "cats"), ("train", "dogs")))
     files = upload(*((p.name, p.read_bytes()) for p in cats + dogs))
-    with TestClient(create_app(service)) as client:
+    with TestClient(create_app(service), base_url=LOCAL) as client:
         job = client.post("/api/train", files=files, data={"labels": json.dumps(["cat"] * 10 + ["dog"] * 10)})
         report = finished(client, job.json()["job"])
         assert report["status"] == "done", report
@@ -157,7 +157,7 @@ def test_with_no_model_served_the_page_only_teaches(tmp_path):
 
     from petclassifier.web import NO_MODEL, PhotoService
 
-    client = TestClient(create_app(PhotoService(None, "cpu")))
+    client = TestClient(create_app(PhotoService(None, "cpu")), base_url=LOCAL)
     assert client.get("/api/health").json() == {"status": "ok", "model": None, "classes": 0}
     assert client.get("/api/model").status_code == 404 and client.get("/api/model").json()["error"] == NO_MODEL
     answer = client.post("/api/predict", files=upload(photos(1)[0]))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -26,7 +27,7 @@ from petclassifier.models import build_model  # noqa: E402
 from petclassifier.transforms import Preprocessing  # noqa: E402
 from petclassifier.web import MAX_UPLOAD_BYTES, PhotoService, create_app  # noqa: E402
 
-from .conftest import SAMPLE  # noqa: E402
+from .conftest import LOCAL, SAMPLE  # noqa: E402
 from .nested import approx_nested  # noqa: E402
 from .photos import png_header  # noqa: E402
 
@@ -72,7 +73,7 @@ def service(run_dir) -> PhotoService:
 
 @pytest.fixture(scope="module")
 def client(service) -> TestClient:
-    return TestClient(create_app(service))
+    return TestClient(create_app(service), base_url=LOCAL)
 
 
 def upload(*files: tuple[str, bytes]) -> list[tuple[str, tuple[str, bytes]]]:
@@ -106,7 +107,7 @@ def test_the_accuracy_falls_back_to_validation_without_the_run_s_summary(run_dir
     alone = tmp_path / "copied"
     alone.mkdir()
     (alone / "model.pt").write_bytes((run_dir / "best.pt").read_bytes())
-    info = TestClient(create_app(PhotoService(alone / "model.pt", "cpu"))).get("/api/model").json()
+    info = TestClient(create_app(PhotoService(alone / "model.pt", "cpu")), base_url=LOCAL).get("/api/model").json()
     assert info["accuracy"] == {"split": "validation", "value": 0.5, "photos": None} and info["curve"] == []
 
 
@@ -350,7 +351,8 @@ def test_serve_names_its_checkpoint_and_says_when_other_machines_can_reach_it(ru
         second = process.stdout.readline()
     assert first.startswith(f"serving {run_dir / 'best.pt'} (breed: 4 classes: Persian, Siamese, beagle, ...) at "
                             "http://localhost:"), first
-    assert second.startswith("note: other machines can reach this page") and "no login" in second
+    assert re.search(r" at http://localhost:\d+/\?token=[0-9a-f]{48}  \(Ctrl\+C stops\)$", first.rstrip()), first
+    assert second.startswith("note: other machines can reach this page") and "with the token" in second
 
 
 def test_requests_that_wait_together_share_forward_passes_and_keep_their_own_answers(service, client):
@@ -395,7 +397,7 @@ def test_class_names_in_any_script_explain_with_200(run_dir, tmp_path):
     ckpt = load_checkpoint(run_dir / "best.pt")
     names = ["кот", "猫", "pug dog", "100%"]
     save_checkpoint({**ckpt, "class_names": names, "species_of": {}}, tmp_path / "best.pt")
-    client = TestClient(create_app(PhotoService(tmp_path / "best.pt", device="cpu")))
+    client = TestClient(create_app(PhotoService(tmp_path / "best.pt", device="cpu")), base_url=LOCAL)
     pug = (photo("pug").name, photo("pug").read_bytes())
     for name in names:
         answer = client.post("/api/explain", files=upload(pug), data={"class": name})
