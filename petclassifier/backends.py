@@ -75,7 +75,10 @@ def on_backend(module: nn.Module, backend: str, crop: int, cache_dir: str | Path
         int8 = checked_int8(path, calibration)
         path, backend = (int8, backend) if int8 is not None else (path, "onnxruntime")
     touch(path)
-    return OnnxRuntimeModule(path, backend, f"{backend} of {source}")
+    # the name is part of every key of the features it computes: the library's version, and int8's own copy (its
+    # calibration photos and settings)
+    copy = f", copy {path.stem}" if backend == "onnxruntime-int8" else ""
+    return OnnxRuntimeModule(path, backend, f"{backend} of {source}{copy}, ONNX Runtime {onnxruntime_version()}")
 
 
 def write_onnx(module: nn.Module, crop: int, path: Path) -> None:

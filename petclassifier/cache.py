@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from .errors import UserError
-from .images import decoded_square
+from .images import decoded_square, decoder_key
 from .runtime import log, progress
 from .store import LIMIT_FILE, RowFile, entry_key, remove_abandoned, temp_path, touch, trim
 from .transforms import Preprocessing
@@ -30,7 +30,8 @@ def photo_key(path: str) -> str:
 
 
 def prep_key(prep: Preprocessing) -> str:
-    return f"{prep.resize} {prep.interpolation}"
+    """What shapes an entry's squares besides its photos: their size, interpolation, the decoder and Pillow."""
+    return f"{prep.resize} {prep.interpolation}, {decoder_key()}"
 
 
 def decode_images(paths: list[str], prep: Preprocessing, cache_dir: str, workers: int) -> tuple[RowFile, list]:

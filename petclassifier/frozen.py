@@ -16,9 +16,11 @@ import torch
 from torch import nn
 
 from . import distributed
+from . import store as features_module  # its FEATURE_FORMAT read when keys are made
 from .models import fold_batchnorm
 from .runtime import autocast, inference_batch_size, log, progress, release_free_memory
 from .store import FEATURE_DTYPE, FeatureStore, entry_key
+from .transforms import augmentation_key
 
 
 @torch.inference_mode()
@@ -103,7 +105,8 @@ class Views:
         self.frozen, self.images, self.prep, self.name, self.count = frozen, images, prep, name, count
         self.mirror, self.seed, self.device, self.store, self.kept = mirror, seed, device, store, []
         self.source = None if photos is None else (photos, weights_digest(frozen), json.dumps(prep.as_dict()),
-                                                   device.type, inference_batch_size(device), torch.__version__)
+                                                   device.type, inference_batch_size(device), torch.__version__,
+                                                   features_module.FEATURE_FORMAT, augmentation_key())
 
     def key(self, v: int) -> str | None:
         """The cache key of view `v`; None where the photos have none."""

@@ -11,6 +11,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import PIL
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import UserError
@@ -18,6 +19,7 @@ from .errors import UserError
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".avif", ".heic", ".heif")
 MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb limit (about 9,500 x 9,500)
 BACKGROUND = (128, 128, 128)  # transparent pixels become neutral grey, not black
+DECODER_VERSION = 2  # raise whenever load_image or square_uint8 change the squares they make: cached ones go stale
 
 
 try:  # HEIC/HEIF phone photos, where the pillow-heif plugin is installed (the web extra brings it)
@@ -87,6 +89,11 @@ def check_image(path: str | Path) -> None:
         raise
     except Exception as e:  # Pillow's format plugins raise many exception types on malformed files
         raise ImageError(reason(e)) from None
+
+
+def decoder_key() -> str:
+    """What shapes a decoded square besides its file, size and interpolation: this decoder and Pillow's version."""
+    return f"decoder {DECODER_VERSION}, Pillow {PIL.__version__}, background {BACKGROUND}"
 
 
 def load_image(path: str | Path, min_size: int | None = None) -> Image.Image:

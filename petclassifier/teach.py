@@ -79,7 +79,6 @@ class Job:
             answer["checkpoint"] = f"/api/train/{self.id}/checkpoint"
         return answer
 
-
     def without_paths(self, line: str | None) -> str | None:
         """A line training printed, with the job's folder on the server left out (`run folder run`)."""
         return line and line.replace(f"{self.folder}{os.sep}", "").replace(str(self.folder), ".")
@@ -222,6 +221,7 @@ def sweep_abandoned() -> None:
 
 
 def alive(pid: int) -> bool:
+    """Whether a process of this machine has this id."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

