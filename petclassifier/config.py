@@ -54,12 +54,12 @@ class TrainConfig:
     compile: bool = False  # torch.compile the trained part: slower start, faster steps on a GPU
     deterministic: bool = False  # deterministic algorithms only: bit-identical reruns and resumes, slower on GPUs
 
-    def resolved(self, train_photos: int | None = None) -> TrainConfig:
-        """This config with every None filled in: from the recipe of its model sized to `train_photos` (the
-        recipe's own sizes when not known yet), and the dataset's defaults."""
+    def resolved(self, train_photos: int | None = None, processes: int = 1) -> TrainConfig:
+        """This config with every None filled in: from the recipe of its model sized to `train_photos` and shared by
+        `processes` (the recipe's own sizes when not known yet), and the dataset's defaults."""
         recipe = {**RECIPES.get(self.model, RECIPES["default"]), "batch_size": REFERENCE_BATCH}
         if train_photos is not None:
-            recipe = sized_recipe(recipe, train_photos)
+            recipe = sized_recipe(recipe, train_photos, processes)
         filled = {k: v for k, v in recipe.items() if getattr(self, k) is None}
         cfg = replace(self, **filled)
         if cfg.task is None:  # a folder dataset's classes are its sub-folders, whatever they are
@@ -147,10 +147,12 @@ VIEW_PASSES = 4_000
 MAX_VIEWS = 8
 
 
-def sized_recipe(recipe: dict, train_photos: int) -> dict:
-    """The recipe's batch size, epochs and views for `train_photos` training photos."""
+def sized_recipe(recipe: dict, train_photos: int, processes: int = 1) -> dict:
+    """The recipe's batch size, epochs and views for `train_photos` training photos; the batch (the global one) a
+    multiple of the `processes` that share it."""
     n = max(1, train_photos)
     batch = min(REFERENCE_BATCH, max(8, 2 ** round(math.log2(max(n / 8, 1)))))
+    batch = math.ceil(batch / processes) * processes
     epochs = max(recipe["epochs"], math.ceil(MIN_STEPS / max(1, n // batch)))
     views = recipe["augment_views"]
     if recipe["trainable_stages"] == 0:  # only the head learns: more views are frozen passes that pay

@@ -18,8 +18,12 @@ from torch.nn.parallel import DistributedDataParallel
 from .errors import UserError
 
 # The other processes wait while each machine's first one checks and decodes the photos (`local_main_first`,
-# `per_machine`): minutes for a large set, past NCCL's default 10 before a collective is declared hung.
+# `per_machine`): minutes for a large set, past NCCL's default 10 before a collective is declared hung. Those waits
+# go through a process group of their own; every other collective is done in seconds, and one that waits past
+# COLLECTIVE_WAIT means a process has hung or died: the others stop instead of waiting for hours.
 WAIT = timedelta(hours=2)
+COLLECTIVE_WAIT = timedelta(minutes=5)
+_patient = None  # the process group of the long waits
 
 
 def launched_by_torchrun() -> bool:
@@ -35,13 +39,28 @@ def setup(device: torch.device) -> tuple[torch.device, bool]:
         torch.cuda.set_device(device)
     if dist.is_initialized():
         return device, False
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=WAIT)
+    global _patient
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=COLLECTIVE_WAIT)
+    _patient = dist.new_group(timeout=WAIT)  # every rank makes it, in the same order, as new_group requires
     return device, True
 
 
 def teardown(created: bool) -> None:
+    global _patient
     if created and dist.is_initialized():
         dist.destroy_process_group()
+        _patient = None
+
+
+def stopped_peer(error: Exception) -> UserError | None:
+    """One line for a collective that failed because another process of the run died or stopped answering."""
+    text = str(error)
+    if world_size() == 1 or not any(s in text for s in ("Connection closed by peer", "Timed out", "timed out",
+                                                         "Connection reset by peer")):
+        return None
+    first = text.strip().splitlines()[0] if text.strip() else type(error).__name__
+    return UserError(f"process {rank()} of {world_size()} stops: another process of this run died or stopped "
+                     f"answering (see its own output; {first[:200]})")
 
 
 def rank() -> int:
@@ -62,9 +81,10 @@ def local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", 0)) if world_size() > 1 else 0
 
 
-def barrier() -> None:
+def barrier(patient: bool = False) -> None:
+    """Every rank waits for the others; `patient`: as long as a machine's first process takes to decode (WAIT)."""
     if world_size() > 1:
-        dist.barrier()
+        dist.barrier(group=_patient if patient else None)
 
 
 def _device() -> torch.device:
@@ -86,12 +106,12 @@ def any_rank(flag: bool) -> bool:
     return sum_over_ranks([float(flag)])[0] > 0 if world_size() > 1 else flag
 
 
-def gather(obj) -> list:
-    """Every rank's picklable `obj`, in rank order, on every rank."""
+def gather(obj, patient: bool = False) -> list:
+    """Every rank's picklable `obj`, in rank order, on every rank; `patient`: waiting up to WAIT for it."""
     if world_size() == 1:
         return [obj]
     out = [None] * world_size()
-    dist.all_gather_object(out, obj)
+    dist.all_gather_object(out, obj, group=_patient if patient else None)
     return out
 
 
@@ -103,12 +123,12 @@ def local_main_first():
     """
     first = local_rank() == 0
     if not first:
-        barrier()
+        barrier(patient=True)
     try:
         yield
     finally:  # even after an error, so the others go on (and meet it themselves) rather than wait forever
         if first:
-            barrier()
+            barrier(patient=True)
 
 
 def per_machine(fn):
@@ -128,7 +148,7 @@ def per_machine(fn):
     sent = error if error is None or isinstance(error, UserError) else RuntimeError(
         f"the first process on this machine failed: {type(error).__name__}: {error}")
     # torchrun numbers a machine's processes consecutively: its first one is rank() - local_rank()
-    result, sent = gather((result, sent))[rank() - local_rank()]
+    result, sent = gather((result, sent), patient=True)[rank() - local_rank()]
     if error is not None:
         raise error
     if sent is not None:
@@ -231,7 +251,7 @@ def check_same_photos(paths: list[str]) -> None:
 
 def gathered(result: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits, labels) of an `evaluate` result with every rank's share of the split, on every rank."""
-    shares = gather((result["logits"], result["labels"]))
+    shares = [share for share in gather((result["logits"], result["labels"])) if len(share[1])]  # none: no rows
     return torch.cat([lg for lg, _ in shares]), torch.cat([lb for _, lb in shares])
 
 
@@ -240,6 +260,6 @@ def reduced(result: dict) -> tuple[float, float]:
     if world_size() == 1:
         return result["loss"], result["accuracy"]
     n = len(result["labels"])
-    correct = (result["logits"].argmax(1) == result["labels"]).sum().item()
+    correct = (result["logits"].argmax(1) == result["labels"]).sum().item() if n else 0
     loss_sum, correct, n = sum_over_ranks([result["loss"] * n, correct, n])
     return loss_sum / n, correct / n

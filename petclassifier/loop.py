@@ -57,6 +57,8 @@ def evaluate(model, loader, prepare, criterion, device) -> dict:
         total_loss += criterion(out, y).item() * len(y)
         logits.append(out.cpu())
         labels.append(y.cpu())
+    if not logits:  # this rank's share of a split smaller than the processes: none, while the others score theirs
+        return {"loss": 0.0, "accuracy": 0.0, "logits": torch.zeros(0, 0), "labels": torch.zeros(0, dtype=torch.long)}
     logits, labels = torch.cat(logits), torch.cat(labels)
     accuracy = (logits.argmax(1) == labels).float().mean().item()
     return {"loss": total_loss / len(labels), "accuracy": accuracy, "logits": logits, "labels": labels}

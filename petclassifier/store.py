@@ -75,10 +75,20 @@ class RowFile:
         return out
 
     def _read(self, start: int, n: int) -> torch.Tensor:
-        data = os.pread(self.fd, n * self.row_bytes, start * self.row_bytes)
-        if len(data) != n * self.row_bytes:
-            raise OSError(f"{self.path} is shorter than its {self.count} rows (truncated?)")
-        return torch.frombuffer(bytearray(data), dtype=self.dtype).view(n, *self.row_shape)
+        """Rows start..start+n read straight into the tensor returned: one copy in memory, not two (a whole split
+        of decoded photos, loaded for the GPU, is as large as the dataset)."""
+        out = torch.empty((n, *self.row_shape), dtype=self.dtype)
+        buffer, offset, done = memoryview(out.view(torch.uint8).numpy()).cast("B"), start * self.row_bytes, 0
+        while done < len(buffer):
+            if hasattr(os, "preadv"):
+                got = os.preadv(self.fd, [buffer[done:]], offset + done)
+            else:  # no preadv (Windows, older macOS): a chunk at a time through a bytes object
+                chunk = os.pread(self.fd, min(len(buffer) - done, 1 << 26), offset + done)
+                buffer[done : done + len(chunk)], got = chunk, len(chunk)
+            if got == 0:
+                raise OSError(f"{self.path} is shorter than its {self.count} rows (truncated?)")
+            done += got
+        return out
 
     def load(self) -> torch.Tensor:
         """Every row, as one tensor in memory."""

@@ -68,6 +68,11 @@ def fit(cfg: TrainConfig, given: set[str] | None = None) -> dict:
         with deterministic_mode(resolved.deterministic), \
                 FeatureStore(Path(resolved.cache_dir) / "features") as features:
             return run(cfg, device, features)
+    except RuntimeError as e:  # torch.distributed's errors (DistBackendError too) are RuntimeErrors
+        stopped = distributed.stopped_peer(e)
+        if stopped is None:
+            raise
+        raise stopped from e
     finally:
         distributed.teardown(created)
 
@@ -155,7 +160,8 @@ def phases(cfg: TrainConfig, device: torch.device, features: FeatureStore, run_d
     torch.manual_seed(cfg.seed)
     data = distributed.per_machine(lambda: load_data(cfg))  # each machine's first process checks the photos
     warn_unreadable(data.skipped)
-    cfg = cfg.resolved(train_photos=len(data.train.paths))  # the recipe sized to the photos (a resumed run's stays)
+    # the recipe sized to the photos and the processes (a resumed run's stays)
+    cfg = cfg.resolved(train_photos=len(data.train.paths), processes=distributed.world_size())
     p = prepare(cfg, data, device, features)
     if distributed.is_main():
         run_dir.mkdir(parents=True, exist_ok=True)

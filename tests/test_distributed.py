@@ -202,16 +202,27 @@ def test_per_machine_gives_each_process_its_machines_result_or_error(monkeypatch
     assert isinstance(contributed[2][1], RuntimeError) and "ValueError: bad state" in str(contributed[2][1])
 
 
-def test_the_process_group_is_made_with_the_packages_own_wait(monkeypatch):
-    """The others wait while a machine's first process decodes a large set: setup passes distributed.WAIT (a
-    setting, longer than NCCL's default) to the process group instead of leaving PyTorch's default."""
-    seen = {}
+def test_only_the_decoding_waits_are_long_and_every_other_collective_times_out_in_minutes(monkeypatch):
+    """The others wait while a machine's first process decodes a large set (distributed.WAIT, through a group of
+    its own); every other collective of the run waits COLLECTIVE_WAIT, minutes, for a rank that died or hung."""
+    seen, groups = {}, []
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setattr(distributed.dist, "is_initialized", lambda: False)
     monkeypatch.setattr(distributed.dist, "init_process_group", lambda backend, **kwargs: seen.update(kwargs))
+    monkeypatch.setattr(distributed.dist, "new_group", lambda **kwargs: groups.append(kwargs) or "patient")
     assert distributed.setup(torch.device("cpu")) == (torch.device("cpu"), True)
-    assert seen["timeout"] is distributed.WAIT
+    assert seen["timeout"] is distributed.COLLECTIVE_WAIT and distributed.COLLECTIVE_WAIT.total_seconds() <= 600
+    assert groups == [{"timeout": distributed.WAIT}] and distributed._patient == "patient"
+    waited = []
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    monkeypatch.setattr(distributed.dist, "barrier", lambda group=None: waited.append(group))
+    monkeypatch.setattr(distributed, "local_rank", lambda: 1)
+    with distributed.local_main_first():  # a machine's other process waits for its first one: patiently
+        pass
+    distributed.barrier()
+    assert waited == ["patient", None]
+    monkeypatch.setattr(distributed, "_patient", None)
 
 
 @pytest.mark.parametrize("name", ["efficientnet_lite0", "resnet18"])
@@ -306,3 +317,50 @@ def test_machines_that_see_different_photos_stop_with_the_photos_named(monkeypat
         distributed.check_same_photos(sorted(seen))
     monkeypatch.setattr(distributed, "gather", lambda paths: [paths, list(paths)])
     distributed.check_same_photos(sorted(seen))  # the same everywhere: nothing to say
+
+
+@pytest.fixture(scope="module")
+def three_a_class(tmp_path_factory):
+    return make_folder(tmp_path_factory.mktemp("three"), per_class=3)  # 4 train photos, 2 val: fewer than 3 ranks
+
+
+def torchrun_three(script: str, photos, out) -> subprocess.CompletedProcess:
+    """torchrun of 3 CPU processes on a folder, with no flag of the recipe (batch, epochs, views: its own)."""
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=3",
+                           script, "--dataset", "folder", "--data-dir", str(photos), "--model", "efficientnet_lite0",
+                           "--image-size", "32", "--workers", "0", "--cache-dir", str(out / "cache"),
+                           "--out", str(out / "run")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=480, env=ENV)
+
+
+def test_three_processes_train_a_folder_of_three_photos_a_class_with_the_recipe_s_own_batch(three_a_class,
+                                                                                          tmp_path):
+    """The recipe's batch of 8 becomes 9, a multiple of the 3 processes; the rank with no validation photo scores
+    none while the others score theirs."""
+    script = tmp_path / "train.py"
+    script.write_text("import sys\n" + MAIN)
+    launched = torchrun_three(str(script), three_a_class, tmp_path)
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    assert "recipe: batches of 9," in launched.stdout and "x 3 processes" in launched.stdout
+    assert load_checkpoint(tmp_path / "run" / "best.pt")["config"]["batch_size"] == 9
+
+
+def test_a_killed_process_makes_the_others_stop_with_one_line(three_a_class, tmp_path):
+    """Rank 2 is killed (SIGKILL) as epoch 2 begins: the others stop at their next collective, saying why in one
+    line, and torchrun names the rank that died."""
+    script = tmp_path / "train.py"
+    script.write_text("""import os, signal, sys
+import petclassifier.epochs as e
+one = e.Epochs.train_one
+def train_one(self, epoch):
+    if epoch == 1 and os.environ["RANK"] == "2":
+        os.kill(os.getpid(), signal.SIGKILL)
+    return one(self, epoch)
+e.Epochs.train_one = train_one
+""" + MAIN)
+    launched = torchrun_three(str(script), three_a_class, tmp_path)  # the timeout bounds the others' wait
+    assert launched.returncode != 0
+    said = launched.stdout + launched.stderr
+    assert re.search(r"rank\s*: 2 \(local_rank: 2\)\s*\n\s*exitcode\s*: -9", said), said[-3000:]
+    stopped = [line for line in said.splitlines() if "another process of this run died or stopped answering" in line]
+    assert all(line.startswith("error: process ") for line in stopped), stopped

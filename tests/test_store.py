@@ -1,6 +1,7 @@
 """Rows on disk read batch by batch, and frozen features kept within a memory budget."""
 
 import json
+import os
 import pickle
 
 import pytest
@@ -9,6 +10,7 @@ import torch
 from petclassifier import store, train
 from petclassifier.store import Batches, FeatureStore, RowFile
 
+from .conftest import ROOT
 from .test_train import TINY
 
 
@@ -138,3 +140,24 @@ def test_a_row_file_that_never_opened_is_closed_and_collected_quietly(tmp_path):
     half = RowFile.__new__(RowFile)  # what the constructor leaves when interrupted before the open
     half.close()
     half.__del__()
+
+
+def test_loading_a_row_file_holds_one_copy_of_its_rows_in_memory(tmp_path):
+    """What the GPU path does with a split of decoded photos (load them whole, then to the device): the rows are read
+    straight into the tensor, so the process grows by the file's size, not twice it (measured in a fresh process)."""
+    import subprocess
+    import sys
+
+    code = ("import resource, sys, torch\nfrom petclassifier.store import RowFile\n"
+            "path, n = sys.argv[1], 800\n"
+            "with open(path, 'wb') as f:\n"
+            "    for i in range(0, n, 50):\n"
+            "        f.write(torch.full((50, 3, 260, 260), i % 251, dtype=torch.uint8).numpy().tobytes())\n"
+            "rows = RowFile(path, (3, 260, 260), torch.uint8, n)\n"
+            "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+            "x = rows.load()\n"
+            "grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024 / rows.nbytes\n"
+            "print(grown, x[799, 2, 259, 259].item(), x.shape[0])\n")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "rows.u8")], capture_output=True, text=True,
+                         check=True, env={**os.environ, "PYTHONPATH": str(ROOT)}).stdout.split()
+    assert out[1:] == [str(750 % 251), "800"] and float(out[0]) < 1.4, out
