@@ -178,7 +178,8 @@ def test_per_machine_gives_each_process_its_machines_result_or_error(monkeypatch
         monkeypatch.setattr(distributed, "rank", lambda: r)
         monkeypatch.setattr(distributed, "local_rank", lambda: r % 2)
 
-        def gather(obj):  # every rank's contribution: rank 2's is `first_sent`, unless this is rank 2
+        def gather(obj, patient=False):  # every rank's contribution: rank 2's is `first_sent`, unless this is rank 2
+            assert patient  # through the group that waits as long as decoding takes
             contributed[r] = obj
             shares = [("machine 0", None), (None, None), first_sent, (None, None)]
             shares[r] = obj
