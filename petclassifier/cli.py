@@ -15,7 +15,6 @@ from pathlib import Path
 from .cli_data import add_doctor_arguments, add_kind_arguments, run_doctor, run_kind
 from .config import TrainConfig
 from .errors import SavedAndStopped, UserError
-from .parent import end_with_parent
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
@@ -67,7 +66,11 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"seeds the split, initial weights, augmentation and batch order (default {d.seed})")
     p.add_argument("--out", help="run folder (default runs/<date-time>-<model>-<task>)")
     p.add_argument("--resume", help="continue from a last.pt, exactly where it stopped (default run folder: its own)")
-    p.add_argument("--save-every", type=int, help="also save last.pt every N steps (default: each epoch's end)")
+    p.add_argument("--save-every", type=int,
+                   help="also save last.pt every N steps (default: at an epoch's end 30 s after the last save, and at "
+                   "the last epoch's)")
+    p.add_argument("--curves", action=argparse.BooleanOptionalAction,
+                   help="draw loss and accuracy per epoch into the run folder's curves.png (default on)")
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the trained layers")
     p.add_argument("--deterministic", action="store_true", default=None,
                    help="deterministic algorithms only, for bit-identical reruns and resumes (slower on GPUs)")
@@ -394,7 +397,6 @@ def package_version() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    end_with_parent()  # a teaching job of `serve`: ends with the server, however it ends
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if args.command is None:  # `petclassifier` alone: say what it can do

@@ -51,6 +51,7 @@ class TrainConfig:
     out: str | None = None  # run folder; None means runs/<date-time>-<model>-<task>
     resume: str | None = None  # a last.pt to continue from (exactly where it stopped, mid-epoch included)
     save_every: int = 0  # also write last.pt every N gradient steps (0: at the end of each epoch only)
+    curves: bool = True  # draw the loss and accuracy per epoch into curves.png in the run folder (0.3 s)
     compile: bool = False  # torch.compile the trained part: slower start, faster steps on a GPU
     deterministic: bool = False  # deterministic algorithms only: bit-identical reruns and resumes, slower on GPUs
 

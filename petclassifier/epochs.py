@@ -28,6 +28,9 @@ if TYPE_CHECKING:
     from .training import Prepared
 
 CHANCE_CHECK_EPOCH = 3  # after this many epochs (or a quarter of them, if more) a run still at chance says so
+# last.pt (with best.pt) is written at an epoch's end once this long has passed since the last write: a checkpoint of
+# Lite2 takes ~0.1 s, and a head on 20 photos trains 100 epochs of 2 steps in ~1 s (writing each cost 12 s of 18)
+SAVE_SECONDS = 30.0
 
 
 def train_epochs(p: Prepared, trained: nn.Module, train_criterion, criterion, device, run_dir: Path,
@@ -39,8 +42,10 @@ def train_epochs(p: Prepared, trained: nn.Module, train_criterion, criterion, de
 class Epochs:
     """The epochs of one run and what they keep: the optimizer, the schedule, the position and the best accuracy.
 
-    best.pt holds the best epoch's weights, last.pt all it takes to go on (at each epoch's end, every --save-every
-    steps, and on Ctrl-C after the current step).
+    best.pt holds the best epoch's weights, last.pt all it takes to go on: both written at the end of an epoch
+    SAVE_SECONDS after the last write (every epoch under torchrun), and of the last epoch; last.pt also every
+    --save-every steps, on Ctrl-C after the current step, and on Ctrl-C between steps at the last epoch's end. The
+    best weights wait in memory until then, so best.pt agrees with last.pt's record.
     """
 
     def __init__(self, p: Prepared, trained: nn.Module, train_criterion, criterion, device, run_dir: Path):
@@ -63,24 +68,41 @@ class Epochs:
             self.state.update(resumed_state(p, self.optimizer, self.scheduler, self.augment, device,
                                             self.metrics_file, run_dir))
         self.stop: StopRequest | None = None
+        self.best_weights: dict | None = None  # the best epoch's checkpoint, until it is written
+        self.learning = {t.data_ptr() for t in p.trainable.state_dict().values()}  # tensors the epochs change
+        self.saved_at = time.perf_counter()
+        self.unsaved: tuple | None = None  # (epoch, step, row) of the last epoch's end, until last.pt holds it
 
     def run(self, run_started: float) -> float:
         """Every epoch left, each: train on its view, evaluate, write its row and checkpoints; the best accuracy."""
         p, cfg, state = self.p, self.p.cfg, self.state
         self.announce()
         with StopRequest() as self.stop:
-            for epoch in range(state["epoch"], cfg.epochs):
-                started = time.perf_counter()
-                self.train_one(epoch)
-                row = epoch_row(p, epoch, state, evaluate(p.trainable, self.val_loader, self.eval_prepare,
-                                                          self.criterion, self.device), started, run_started)
-                self.keep(row)
-                self.save_last(epoch + 1, 0, row)
-                if epoch + 1 == min(max(CHANCE_CHECK_EPOCH, cfg.epochs // 4), cfg.epochs):
-                    warn_if_at_chance(p, row["val_accuracy"], f"after {plural(epoch + 1, 'epoch')}")
-                if distributed.any_rank(self.stop.requested) and epoch + 1 < cfg.epochs:
-                    stop_here(self.last, self.run_dir, epoch + 1, 0)
+            try:
+                for epoch in range(state["epoch"], cfg.epochs):
+                    started = time.perf_counter()
+                    self.train_one(epoch)
+                    row = epoch_row(p, epoch, state, evaluate(p.trainable, self.val_loader, self.eval_prepare,
+                                                              self.criterion, self.device), started, run_started)
+                    self.keep(row)
+                    self.unsaved = (epoch + 1, 0, row)
+                    if epoch + 1 == cfg.epochs or self.due():
+                        self.save_last(*self.unsaved)
+                    if epoch + 1 == min(max(CHANCE_CHECK_EPOCH, cfg.epochs // 4), cfg.epochs):
+                        warn_if_at_chance(p, row["val_accuracy"], f"after {plural(epoch + 1, 'epoch')}")
+                    if distributed.any_rank(self.stop.requested) and epoch + 1 < cfg.epochs:
+                        self.save_last(*self.unsaved)
+                        stop_here(self.last, self.run_dir, epoch + 1, 0)
+            except KeyboardInterrupt as e:  # Ctrl-C outside a step (a frozen pass of the next epoch's view)
+                if self.unsaved is not None and not isinstance(e, SavedAndStopped):
+                    self.save_last(*self.unsaved)  # the end of the last epoch: nothing has changed since
+                raise
         return state["best"]
+
+    def due(self) -> bool:
+        """Whether last.pt is written at this epoch's end: SAVE_SECONDS after the last write; under torchrun at every
+        epoch's end (its ranks would have to agree on a Ctrl-C between epochs)."""
+        return distributed.world_size() > 1 or time.perf_counter() - self.saved_at > SAVE_SECONDS
 
     def announce(self) -> None:
         p, world = self.p, distributed.world_size()
@@ -108,7 +130,7 @@ class Epochs:
         state["step"] = 0
 
     def keep(self, row: dict) -> None:
-        """The epoch's row appended to metrics.jsonl; its weights to best.pt when it is the best so far."""
+        """The epoch's row appended to metrics.jsonl; its weights kept for best.pt when it is the best so far."""
         if distributed.is_main():
             with open(self.metrics_file, "a") as f:
                 f.write(json.dumps(row) + "\n")
@@ -116,15 +138,21 @@ class Epochs:
         # on, and that epoch's head, barely trained, gave them 77% where the last gave 99.9%
         if (row["val_accuracy"], -row["val_loss"]) > (self.state["best"], -self.state["best_loss"]):
             self.state.update(best=row["val_accuracy"], best_loss=row["val_loss"])
-            if distributed.is_main():
-                save_checkpoint({**self.meta, "model_state": self.p.model.state_dict(), "metrics": row},
-                                self.run_dir / "best.pt")
+            if distributed.is_main():  # a copy of what learns; the frozen stages' tensors stay as they are
+                weights = {k: v.detach().clone() if v.data_ptr() in self.learning else v
+                           for k, v in self.p.model.state_dict().items()}
+                self.best_weights = {**self.meta, "model_state": weights, "metrics": row}
 
     def save_last(self, epoch: int, step: int, metrics: dict | None) -> None:
-        """last.pt: all it takes to go on exactly after `step` batches of epoch `epoch` (0-based); rank 0 writes."""
+        """last.pt: all it takes to go on exactly after `step` batches of epoch `epoch` (0-based), and best.pt where
+        a better epoch came since the last write; rank 0 writes."""
         state = self.state
         ranks = distributed.gather({"rng": rng_state(self.augment, self.device), "totals": dict(state["totals"])})
+        self.saved_at, self.unsaved = time.perf_counter(), None
         if distributed.is_main():
+            if self.best_weights is not None:  # first: last.pt's best accuracy is then always best.pt's
+                save_checkpoint(self.best_weights, self.run_dir / "best.pt")
+                self.best_weights = None
             save_checkpoint({**self.meta, "model_state": self.p.model.state_dict(), "metrics": metrics,
                              "epoch": epoch, "step": step, "epoch_lr": state["epoch_lr"],
                              "best_accuracy": state["best"], "best_loss": state["best_loss"],
@@ -134,6 +162,7 @@ class Epochs:
     def on_step(self, totals: dict) -> None:
         """After every complete step: save last.pt every --save-every steps, or on Ctrl-C and stop there."""
         self.state["step"] += 1
+        self.unsaved = None  # a step of the next epoch has run: the last epoch's end is no place to go on from
         epoch, step, every = self.state["epoch"], self.state["step"], self.p.cfg.save_every
         stopping = distributed.any_rank(self.stop.requested)
         if stopping or (every and (epoch * self.steps_per_epoch + step) % every == 0

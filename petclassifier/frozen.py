@@ -38,7 +38,7 @@ def frozen_features(frozen: nn.Module, images, transform, device: torch.device, 
         log(f"{desc}: {len(found):,} photos from the cache")
         return found
     frozen.eval()
-    batch_size, rank, world = inference_batch_size(device), distributed.rank(), distributed.world_size()
+    batch_size, rank, world = pass_batch_size(frozen, device), distributed.rank(), distributed.world_size()
     starts = range(0, len(images), batch_size)
 
     def blocks():
@@ -75,6 +75,11 @@ def ctrl_c_stops_at_once():
             signal.signal(signal.SIGINT, previous)  # training's own handler, for its steps
 
 
+def pass_batch_size(frozen: nn.Module, device: torch.device) -> int:
+    """Photos per batch of a frozen pass: the engine's own (ONNX Runtime on one thread: one), else the device's."""
+    return getattr(frozen, "batch_size", None) or inference_batch_size(device)
+
+
 def to_float(x: torch.Tensor) -> torch.Tensor:
     return x.float()  # cached features are kept in half precision; the trained layers compute in float32
 
@@ -97,15 +102,17 @@ class Views:
     trained on it is scored on views it learned from); the others random crops and flips, each drawn from a
     generator of its own, so a view is the same whatever epoch a run resumes at and however many ranks share it.
     With `photos` (what identifies the decoded photos: their cache entry's key) each view is kept in the cache
-    folder for later runs, under a key of everything that determines it.
+    folder for later runs, under a key of everything that determines it. `then` turns each view held in memory into
+    what the learning layers read (KindInputs.rows), once.
     """
 
     def __init__(self, frozen: nn.Module, images, prep, name: str, count: int, mirror: bool, seed: int,
-                 device: torch.device, store: FeatureStore, photos: str | None = None):
+                 device: torch.device, store: FeatureStore, photos: str | None = None, then=None):
         self.frozen, self.images, self.prep, self.name, self.count = frozen, images, prep, name, count
         self.mirror, self.seed, self.device, self.store, self.kept = mirror, seed, device, store, []
+        self.then = then
         self.source = None if photos is None else (photos, weights_digest(frozen), json.dumps(prep.as_dict()),
-                                                   device.type, inference_batch_size(device), torch.__version__,
+                                                   device.type, pass_batch_size(frozen, device), torch.__version__,
                                                    features_module.FEATURE_FORMAT, augmentation_key())
 
     def key(self, v: int) -> str | None:
@@ -129,8 +136,9 @@ class Views:
         while len(self.kept) <= v:
             k = len(self.kept)
             what = "mirrored" if k == 1 and self.mirror else f"view {k + 1}/{max(self.count, v + 1)}"
-            self.kept.append(frozen_features(self.frozen, self.images, self.transform(k), self.device,
-                                             f"frozen features ({self.name}, {what})", self.store, self.key(k)))
+            features = frozen_features(self.frozen, self.images, self.transform(k), self.device,
+                                       f"frozen features ({self.name}, {what})", self.store, self.key(k))
+            self.kept.append(self.then(features) if self.then and isinstance(features, torch.Tensor) else features)
         return self.kept[v]
 
 

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 
@@ -42,8 +44,10 @@ KIND_NAMES = [*KINDS, "other animal", "no animal"]
 FLOOR, SCALE = 1e-3, 10.0
 
 
+@functools.cache
+@torch.inference_mode(False)  # a plain tensor, even when first asked for in inference mode: Grad-CAM reuses it
 def kind_of_class() -> torch.Tensor:
-    """[1000]: the index in KIND_NAMES of each ImageNet class."""
+    """[1000]: the index in KIND_NAMES of each ImageNet class (one tensor, made once: never change it)."""
     kind = torch.full((1000,), len(KINDS) + 1, dtype=torch.long)  # no animal
     kind[:ANIMALS] = len(KINDS)  # other animal
     for k, ids in enumerate(KINDS.values()):
@@ -54,8 +58,14 @@ def kind_of_class() -> torch.Tensor:
 def kind_probabilities(imagenet_logits: torch.Tensor) -> torch.Tensor:
     """[B, 1000] ImageNet class scores -> [B, 15] the probability of each kind (the sum over its classes)."""
     # a product with a fixed [1000, 15] membership matrix: no shape of the batch in it, so traced exports keep it
-    membership = nn.functional.one_hot(kind_of_class(), len(KIND_NAMES)).to(imagenet_logits.device, torch.float32)
-    return imagenet_logits.float().softmax(dim=1) @ membership
+    return imagenet_logits.float().softmax(dim=1) @ membership(imagenet_logits.device)
+
+
+@functools.cache
+@torch.inference_mode(False)
+def membership(device: torch.device) -> torch.Tensor:
+    """[1000, 15]: 1 where an ImageNet class belongs to a kind (made once per device: it is read at every step)."""
+    return nn.functional.one_hot(kind_of_class(), len(KIND_NAMES)).to(device, torch.float32)
 
 
 class KindFeatures(nn.Module):
@@ -70,8 +80,33 @@ class KindFeatures(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, rows: torch.Tensor) -> torch.Tensor:
-        kinds = kind_probabilities(self.classifier(rows)).clamp_min(FLOOR).log()
-        return torch.cat([self.dropout(rows), SCALE * kinds.to(rows.dtype)], dim=1)
+        return torch.cat([self.dropout(rows), self.kinds(rows).to(rows.dtype)], dim=1)
+
+    def kinds(self, rows: torch.Tensor) -> torch.Tensor:
+        """[B, D] pooled features -> [B, 15] the kinds as the head reads them."""
+        return SCALE * kind_probabilities(self.classifier(rows)).clamp_min(FLOOR).log()
+
+
+class KindInputs(nn.Module):
+    """A pooled kinds head (pool, flatten, KindFeatures, linear) reading rows whose kinds were computed once per view
+    (`rows`: [B, D + 15]): the same function and the same parameters, without running the ImageNet classifier at every
+    step (half a step's time). Features still [B, D, 1, 1] (a view kept on disk) get their kinds on the way."""
+
+    def __init__(self, head: nn.Sequential):
+        super().__init__()
+        self.features, self.linear = head[2], head[3]  # the model's own layers: training this trains its head
+
+    @torch.no_grad()
+    def rows(self, features: torch.Tensor) -> torch.Tensor:
+        """[N, D, 1, 1] pooled features -> [N, D + 15] the features and their kinds, in the features' dtype."""
+        flat = features.flatten(1)
+        return torch.cat([flat, self.features.kinds(flat.float()).to(flat.dtype)], dim=1)
+
+    def forward(self, rows: torch.Tensor) -> torch.Tensor:
+        if rows.dim() == 4:
+            rows = self.rows(rows).to(rows.dtype)
+        d = self.features.classifier.in_features
+        return self.linear(torch.cat([self.features.dropout(rows[:, :d]), rows[:, d:]], dim=1))
 
 
 def kind_head(head: nn.Sequential, imagenet_head: nn.Sequential, num_classes: int) -> nn.Sequential | None:

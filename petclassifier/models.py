@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import functools
 import importlib
 import os
 
@@ -169,13 +170,20 @@ def lite_weights_file(name: str) -> str:
     return getattr(module, f"EfficientnetLite{n}ModelFile").get_model_file_path()
 
 
+@functools.cache
+def lite_weights(name: str) -> dict[str, torch.Tensor]:
+    """The ImageNet weights of EfficientNet-Lite0/1/2, read once per process (a model copies them as it loads them:
+    a teaching worker builds the network for every job)."""
+    return torch.load(lite_weights_file(name), map_location="cpu", weights_only=True)
+
+
 def efficientnet_lite(name: str, num_classes: int, pretrained: bool) -> PetNet:
     """timm's tf_efficientnet_lite0/1/2 (TensorFlow 'same' padding), with the packaged ImageNet weights."""
     import timm
 
     net = timm.create_model(f"tf_{name}", pretrained=False)
     if pretrained:
-        weights = torch.load(lite_weights_file(name), map_location="cpu", weights_only=True)
+        weights = lite_weights(name)
         # The file's tensor names differ from timm's but come in the same order with the same shapes.
         names = list(net.state_dict())
         if len(names) != len(weights):  # (and load_state_dict checks every shape)

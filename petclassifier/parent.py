@@ -1,32 +1,34 @@
-"""A process that ends with the one that started it: the server's teaching jobs, however the server ends."""
+"""A process that ends with the one that started it: the server's teaching workers, however the server ends."""
 
 from __future__ import annotations
 
 import os
+import queue
 import signal
-import sys
 import threading
+from collections.abc import Iterator
 
-ENDS_WITH_STDIN = "PETCLASSIFIER_ENDS_WITH_STDIN"  # set by the starter, which holds the other end of our stdin
 
+def lines_from_parent() -> Iterator[str]:
+    """The lines the starter writes on our stdin, one at a time, as they come. When it closes (the starter has
+    ended, SIGKILL included: the kernel closes its end of the pipe), our whole process group ends at once, whatever
+    it is doing, decoding workers too."""
+    lines: queue.Queue[str] = queue.Queue()
 
-def end_with_parent() -> None:
-    """Where the starter asks for it: once our stdin closes (the starter has ended, SIGKILL included: the kernel closes
-    its end of the pipe), end our whole process group at once, decoding workers too."""
-    if os.environ.get(ENDS_WITH_STDIN) != "1" or not hasattr(os, "killpg"):
-        return
-
-    def watch() -> None:
+    def read() -> None:
+        stdin, pending = 0, b""
         try:  # the descriptor itself: sys.stdin's lock, held by a reading daemon thread, would stop the exit
-            while os.read(stdin, 4096):
-                pass
+            while chunk := os.read(stdin, 65536):
+                *whole, pending = (pending + chunk).split(b"\n")
+                for line in whole:
+                    lines.put(line.decode())
         except OSError:
             pass
         os.killpg(os.getpgid(0), signal.SIGKILL)
 
-    stdin = sys.stdin.fileno()
-
-    threading.Thread(target=watch, name="ends-with-parent", daemon=True).start()
+    threading.Thread(target=read, name="ends-with-parent", daemon=True).start()
+    while True:
+        yield lines.get()
 
 
 def end_group(process) -> None:

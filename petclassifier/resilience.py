@@ -19,7 +19,7 @@ from .runtime import log
 
 # Settings of how a run is carried out, not of what it learns: a resumed run may change them.
 RUNTIME_FIELDS = ("device", "workers", "cache_dir", "out", "resume", "save_every", "compile", "deterministic",
-                  "strict_images", "download", "flip_tta")
+                  "strict_images", "download", "flip_tta", "curves")
 
 
 @contextmanager

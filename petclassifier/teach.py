@@ -1,9 +1,10 @@
 """Teaching the network in the page: photos and their class names in, a `petclassifier train` run on them out.
 
 Each job is the command a user would type, `petclassifier train --dataset folder`, run on the job's photos in a
-folder of its own: one job trains at a time, in a process of its own (the server's network thread stays free, and a
-job's memory goes back when it ends), and the page follows it through the files training writes as it goes
-(metrics.jsonl: a row per epoch; the log's last line: the phase it is in; summary.json at the end).
+folder of its own, then `petclassifier doctor` on them: run by a warm worker (teach_worker.py: PyTorch and the network
+loaded once), as many jobs at once as the cores and the free memory allow, the others waiting their turn. The page
+follows a job through the files training writes as it goes (metrics.jsonl: a row per epoch; the log's last line: the
+phase it is in; summary.json at the end).
 """
 
 from __future__ import annotations
@@ -12,8 +13,6 @@ import json
 import os
 import secrets
 import shutil
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -24,14 +23,14 @@ from pathlib import Path
 from typing import BinaryIO
 
 from .job_input import MIN_CLASS_PHOTOS, Refused, parse_labels, parse_options, write_photos
-from .parent import ENDS_WITH_STDIN, end_group
 from .runtime import resolve_device
+from .teach_worker import Worker, Zygote, cpu_count, worker_slots
 
-MAX_WAITING = 4  # jobs queued behind the one training; past it 503 with Retry-After
+MAX_WAITING = 32  # jobs waiting for a worker (a classroom's); past it 503 with Retry-After
 JOB_SECONDS = 20 * 60  # a job still training after this is stopped (500 photos take about 3 minutes on 2 cores)
 PATH_FIELDS = ("data_dir", "out", "cache_dir", "resume")  # of a job's config: places on the server, not shown
 KEEP_SECONDS = 3600  # a finished job's photos, run folder and model are removed this long after it ended
-MAX_KEPT = 16  # finished jobs kept at once; past it the oldest goes first
+MAX_KEPT = 64  # finished jobs kept at once (two classrooms' models, ~25 MB each); past it the oldest goes first
 ROOT_PREFIX, OWNER = "petclassifier-jobs-", "server.pid"  # each server's folder of jobs, and the file naming it
 
 
@@ -47,7 +46,6 @@ class Job:
     error: str | None = None
     started: float | None = None
     ended: float | None = None
-    process: subprocess.Popen | None = None
 
     @property
     def run(self) -> Path:
@@ -85,9 +83,10 @@ class Job:
 
 
 class TrainJobs:
-    """The jobs of one server: queued, trained one at a time, kept a while, all removed at `close`."""
+    """The jobs of one server: queued, trained by up to `workers` warm workers at once (None: as many as the cores
+    and the free memory allow), kept a while, all removed at `close`."""
 
-    def __init__(self, device: str = "auto", time_limit: float = JOB_SECONDS):
+    def __init__(self, device: str = "auto", time_limit: float = JOB_SECONDS, workers: int | None = None):
         sweep_abandoned()  # the folders of servers that were killed before they could remove them
         self._root: Path | None = None  # made at the first job
         self.time_limit = time_limit
@@ -95,7 +94,12 @@ class TrainJobs:
         self.device_type = resolve_device(device).type  # where the jobs, which resolve it alike, train: cpu, cuda
         self.jobs: dict[str, Job] = {}
         self.lock = threading.Lock()
-        self.runner = ThreadPoolExecutor(1, thread_name_prefix="teach")
+        self.slots = workers or worker_slots()
+        self.idle: list[Worker] = []  # warm workers waiting for a job
+        self.busy: set[Worker] = set()
+        self.started_workers = 0
+        self.zygote: Zygote | None = None  # what forks the workers, started with the first
+        self.runner = ThreadPoolExecutor(self.slots, thread_name_prefix="teach")
         self.closed = False
 
     def create(self, uploads: list[tuple[str, BinaryIO]], labels: str | None, settings: dict[str, str]) -> Job:
@@ -138,49 +142,79 @@ class TrainJobs:
                                    "after they end)")
             return self.jobs[job_id]
 
+    def status(self, job_id: str) -> dict:
+        """Where a job stands (Job.report), with its place in the line while it waits and where the jobs train."""
+        job = self.get(job_id)
+        with self.lock:
+            waiting = [j for j in self.jobs.values() if j.status == "queued"]
+        place = waiting.index(job) + 1 if job in waiting else None
+        return {**job.report(), "place": place, "at_once": self.slots, "device": self.device_type}
+
+    def ready_workers(self) -> int:
+        """Workers warmed up and alive: jobs can start at once on them."""
+        with self.lock:
+            return sum(w.ready.is_set() and w.alive for w in [*self.idle, *self.busy])
+
     def command(self, job: Job) -> list[str]:
-        """The `petclassifier train` command line of a job."""
+        """The `petclassifier train` arguments of a job."""
         flags = [f"--{key.replace('_', '-')}={value}" for key, value in job.options.items()]
-        return [sys.executable, "-m", "petclassifier", "train", "--dataset", "folder", "--data-dir",
-                str(job.folder / "photos"), "--out", str(job.run), "--device", self.device, *flags]
+        # decoded in the worker itself (the other cores train other jobs); no curves.png: the page draws the epochs
+        return ["train", "--dataset", "folder", "--data-dir", str(job.folder / "photos"), "--out", str(job.run),
+                "--device", self.device, "--workers", "0", "--no-curves", *flags]
 
     def doctor_command(self, job: Job) -> list[str]:
-        """The `petclassifier doctor` command line that checks a job's photos once its model is made."""
-        return [sys.executable, "-m", "petclassifier", "doctor", str(job.folder / "photos"), "--dataset", "folder",
-                "--json", str(job.folder / "doctor.json"), "--device", self.device]
+        """The `petclassifier doctor` arguments that check a job's photos once its model is made."""
+        return ["doctor", str(job.folder / "photos"), "--dataset", "folder", "--json", str(job.folder / "doctor.json"),
+                "--device", self.device, "--workers", "0"]
+
+    def start_workers(self) -> None:
+        """Start every worker warming up now, for the first jobs not to wait for one (the server's start)."""
+        with self.lock:
+            self.idle += [self._new_worker() for _ in range(self.slots - len(self.idle) - len(self.busy))]
+
+    def _new_worker(self) -> Worker:
+        if self.zygote is None or self.zygote.process.poll() is not None:
+            self.zygote = Zygote(self.root / "workers", self.device)
+        self.started_workers += 1
+        return Worker(self.zygote)
 
     def _train(self, job: Job) -> None:
-        """Run a job's training, then the doctor on its photos, on the runner's thread."""
-        if self.closed or job.status != "queued":
-            return
-        job.status, job.started = "running", time.time()
-        code = self._run(job, self.command(job))
-        if code == 0 and job.checkpoint.exists():
-            self._run(job, self.doctor_command(job))  # what it finds is extra: the model is made either way
-            job.ended, job.status = time.time(), "done"
-        else:
-            job.ended, job.status = time.time(), "failed"
-            job.error = job.error or ("stopped" if self.closed else failure_line(job.log, code))
-
-    def _run(self, job: Job, command: list[str]) -> int:
-        """A step of a job in a process group of its own, its output appended to the job's log; its exit status.
-
-        The step ends with the server, however the server ends: it holds the step's stdin, whose end the step
-        watches (parent.end_with_parent); and it ends when the job has run for `time_limit` seconds."""
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", ENDS_WITH_STDIN: "1"}  # the log's lines arrive as printed
+        """Run a job's training, then the doctor on its photos, in a warm worker, on one of the runner's threads."""
+        with self.lock:
+            if self.closed or job.status != "queued":
+                return
+            worker = self.idle.pop() if self.idle else self._new_worker()
+            self.busy.add(worker)
+            job.status, job.started = "running", time.time()
         try:
-            with open(job.log, "a") as log:
-                job.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                               stdin=subprocess.PIPE, start_new_session=True)
-                try:
-                    return job.process.wait(timeout=max(0.0, job.started + self.time_limit - time.time()))
-                except subprocess.TimeoutExpired:
-                    end_group(job.process)
-                    job.error = f"stopped: the job was still running after {self.time_limit:g} s, its time limit"
-                    return -1
-                finally:
-                    job.process.stdin.close()
-        except OSError as e:  # its folder was removed meanwhile, or the process could not start
+            code = self._run(job, worker, self.command(job))
+            if code == 0 and job.checkpoint.exists():
+                (job.run / "last.pt").unlink(missing_ok=True)  # nothing resumes a finished job: its disk goes back
+                self._run(job, worker, self.doctor_command(job))  # what it finds is extra: the model is made either way
+                job.ended, job.status = time.time(), "done"
+            else:
+                job.ended, job.status = time.time(), "failed"
+                job.error = job.error or ("stopped" if self.closed else failure_line(job.log, code))
+        finally:
+            with self.lock:
+                self.busy.discard(worker)
+                if worker.alive and not self.closed:
+                    self.idle.append(worker)
+                else:
+                    worker.end()
+
+    def _run(self, job: Job, worker: Worker, argv: list[str]) -> int:
+        """A step of a job in the worker, its output appended to the job's log; its exit status. The job ends when it
+        has run for `time_limit` seconds (its worker with it)."""
+        with self.lock:  # a job alone has every core; with others, its share
+            sharing = sum(j.status in ("queued", "running") for j in self.jobs.values())
+        threads = max(1, cpu_count() // min(self.slots, sharing))
+        try:
+            return worker.run(argv, job.log, threads, max(0.0, job.started + self.time_limit - time.time()))
+        except TimeoutError:
+            job.error = f"stopped: the job was still running after {self.time_limit:g} s, its time limit"
+            return -1
+        except OSError as e:  # its folder was removed meanwhile
             job.error = str(e)
             return -1
 
@@ -194,11 +228,14 @@ class TrainJobs:
                 shutil.rmtree(job.folder, ignore_errors=True)
 
     def close(self) -> None:
-        """Stop the running job, drop the queued ones and remove every job's files."""
-        self.closed = True
-        for job in list(self.jobs.values()):
-            if job.process and job.process.poll() is None:
-                end_group(job.process)
+        """Stop the running jobs and every worker, drop the queued jobs and remove every job's files."""
+        with self.lock:
+            self.closed = True
+            workers = [*self.idle, *self.busy]
+        for worker in workers:
+            worker.end()
+        if self.zygote is not None:
+            self.zygote.end()
         self.runner.shutdown(wait=True, cancel_futures=True)
         if self._root is not None:
             shutil.rmtree(self._root, ignore_errors=True)

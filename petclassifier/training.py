@@ -28,6 +28,7 @@ from .data import PetData, load_data
 from .epochs import train_epochs, warn_if_at_chance
 from .errors import SavedAndStopped
 from .frozen import Views, fast_frozen, fits_on_gpu, is_global_pool, to_float
+from .kinds import KindInputs
 from .loop import evaluate
 from .metrics import confusion_matrix, expected_calibration_error, mean_class_accuracy
 from .models import build_model, check_model_name
@@ -90,7 +91,7 @@ class Prepared:
     data: PetData
     prep: Preprocessing
     model: nn.Module
-    trainable: nn.Module  # the stages that learn, and the head
+    trainable: nn.Module  # the stages that learn, and the head (KindInputs: a pooled head reading kinds)
     frozen_fast: nn.Module | None  # the frozen stages, BatchNorm folded (None: nothing is frozen)
     pooled: bool  # only the head learns, from globally pooled features: the refit and cross-fitting take seconds
     train_images: object  # uint8 squares [N, 3, R, R] (a cache file, or a tensor on the GPU)
@@ -102,6 +103,11 @@ class Prepared:
     train_views: Views | None = None
     val_views: Views | None = None
     joined: dict = field(default_factory=dict)  # view -> train and val features joined, for the finish
+
+    @property
+    def rows_of(self):
+        """What turns a view's features into the rows the learning layers read, once: None where they read them."""
+        return self.trainable.rows if isinstance(self.trainable, KindInputs) else None
 
     def joined_inputs(self, epoch: int) -> torch.Tensor:
         """The train and val photos' features of epoch `epoch`'s view, joined (kept: the finish reads each often)."""
@@ -179,7 +185,8 @@ def phases(cfg: TrainConfig, device: torch.device, features: FeatureStore, run_d
     summary["seconds"] = round(time.perf_counter() - run_started, 1)  # from the run's start, setup included
     if distributed.is_main():
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        write_curves(run_dir)  # loss and accuracy per epoch, for people to see the learning
+        if cfg.curves:
+            write_curves(run_dir)  # loss and accuracy per epoch, for people to see the learning
     log(last_line(summary, cfg.epochs))
     return summary
 
@@ -229,15 +236,18 @@ def prepare(cfg: TrainConfig, data: PetData, device: torch.device, features: Fea
     if pooled and isinstance(model.head[-1], nn.Linear):  # zeros: a random start would stay in every direction
         nn.init.zeros_(model.head[-1].weight)  # that a few training photos never move it along
         nn.init.zeros_(model.head[-1].bias)
+    if pooled and model.kind_features() is not None:  # the kinds computed once per view, not at every step
+        trainable = KindInputs(model.head)
     p = Prepared(cfg, data, prep, model, trainable, None, pooled, train_images, train_labels, val_images,
                  val_labels, skipped, copy.deepcopy(trainable.state_dict()) if pooled else None)
     if len(frozen):  # the frozen stages run once per view, not once per epoch
         p.frozen_fast = on_backend(fast_frozen(frozen, model.head[0] if pooled else None), cfg.backend, prep.crop,
                                    cfg.cache_dir, lambda: calibration_batches(train_images, prep, cfg.seed))
         p.cfg = cfg = replace(cfg, backend=p.frozen_fast.backend)  # int8 that failed its check runs float32
+        splits = (("train", train_images), ("val", val_images))
         p.train_views, p.val_views = (
             Views(p.frozen_fast, images, prep, name, cfg.augment_views, cfg.flip_tta, cfg.seed + i, device, features,
-                  photos[i]) for i, (name, images) in enumerate((("train", train_images), ("val", val_images))))
+                  photos[i], p.rows_of) for i, (name, images) in enumerate(splits))
     return p
 
 
@@ -305,8 +315,7 @@ def test_scores(p: Prepared, criterion, device, temperature: float, features: Fe
     cfg = p.cfg
     images, labels = decode_split(p.data.test, p.prep, cfg, p.skipped)
     views = Views(p.frozen_fast, images, p.prep, "test", 1, cfg.flip_tta, cfg.seed, device, features,
-                  images.path.stem) \
-        if p.frozen_fast is not None else None
+                  images.path.stem, p.rows_of) if p.frozen_fast is not None else None
     logits, labels = p.scored(images, views, labels, criterion, device)
     ece = expected_calibration_error((logits.double() / temperature).softmax(1), labels)
     return {"photos": len(labels), "test_accuracy": (logits.argmax(1) == labels).float().mean().item(),

@@ -256,7 +256,7 @@ def create_app(service: PhotoService, jobs: TrainJobs | None = None, local_only:
         return JSONResponse({"job": job.id}, status_code=202)
 
     async def train_status(request: Request) -> JSONResponse:
-        return JSONResponse({**jobs.get(request.path_params["job"]).report(), "device": jobs.device_type})
+        return JSONResponse(jobs.status(request.path_params["job"]))
 
     async def train_checkpoint(request: Request) -> FileResponse:
         job = taught({"job": request.path_params["job"]})
@@ -268,7 +268,8 @@ def create_app(service: PhotoService, jobs: TrainJobs | None = None, local_only:
 
     async def health(request: Request) -> JSONResponse:
         info = service.info or {"model": None, "class_names": []}
-        return JSONResponse({"status": "ok", "model": info["model"], "classes": len(info["class_names"])})
+        return JSONResponse({"status": "ok", "model": info["model"], "classes": len(info["class_names"]),
+                             "teaching": {"ready_workers": jobs.ready_workers(), "at_once": jobs.slots}})
 
     async def page(request: Request) -> FileResponse:
         return FileResponse(STATIC / "index.html")
@@ -330,6 +331,7 @@ def serve(checkpoint: Path | None, host: str = "127.0.0.1", port: int = 8000, de
         print(f"note: other machines can reach this page at this machine's address, port {port}, with the token "
               "in the address above", flush=True)
     jobs = TrainJobs(device)
+    jobs.start_workers()  # warming up while the first learners choose their photos
     try:
         app = create_app(service, jobs, local_only, token)
         uvicorn.Server(uvicorn.Config(app, log_level="info")).run(sockets=[listener])

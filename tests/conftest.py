@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import sys
 from pathlib import Path
 
 import pytest
@@ -94,3 +95,12 @@ def shapes_dir(tmp_path: Path) -> Path:
 @pytest.fixture
 def cache_dir(tmp_path: Path) -> str:
     return str(tmp_path / "cache")
+
+
+@pytest.fixture
+def fake_worker(monkeypatch):
+    """Teaching workers that run each step's argv as a command line (tests/fake_worker.py), not `petclassifier ARGV`:
+    for tests of the jobs, not of the training."""
+    from petclassifier.teach_worker import Zygote
+
+    monkeypatch.setattr(Zygote, "command", [sys.executable, str(Path(__file__).with_name("fake_worker.py"))])

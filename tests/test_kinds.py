@@ -6,7 +6,16 @@ from torch import nn
 
 from petclassifier.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from petclassifier.config import TrainConfig
-from petclassifier.kinds import FLOOR, KIND_NAMES, KINDS, SCALE, KindFeatures, kind_of_class, kind_probabilities
+from petclassifier.kinds import (
+    FLOOR,
+    KIND_NAMES,
+    KINDS,
+    SCALE,
+    KindFeatures,
+    KindInputs,
+    kind_of_class,
+    kind_probabilities,
+)
 from petclassifier.models import build_model
 from petclassifier.transforms import Preprocessing
 
@@ -46,6 +55,26 @@ def test_kind_features_append_scaled_floored_log_probabilities_and_learn_nothing
     torch.manual_seed(0)
     trained = kinds(rows)
     assert torch.allclose(trained[:, 8:], expected) and (trained[:, :8] == 0).any()
+
+
+def test_kind_inputs_are_the_head_on_rows_whose_kinds_were_computed_once():
+    head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), KindFeatures(nn.Linear(8, 1000), dropout=0.5),
+                         nn.Linear(8 + len(KIND_NAMES), 3))
+    fast, features = KindInputs(head), torch.randn(5, 8, 1, 1)
+    rows = fast.rows(features)  # what a view holds: the features and their kinds, in the features' dtype
+    assert rows.shape == (5, 8 + len(KIND_NAMES)) and not rows.requires_grad
+    head.eval()
+    assert torch.allclose(fast(rows), head(features), atol=1e-5) and torch.allclose(fast(features), head(features))
+    head.train()  # dropout draws alike: the same photo dropped alike either way
+    torch.manual_seed(0)
+    slow = head(features)
+    torch.manual_seed(0)
+    assert torch.allclose(fast(rows), slow, atol=1e-5)
+    fast(rows).sum().backward()  # it trains the head's own linear layer, and nothing of the classifier
+    assert head[-1].weight.grad is not None and head[2].classifier.weight.grad is None
+    assert [n for n, p in fast.named_parameters() if p.requires_grad] == ["linear.weight", "linear.bias"]
+    half = fast.rows(features.half())  # views are kept in half precision: the kinds too, to 0.02 of their -69..0
+    assert half.dtype == torch.float16 and torch.allclose(half.float(), rows, atol=0.05)
 
 
 def test_config_turns_kinds_on_only_where_a_pretrained_head_alone_learns():

@@ -274,3 +274,23 @@ def test_ctrl_c_in_a_frozen_pass_of_a_training_run_says_how_to_go_on_once(shapes
         summary = train(**{**cfg, "data_dir": str(shapes_dir), "cache_dir": cache_dir, "resume": str(run)})
         assert summary["best_epoch"] in (1, 2) and (run / "summary.json").is_file()
     assert "Traceback" not in stderr and "Exception ignored" not in stderr, stderr
+
+
+@pytest.mark.parametrize("save_seconds", [0.0, 3600.0])
+def test_short_epochs_write_their_checkpoints_at_the_end_and_best_pt_holds_the_best_epoch(
+        shapes_dir, cache_dir, tmp_path, monkeypatch, save_seconds):
+    monkeypatch.setattr(petclassifier.epochs, "SAVE_SECONDS", save_seconds)
+    written = []
+    real = petclassifier.epochs.save_checkpoint
+    monkeypatch.setattr(petclassifier.epochs, "save_checkpoint",
+                        lambda payload, path: written.append(path.name) or real(payload, path))
+    out = tmp_path / "run"
+    train(**{**CFG, "epochs": 4, "save_every": 0}, data_dir=str(shapes_dir), cache_dir=cache_dir, out=str(out))
+    # each epoch's end once 30 s passed since the last write (here: at once, or never before the last epoch)
+    assert written.count("last.pt") == (4 if save_seconds == 0 else 1) and "best.pt" in written
+    assert written.count("best.pt") <= written.count("last.pt")
+    accuracy = [row["val_accuracy"] for row in rows(out)]
+    best, last = load_checkpoint(out / "best.pt"), load_checkpoint(out / "last.pt")
+    assert best["metrics"]["val_accuracy"] == max(accuracy) == last["best_accuracy"]
+    assert best["metrics"]["epoch"] == 1 + accuracy.index(max(accuracy)) or best["metrics"]["val_loss"] <= min(
+        row["val_loss"] for row in rows(out) if row["val_accuracy"] == max(accuracy))

@@ -47,8 +47,8 @@ def finished(client: TestClient, job: str, seconds: float = 300) -> dict:
 
 
 @pytest.fixture
-def fake_jobs(monkeypatch):
-    """Jobs whose training is FAKE_TRAIN: `seconds` long, failing when the job's epochs are 13."""
+def fake_jobs(monkeypatch, fake_worker):
+    """Jobs whose training is FAKE_TRAIN: `seconds` long, failing when the job's epochs are 13; one at a time."""
     def command(self, job):
         return [sys.executable, "-c", FAKE_TRAIN, str(job.run), "1", "fail" if job.options.get("epochs") == 13 else ""]
 
@@ -59,7 +59,7 @@ def fake_jobs(monkeypatch):
 
     monkeypatch.setattr(TrainJobs, "command", command)
     monkeypatch.setattr(TrainJobs, "doctor_command", doctor_command)
-    jobs = TrainJobs("cpu")
+    jobs = TrainJobs("cpu", workers=1)
     yield jobs
     jobs.close()
 
@@ -95,17 +95,19 @@ def test_bad_teaching_requests_get_a_4xx_that_says_what_to_fix(service, monkeypa
         assert answer.status_code == status and words in answer.json()["error"], (answer.status_code, answer.text)
 
 
-def test_jobs_train_one_at_a_time_queue_fail_with_their_reason_and_are_removed(service, fake_jobs, monkeypatch):  # noqa: F811
+def test_jobs_queue_for_the_workers_fail_with_their_reason_and_are_removed(service, fake_jobs, monkeypatch):  # noqa: F811
     client = TestClient(create_app(service, fake_jobs), base_url=LOCAL)
     first = client.post("/api/train", **two_classes()).json()["job"]
     second = client.post("/api/train", **two_classes(epochs="13")).json()["job"]
-    assert client.get(f"/api/train/{second}").json()["status"] == "queued"  # behind the first
+    waiting = client.get(f"/api/train/{second}").json()
+    assert waiting["status"] == "queued" and waiting["place"] == 1 and waiting["at_once"] == 1  # behind the first
     report = client.get(f"/api/train/{first}").json()
     assert report["status"] == "running" and report["classes"] == [{"name": "cat", "photos": 3},
                                                                      {"name": "pug", "photos": 3}]
     answer = client.post("/api/predict", files=upload(photos(1)[0]), data={"job": first})
     assert answer.status_code == 409 and "is running" in answer.json()["error"]
     assert client.get(f"/api/train/{first}/checkpoint").status_code == 409
+    monkeypatch.setattr(teach, "MAX_WAITING", 4)
     for _ in range(teach.MAX_WAITING - 1):  # the queue fills up: the next job is told to come back
         client.post("/api/train", **two_classes())
     full = client.post("/api/train", **two_classes())
@@ -129,12 +131,38 @@ def test_jobs_train_one_at_a_time_queue_fail_with_their_reason_and_are_removed(s
     assert not fake_jobs.root.exists()
 
 
+def test_jobs_train_at_once_up_to_the_workers_and_the_next_waits_with_its_place(service, fake_worker, monkeypatch):  # noqa: F811
+    def command(self, job):  # trains for 3 s, and says on how many threads
+        return [sys.executable, "-c", FAKE_TRAIN, str(job.run), "3", ""]
+
+    monkeypatch.setattr(TrainJobs, "command", command)
+    monkeypatch.setattr(TrainJobs, "doctor_command", lambda self, job: [sys.executable, "-c", "pass"])
+    jobs = TrainJobs("cpu", workers=2)
+    try:
+        client = TestClient(create_app(service, jobs), base_url=LOCAL)
+        ids = [client.post("/api/train", **two_classes(2)).json()["job"] for _ in range(3)]
+        time.sleep(1)
+        reports = [client.get(f"/api/train/{job}").json() for job in ids]
+        assert [(r["status"], r["place"]) for r in reports] == [("running", None), ("running", None), ("queued", 1)]
+        assert all(finished(client, job)["status"] == "done" for job in ids)
+        assert jobs.started_workers == 2 and len(jobs.idle) == 2  # the third job ran on a worker the others warmed
+        started = sorted(jobs.jobs[job].started for job in ids)
+        assert started[1] - started[0] < 1 <= started[2] - started[1]
+    finally:
+        jobs.close()
+    deadline = time.time() + 10
+    while any(teach.alive(w.pid) for w in jobs.idle):  # every worker ends with the server
+        assert time.time() < deadline
+        time.sleep(0.1)
+
+
 @needs_shared
 def test_a_job_on_ten_cats_and_ten_dogs_names_photos_it_never_saw(service, tmp_path):  # noqa: F811
     cats, dogs = (sorted((SHARED / "cats-vs-dogs" / split / kind).glob("*.jpg"))[:10]
                   for split, kind in (("train", "cats"), ("train", "dogs")))
     files = upload(*((p.name, p.read_bytes()) for p in cats + dogs))
-    with TestClient(create_app(service), base_url=LOCAL) as client:
+    jobs = TrainJobs("cpu")
+    with TestClient(create_app(service, jobs), base_url=LOCAL) as client:
         job = client.post("/api/train", files=files, data={"labels": json.dumps(["cat"] * 10 + ["dog"] * 10)})
         report = finished(client, job.json()["job"])
         assert report["status"] == "done", report
@@ -149,7 +177,11 @@ def test_a_job_on_ten_cats_and_ten_dogs_names_photos_it_never_saw(service, tmp_p
                                 data={"job": report["job"]})
         assert explained.status_code == 200 and explained.headers["X-Class"] == "cat"
         (tmp_path / "taught.pt").write_bytes(client.get(report["checkpoint"]).content)
-    assert load_checkpoint(tmp_path / "taught.pt")["class_names"] == ["cat", "dog"]
+        worker = jobs.idle[0].pid
+        again = client.post("/api/train", **two_classes(3, epochs="2")).json()["job"]
+        assert finished(client, again)["status"] == "done"
+        assert jobs.started_workers == 1 and jobs.idle[0].pid == worker  # the warm worker trained it too
+    assert jobs.closed and load_checkpoint(tmp_path / "taught.pt")["class_names"] == ["cat", "dog"]
 
 
 def test_with_no_model_served_the_page_only_teaches(tmp_path):
@@ -158,7 +190,8 @@ def test_with_no_model_served_the_page_only_teaches(tmp_path):
     from petclassifier.web import NO_MODEL, PhotoService
 
     client = TestClient(create_app(PhotoService(None, "cpu")), base_url=LOCAL)
-    assert client.get("/api/health").json() == {"status": "ok", "model": None, "classes": 0}
+    assert client.get("/api/health").json() == {"status": "ok", "model": None, "classes": 0,
+                                                "teaching": {"ready_workers": 0, "at_once": teach.worker_slots()}}
     assert client.get("/api/model").status_code == 404 and client.get("/api/model").json()["error"] == NO_MODEL
     answer = client.post("/api/predict", files=upload(photos(1)[0]))
     assert answer.status_code == 409 and answer.json()["error"] == NO_MODEL

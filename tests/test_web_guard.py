@@ -116,7 +116,7 @@ def test_a_server_killed_mid_job_leaves_no_job_process_and_the_next_start_sweeps
     assert not roots[0].exists()
 
 
-def test_a_hung_job_is_stopped_at_its_time_limit_and_the_next_one_runs(teaching_only, monkeypatch):
+def test_a_hung_job_is_stopped_at_its_time_limit_and_the_next_one_runs(teaching_only, fake_worker, monkeypatch):
     def command(self, job):  # hangs, with a child of its own (both named by the job's folder): the group must go
         hang = ("import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)', "
                 "sys.argv[1]]); time.sleep(600)")
@@ -126,7 +126,7 @@ def test_a_hung_job_is_stopped_at_its_time_limit_and_the_next_one_runs(teaching_
 
     monkeypatch.setattr(TrainJobs, "command", command)
     monkeypatch.setattr(TrainJobs, "doctor_command", lambda self, job: [sys.executable, "-c", "pass"])
-    jobs = TrainJobs("cpu", time_limit=3)
+    jobs = TrainJobs("cpu", time_limit=3, workers=1)
     try:
         client = TestClient(create_app(teaching_only, jobs), base_url=LOCAL)
         hung = client.post("/api/train", **two_classes(2, epochs="13")).json()["job"]

@@ -109,7 +109,10 @@ def started_server(checkpoint: str, *flags: str, stderr=subprocess.DEVNULL) -> I
     process = subprocess.Popen([sys.executable, "-m", "petclassifier", "serve", "--checkpoint", checkpoint, "--port",
                                 "0", *flags], stdout=subprocess.PIPE, stderr=stderr, text=True)
     try:
-        yield process, process.stdout.readline()
+        first = process.stdout.readline()
+        # the rest (uvicorn's line per request) read as it comes: a full pipe would stop the server mid-request
+        threading.Thread(target=process.stdout.read, daemon=True).start()
+        yield process, first
     finally:
         process.terminate()
         process.wait(30)
