@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import functools
-
 import torch
 from torch import nn
 
@@ -44,15 +42,23 @@ KIND_NAMES = [*KINDS, "other animal", "no animal"]
 FLOOR, SCALE = 1e-3, 10.0
 
 
-@functools.cache
-@torch.inference_mode(False)  # a plain tensor, even when first asked for in inference mode: Grad-CAM reuses it
-def kind_of_class() -> torch.Tensor:
-    """[1000]: the index in KIND_NAMES of each ImageNet class (one tensor, made once: never change it)."""
-    kind = torch.full((1000,), len(KINDS) + 1, dtype=torch.long)  # no animal
-    kind[:ANIMALS] = len(KINDS)  # other animal
+def kind_index() -> list[int]:
+    """The index in KIND_NAMES of each of the 1,000 ImageNet classes, as plain numbers."""
+    kind = [len(KINDS)] * ANIMALS + [len(KINDS) + 1] * (1000 - ANIMALS)  # other animal, then no animal
     for k, ids in enumerate(KINDS.values()):
-        kind[ids] = k
+        for i in ids:
+            kind[i] = k
     return kind
+
+
+# Kept as numbers, not as a tensor: a tensor made once could be made while a model is being exported (traced), and
+# every later call would then compute with the tracer's stand-in
+KIND_INDEX = kind_index()
+
+
+def kind_of_class() -> torch.Tensor:
+    """[1000]: the index in KIND_NAMES of each ImageNet class."""
+    return torch.tensor(KIND_INDEX)
 
 
 def kind_probabilities(imagenet_logits: torch.Tensor) -> torch.Tensor:
@@ -61,10 +67,8 @@ def kind_probabilities(imagenet_logits: torch.Tensor) -> torch.Tensor:
     return imagenet_logits.float().softmax(dim=1) @ membership(imagenet_logits.device)
 
 
-@functools.cache
-@torch.inference_mode(False)
 def membership(device: torch.device) -> torch.Tensor:
-    """[1000, 15]: 1 where an ImageNet class belongs to a kind (made once per device: it is read at every step)."""
+    """[1000, 15]: 1 where an ImageNet class belongs to a kind."""
     return nn.functional.one_hot(kind_of_class(), len(KIND_NAMES)).to(device, torch.float32)
 
 

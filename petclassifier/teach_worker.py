@@ -1,12 +1,14 @@
-"""Warm workers for the teaching jobs of `serve`: a process that runs the jobs' steps (`petclassifier train`, then
-`petclassifier doctor`) one after another within itself, Python, PyTorch, the network and its ONNX Runtime session
-loaded once, so that a job costs its frozen passes and its head, not a new Python and PyTorch each; and the
-server's handle on such a process.
+"""Warm workers for the teaching jobs of `serve`: processes that run the jobs' steps (`petclassifier train`, then
+`petclassifier doctor`) one after another within themselves, Python, PyTorch, the network and its ONNX Runtime
+session loaded once, so that a job costs its frozen passes and its head, not a new Python and PyTorch each; and the
+server's handles on them.
 
-The server writes a step on the worker's stdin as a JSON line, {"argv": [...], "log": PATH, "threads": N}; the worker
-runs `petclassifier ARGV` with its output appended to the log (the page reads its last line), on N threads, and
-answers {"code": EXIT_STATUS} on its stdout. Its first line, {"ready": true}, says it has warmed up. When its stdin
-closes (the server has ended, however it ended) the worker ends its process group at once.
+The server starts one zygote (`python -m petclassifier.teach_worker FOLDER DEVICE`), which imports all a job needs
+and then forks a worker for each request, in a process group of its own: the workers share the memory of that
+import. The server writes a step on a worker's stdin as a JSON line, {"argv": [...], "log": PATH, "threads": N}; the
+worker runs `petclassifier ARGV` with its output appended to the log (the page reads its last line), its frozen
+passes on N threads, and answers {"code": EXIT_STATUS} on its stdout. Its first line, {"ready": true}, says it has
+warmed up. When its stdin closes (the server has ended, however it ended) the worker ends its process group at once.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""Teaching a model through the API: every bad request gets a 4xx that says what to fix; jobs queue and train one at
-a time, are removed after a while and at shutdown; and a job on real photos names photos it never saw."""
+"""Teaching a model through the API: every bad request gets a 4xx that says what to fix; jobs train side by side up to
+the workers, the others wait with their place, all are removed after a while and at shutdown; and a job on real
+photos names photos it never saw, in a warm worker the next job reuses."""
 
 from __future__ import annotations
 
