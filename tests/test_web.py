@@ -87,7 +87,10 @@ def bomb(tmp_path: Path, width: int, height: int) -> bytes:
 
 
 def test_health_model_and_the_page_offline(client, run_dir):
-    assert client.get("/api/health").json() == {"status": "ok", "model": "efficientnet_lite0", "classes": 4}
+    health = client.get("/api/health").json()
+    assert health == {"status": "ok", "model": "efficientnet_lite0", "classes": 4,
+                      "teaching": {"ready_workers": 0, "at_once": health["teaching"]["at_once"]}}
+    assert health["teaching"]["at_once"] >= 1  # workers start with `serve`, or with the first job
     info = client.get("/api/model").json()
     assert info["task"] == "breed" and info["class_names"] == list(ZERO_SHOT) and info["not_a_pet"] is True
     assert info["accuracy"] == {"split": "test", "value": 0.875, "photos": 8}
