@@ -10,9 +10,9 @@ from collections.abc import Iterator
 
 
 def lines_from_parent() -> Iterator[str]:
-    """The lines the starter writes on our stdin, one at a time, as they come. When it closes (the starter has
-    ended, SIGKILL included: the kernel closes its end of the pipe), our whole process group ends at once, whatever
-    it is doing, decoding workers too."""
+    """The lines the starter writes on our stdin, one at a time, as they come. From this call on, when it closes (the
+    starter has ended, SIGKILL included: the kernel closes its end of the pipe), our whole process group ends at
+    once, whatever it is doing, decoding workers too."""
     lines: queue.Queue[str] = queue.Queue()
 
     def read() -> None:
@@ -26,9 +26,8 @@ def lines_from_parent() -> Iterator[str]:
             pass
         os.killpg(os.getpgid(0), signal.SIGKILL)
 
-    threading.Thread(target=read, name="ends-with-parent", daemon=True).start()
-    while True:
-        yield lines.get()
+    threading.Thread(target=read, name="ends-with-parent", daemon=True).start()  # now, not at the first line asked
+    return iter(lines.get, None)
 
 
 def end_group(process) -> None:

@@ -24,6 +24,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from pathlib import Path
 
 from .parent import end_group, lines_from_parent
@@ -175,6 +176,8 @@ def serve_forks(worker_main) -> None:
                 os.close(fd)
             try:
                 worker_main(count)
+            except BaseException:
+                traceback.print_exc()  # into workers.log
             finally:
                 os._exit(0)
         for fd in fds:
@@ -186,11 +189,13 @@ def work(folder: Path, device: str, command) -> None:
     """A worker: warm up, say so, then run each step the server sends until it ends."""
     from .runtime import release_free_memory
 
+    steps = lines_from_parent()  # from now on the worker ends with the server, warming up or not
+    folder.mkdir(exist_ok=True)  # not its parents: a server that ended meanwhile removed them; the worker ends here
     replies = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # stray output goes to the workers' log, never into the replies
     warm_up(folder / "warm-up", device, command, cpu_count())  # as the first job, alone, runs
     replies.write(json.dumps({"ready": True}) + "\n")
-    for line in lines_from_parent():
+    for line in steps:
         step = json.loads(line)
         code = run_step(command, step["argv"], Path(step["log"]), step["threads"])
         release_free_memory()
@@ -214,8 +219,6 @@ def run_step(command, argv: list[str], log: Path, threads: int) -> int:
         except SystemExit as e:  # the parser's one-line errors
             return e.code if isinstance(e.code, int) else 2
         except Exception:  # a fault of this step: said in its log, and the worker goes on with the next
-            import traceback
-
             traceback.print_exc()
             return 1
 

@@ -10,8 +10,9 @@ from petclassifier.teach_worker import serve_forks
 
 
 def fake_worker(n: int) -> None:
+    steps = lines_from_parent()
     print(json.dumps({"ready": True}), flush=True)
-    for line in lines_from_parent():
+    for line in steps:
         step = json.loads(line)
         with open(step["log"], "ab") as log:
             code = subprocess.run(step["argv"], stdout=log, stderr=subprocess.STDOUT).returncode
