@@ -109,10 +109,7 @@ def started_server(checkpoint: str, *flags: str, stderr=subprocess.DEVNULL) -> I
     process = subprocess.Popen([sys.executable, "-m", "petclassifier", "serve", "--checkpoint", checkpoint, "--port",
                                 "0", *flags], stdout=subprocess.PIPE, stderr=stderr, text=True)
     try:
-        first = process.stdout.readline()
-        # the rest (uvicorn's line per request) read as it comes: a full pipe would stop the server mid-request
-        threading.Thread(target=process.stdout.read, daemon=True).start()
-        yield process, first
+        yield process, process.stdout.readline()
     finally:
         process.terminate()
         process.wait(30)

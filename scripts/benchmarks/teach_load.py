@@ -139,6 +139,8 @@ def measure(checkpoint: str, data: Path, learners: int, per_class: int, held_per
     drawn = learners_photos(data, learners + 1, per_class, held_per_class)
     alone, classroom = drawn[0], drawn[1:]
     with started_server(checkpoint, "--device", "cpu") as (server, line):
+        # the rest of its output (uvicorn's line per request) read as it comes: a full pipe would stop the server
+        threading.Thread(target=server.stdout.read, daemon=True).start()
         url = line.split(" at ")[-1].split()[0]
         started = time.perf_counter()
         while not (health := request(url, "GET", "/api/health"))["teaching"]["ready_workers"]:
