@@ -19,7 +19,7 @@ from . import distributed
 from . import store as features_module  # its FEATURE_FORMAT read when keys are made
 from .models import fold_batchnorm
 from .runtime import autocast, inference_batch_size, log, progress, release_free_memory
-from .store import FEATURE_DTYPE, FeatureStore, entry_key
+from .store import FeatureStore, entry_key, feature_dtype
 from .transforms import augmentation_key
 
 
@@ -30,8 +30,9 @@ def frozen_features(frozen: nn.Module, images, transform, device: torch.device, 
     of the uint8 batch `x` that starts at photo `start`.
 
     `frozen` should be BatchNorm-folded. Under torchrun each rank computes every world-th batch and all ranks
-    receive every row. Kept by `store` in half precision: on the device while they fit its memory budget (the epochs
-    then read them from there), on disk past it; under `key`, for later runs too.
+    receive every row. Kept by `store` in half precision (bfloat16 as a GPU computes them, else float16): on the
+    device while they fit its memory budget (the epochs then read them from there), on disk past it; under `key`,
+    for later runs too.
     """
     found = store.find(key, device) if key is not None else None
     if not distributed.any_rank(found is None):  # every rank has them: no rank waits for a pass the others skip
@@ -48,7 +49,8 @@ def frozen_features(frozen: nn.Module, images, transform, device: torch.device, 
             if mine < len(starts):
                 with autocast(device):
                     x = images[starts[mine] : starts[mine] + batch_size].to(device)
-                    block = frozen(transform(x, starts[mine])).to(FEATURE_DTYPE)
+                    block = frozen(transform(x, starts[mine]))
+                    block = block.to(feature_dtype(block.dtype))
             yield from distributed.in_rank_order(block, device)
 
     started = time.perf_counter()

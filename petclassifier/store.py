@@ -20,7 +20,8 @@ import torch
 
 MEMORY_BUDGET = 2 * 1024**3  # bytes of frozen features kept in memory by a training run; the rest go to disk
 FEATURE_DTYPE = torch.float16  # frozen features: half the memory of float32, differences far below the noise
-FEATURE_FORMAT = 2  # raise whenever code that shapes cached features changes: every earlier entry goes stale
+HALF_DTYPES = (torch.float16, torch.bfloat16)  # bfloat16: computed so under CUDA autocast, and kept as computed
+FEATURE_FORMAT = 3  # raise whenever code that shapes cached features changes: every earlier entry goes stale
 TEMP_MARK = ".tmp"  # a file being written is named <name>.tmp<host>-<pid> until complete
 HOST = socket.gethostname()
 DEFAULT_LIMIT = 20 * 10**9  # bytes the cache folder may hold; the least recently used entries go past it
@@ -43,7 +44,8 @@ class RowFile:
         count = 0
         with open(path, "wb") as f:
             for block in blocks:
-                f.write(block.to("cpu", dtype).contiguous().numpy().tobytes())
+                raw = block.to("cpu", dtype).contiguous().flatten().view(torch.uint8)  # numpy has no bfloat16
+                f.write(raw.numpy().tobytes())
                 count += len(block)
         return cls(path, shape, dtype, count)
 
@@ -111,9 +113,16 @@ class RowFile:
         self.fd = os.open(self.path, os.O_RDONLY)
 
 
+def feature_dtype(computed: torch.dtype) -> torch.dtype:
+    """The dtype frozen features are kept in: half precision, bfloat16 where they were computed in it (a GPU's autocast:
+    float16 would round them a second time and overflow past 65,504), else float16."""
+    return computed if computed in HALF_DTYPES else FEATURE_DTYPE
+
+
 class FeatureStore:
-    """Frozen features in half precision, kept on disk under a key of everything that determines them (a later run
-    with the same key reads them instead of computing them again), and in memory on their device up to a budget."""
+    """Frozen features in half precision (feature_dtype), kept on disk under a key of everything that determines them
+    (a later run with the same key reads them instead of computing them again), and in memory on their device up to a
+    budget."""
 
     def __init__(self, folder: str | Path, budget: int | None = None):
         self.folder, self.left, self.temporary = Path(folder), MEMORY_BUDGET if budget is None else budget, []
@@ -122,8 +131,11 @@ class FeatureStore:
         """The features kept under `key` (a tensor, or a RowFile past the budget), or None."""
         try:
             info = json.loads((self.folder / f"{key}.json").read_text())
-            rows = RowFile(self.folder / f"{key}.f16", info["shape"], FEATURE_DTYPE, info["count"])
-        except (OSError, ValueError, KeyError):  # not there, or half removed by a clean-up
+            dtype = getattr(torch, info["dtype"])
+            if dtype not in HALF_DTYPES:
+                raise ValueError(info["dtype"])
+            rows = RowFile(self.folder / f"{key}.f16", info["shape"], dtype, info["count"])
+        except (OSError, ValueError, KeyError, AttributeError):  # not there, or half removed by a clean-up
             return None
         if os.fstat(rows.fd).st_size != rows.nbytes:
             return None
@@ -140,12 +152,13 @@ class FeatureStore:
         final = self.folder / f"{key or len(self.temporary)}.f16"
         path = temp_path(final)
         try:
-            rows = RowFile.create(path, first.shape[1:], FEATURE_DTYPE, itertools.chain([first], blocks))
+            rows = RowFile.create(path, first.shape[1:], feature_dtype(first.dtype), itertools.chain([first], blocks))
             if key is None:
                 self.temporary.append(path)
             else:
                 meta = temp_path(self.folder / f"{key}.json")
-                meta.write_text(json.dumps({"shape": list(rows.row_shape), "count": rows.count}))
+                meta.write_text(json.dumps({"shape": list(rows.row_shape), "count": rows.count,
+                                            "dtype": str(rows.dtype).removeprefix("torch.")}))
                 os.replace(path, final)
                 os.replace(meta, self.folder / f"{key}.json")
                 rows.path = final

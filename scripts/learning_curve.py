@@ -12,7 +12,8 @@ centre crop, no augmentation, no flip), as they are or standardised on the k pho
 by 5-fold cross-validation on the k photos: the ceiling a linear head reaches on those inputs. (The kinds are 10 x
 log-probabilities, down to -69: as they are, the fit came out 7-13 points short on the breeds; standardised on 10
 photos, 21 points short on cats and dogs.) Both are scored on test photos
-that nothing was chosen on: cats-vs-dogs val/, the not-pets after the first 100, Oxford's test list.
+that none of those choices was made on: cats-vs-dogs val/, the not-pets after the first 100, Oxford's test list (on
+which the breeds' recipe was tuned before docs/recipe-choice.json re-made its choices on trainval).
 """
 
 import argparse

@@ -39,6 +39,16 @@ def test_the_results_table_is_the_rendering_of_the_evaluation_reports():
     assert text.count("| oxford-iiit-pet |") == len(list((ROOT / "docs" / "results").glob("*.json"))) >= 2
 
 
+def test_the_recipe_tables_are_the_rendering_of_their_measurements():
+    results = script("results_table")
+    text = (ROOT / "docs" / "recipe.md").read_text()
+    assert results.rendered_choices(text, ROOT / "docs") == text  # else: python scripts/results_table.py
+    assert "the test list unread" in (ROOT / "docs" / "recipe-choice.json").read_text()
+    insight = (ROOT / "docs" / "insight.md").read_text()
+    assert results.between(insight, results.FLAG_START, results.FLAG_END,
+                           results.flag_table(ROOT / "docs" / "not-a-pet.json")) == insight
+
+
 TINY_RUN = ["--image-size", "64", "--epochs", "2", "--augment-views", "1"]  # the bundled photos, seconds not minutes
 
 

@@ -60,6 +60,25 @@ def test_features_kept_under_a_key_are_found_by_a_later_store_in_memory_or_on_di
         assert later.find("abc", torch.device("cpu")) is None
 
 
+def test_features_computed_in_bfloat16_are_kept_and_found_in_it_and_entries_without_a_dtype_are_not_read(tmp_path):
+    """A GPU's autocast computes bfloat16: kept as computed, never rounded again into float16 (nor mistaken for it)."""
+    import json
+
+    blocks = [torch.randn(4, 5, 1, 1, dtype=torch.bfloat16) * 1e5 for _ in range(2)]  # past float16's 65,504
+    with FeatureStore(tmp_path / "features") as first:
+        kept = first.keep(iter(blocks), key="gpu")
+    assert kept.dtype == torch.bfloat16 and torch.equal(kept, torch.cat(blocks)) and kept.isfinite().all()
+    assert json.loads((tmp_path / "features" / "gpu.json").read_text())["dtype"] == "bfloat16"
+    for budget in (None, 0):  # in memory, and read back from disk
+        with FeatureStore(tmp_path / "features", budget=budget) as later:
+            found = later.find("gpu", torch.device("cpu"))
+            assert torch.equal(found if budget is None else found.load(), kept)
+    meta = tmp_path / "features" / "gpu.json"
+    meta.write_text(json.dumps({k: v for k, v in json.loads(meta.read_text()).items() if k != "dtype"}))
+    with FeatureStore(tmp_path / "features") as later:  # written by an earlier version: computed again
+        assert later.find("gpu", torch.device("cpu")) is None
+
+
 def test_features_a_killed_run_left_on_disk_are_removed_by_the_next_run_that_spills(tmp_path):
     import os
 

@@ -115,7 +115,7 @@ def test_non_finite_loss_stops_with_a_clear_error(shapes_dir, cache_dir, tmp_pat
               out=str(tmp_path / "run"))
 
 
-def test_refit_trains_the_head_again_on_train_and_val_photos_keeping_the_temperature(tmp_path, cache_dir, capsys):
+def test_refit_trains_the_head_again_on_train_and_val_photos_with_its_own_temperature(tmp_path, cache_dir, capsys):
     from .conftest import make_folder
 
     data = make_folder(tmp_path / "shapes", per_class=8, splits=("train", "val", "test"))
@@ -128,7 +128,18 @@ def test_refit_trains_the_head_again_on_train_and_val_photos_keeping_the_tempera
     photos = refit["photos"]["train"] + refit["photos"]["val"]
     assert f"refit: 3 epochs on {photos} photos" in capsys.readouterr().out
     a, b = load_checkpoint(tmp_path / "held-out" / "best.pt"), load_checkpoint(tmp_path / "refit" / "best.pt")
-    # the same run up to the refit: the temperature was chosen on validation photos the model had not seen
-    assert a["temperature"] == b["temperature"] and b["refit"] and "refit" not in a
+    # each temperature fitted for the head saved, on photos it never learned from: the best epoch's on the val photos,
+    # the refit's on every photo scored by a head trained the same way without it
+    assert held_out["calibration"]["source"] == "validation" and refit["calibration"]["source"] == "cross-fitted"
+    assert held_out["calibration"]["photos"] == held_out["photos"]["val"] and refit["calibration"]["photos"] == photos
+    assert (a["temperature"], b["temperature"]) == (held_out["calibration"]["temperature"],
+                                                    refit["calibration"]["temperature"])
+    assert b["refit"] and "refit" not in a and 0 <= refit["cross_fitted_accuracy"] <= 1
     assert not torch.equal(a["model_state"]["head.3.weight"], b["model_state"]["head.3.weight"])
     assert torch.equal(a["model_state"]["body.0.0.weight"], b["model_state"]["body.0.0.weight"])  # body frozen
+    # a folder with no test split keeps the refit too: its out-of-fold accuracy is its estimate on new photos
+    no_test = train(**{**cfg, "data_dir": str(make_folder(tmp_path / "no-test", per_class=8, splits=("train", "val")))},
+                    out=str(tmp_path / "no-test-run"))
+    assert no_test["refit"] and no_test["calibration"]["source"] == "cross-fitted" and "test_accuracy" not in no_test
+    assert f"(then refit on train + val: {no_test['cross_fitted_accuracy']:.1%} cross-fitted)" in \
+        capsys.readouterr().out.splitlines()[-1]
