@@ -40,7 +40,7 @@ def frozen_features(frozen: nn.Module, images, transform, device: torch.device, 
         return found
     frozen.eval()
     batch_size, rank, world = pass_batch_size(frozen, device), distributed.rank(), distributed.world_size()
-    starts = range(0, len(images), batch_size)
+    starts, fits = range(0, len(images), batch_size), [batch_size]  # photos a forward pass holds on the device
 
     def blocks():
         for first in progress(range(0, len(starts), world), desc=desc, unit="batch", leave=False):
@@ -49,7 +49,7 @@ def frozen_features(frozen: nn.Module, images, transform, device: torch.device, 
             if mine < len(starts):
                 with autocast(device):
                     x = images[starts[mine] : starts[mine] + batch_size].to(device)
-                    block = frozen(transform(x, starts[mine]))
+                    block = in_parts(frozen, transform(x, starts[mine]), fits)
                     block = block.to(feature_dtype(block.dtype))
             yield from distributed.in_rank_order(block, device)
 
@@ -59,6 +59,21 @@ def frozen_features(frozen: nn.Module, images, transform, device: torch.device, 
     release_free_memory()  # the pass's batches leave the heap fragmented: hand the free part back
     log(f"{desc}: {len(images):,} photos in {time.perf_counter() - started:.1f} s")
     return features
+
+
+def in_parts(frozen: nn.Module, x: torch.Tensor, fits: list[int]) -> torch.Tensor:
+    """frozen(x), `fits[0]` photos a pass, halved (and kept so for the passes after) where the device's memory runs
+    out: the batch, which seeds the random views, stays what it is, so the features do not depend on the memory."""
+    while True:
+        try:
+            return torch.cat([frozen(part) for part in x.split(fits[0])])
+        except torch.cuda.OutOfMemoryError:  # torch.OutOfMemoryError from PyTorch 2.5 on
+            if fits[0] == 1:
+                raise
+            fits[0] = max(1, fits[0] // 2)
+            if x.is_cuda:
+                torch.cuda.empty_cache()
+            log(f"frozen pass: {fits[0]} photos at a time fit the device's free memory")
 
 
 @contextmanager

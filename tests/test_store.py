@@ -180,3 +180,24 @@ def test_loading_a_row_file_holds_one_copy_of_its_rows_in_memory(tmp_path):
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "rows.u8")], capture_output=True, text=True,
                          check=True, env={**os.environ, "PYTHONPATH": str(ROOT)}).stdout.split()
     assert out[1:] == [str(750 % 251), "800"] and float(out[0]) < 1.4, out
+
+
+def test_a_frozen_pass_short_of_device_memory_goes_on_in_smaller_parts_with_the_same_features(tmp_path, capsys):
+    from torch import nn
+
+    from petclassifier.frozen import frozen_features
+
+    class Frozen(nn.Module):
+        batch_size = 8  # the pass's batch, which seeds its random views
+
+        def forward(self, x):
+            if len(x) > 3:  # what a GPU with little free memory does
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+            return x.mean((2, 3), keepdim=True) * 2
+
+    images = torch.rand(20, 3, 4, 4)
+    with FeatureStore(tmp_path / "features") as store:
+        got = frozen_features(Frozen(), images, lambda x, start: x + start, torch.device("cpu"), "test", store)
+    expected = torch.cat([(images[i : i + 8] + i).mean((2, 3), keepdim=True) * 2 for i in range(0, 20, 8)])
+    assert torch.equal(got, expected.half())  # the same as in one pass a batch
+    assert "frozen pass: 2 photos at a time fit the device's free memory" in capsys.readouterr().out

@@ -143,3 +143,24 @@ def test_refit_trains_the_head_again_on_train_and_val_photos_with_its_own_temper
     assert no_test["refit"] and no_test["calibration"]["source"] == "cross-fitted" and "test_accuracy" not in no_test
     assert f"(then refit on train + val: {no_test['cross_fitted_accuracy']:.1%} cross-fitted)" in \
         capsys.readouterr().out.splitlines()[-1]
+
+
+def test_compile_traces_the_trained_part_and_saves_a_checkpoint_of_the_plain_model(shapes_dir, cache_dir, tmp_path,
+                                                                                     monkeypatch):
+    """--compile: the trained part goes through torch.compile (here its graphs are caught and run as traced, which
+    tests what a GPU's compiler is given in seconds), and best.pt holds the plain model's weights."""
+    import functools
+
+    graphs = []
+
+    def catching(gm, example_inputs):  # a torch.compile backend: the captured graph, run as it is
+        graphs.append(gm)
+        return gm.forward
+
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend=catching))
+    out = tmp_path / "run"
+    summary = train(**TINY, data_dir=str(shapes_dir), cache_dir=cache_dir, out=str(out), compile=True)
+    assert graphs and summary["best_val_accuracy"] > 0
+    ckpt = load_checkpoint(out / "best.pt")
+    assert not any("_orig_mod" in name for name in ckpt["model_state"])
+    assert PetClassifier.from_checkpoint(out, device="cpu").predict(str(next(shapes_dir.rglob("*.png"))))
