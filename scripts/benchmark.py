@@ -10,7 +10,7 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from petclassifier.cli import add_train_arguments, config_from_args
+from petclassifier.cli.commands import add_train_arguments, config_from_args
 from petclassifier.errors import UserError
 
 
@@ -29,7 +29,7 @@ def main() -> int:
         from benchmarks.harness import format_table, run_benchmark  # imports torch: after --help
 
         if args.plot:
-            from petclassifier.plots import pyplot
+            from petclassifier.insight.plots import pyplot
 
             pyplot()  # without matplotlib, say so before the minutes of measuring
         result = run_benchmark(cfg, out, args.tutorial_epochs, args.steps, args.repeats)
@@ -40,7 +40,7 @@ def main() -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     if args.plot:
-        from petclassifier.plots import plot_accuracy_time
+        from petclassifier.insight.plots import plot_accuracy_time
 
         plot_accuracy_time(result["train"], args.plot, f"{result['model']}: train from the photo files")
         print(f"wrote {args.plot}")

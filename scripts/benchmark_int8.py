@@ -22,7 +22,7 @@ from pathlib import Path
 
 def cpu_name() -> str:
     """The CPU's model name and whether it has VNNI, as a speed figure must say."""
-    from petclassifier.backends import has_vnni
+    from petclassifier.engine.backends import has_vnni
 
     text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
     name = re.search(r"model name\s*:\s*(.+)", text)
@@ -37,12 +37,12 @@ def main() -> int:
     import torch
     import torch.nn.functional as F
 
-    from petclassifier.backends import INT8_COSINE, int8_settings, on_backend
-    from petclassifier.frozen import fast_frozen
-    from petclassifier.images import load_image
-    from petclassifier.models import build_model
+    from petclassifier.data.images import load_image
+    from petclassifier.data.transforms import Preprocessing
+    from petclassifier.engine.backends import INT8_COSINE, int8_settings, on_backend
+    from petclassifier.engine.frozen import fast_frozen
+    from petclassifier.models.registry import build_model
     from petclassifier.runtime import inference_batch_size
-    from petclassifier.transforms import Preprocessing
 
     root = Path(args.data_dir) / "oxford-iiit-pet"
     if not (root / "annotations" / "test.txt").is_file():

@@ -4,14 +4,14 @@
     python scripts/choose_not_a_pet.py --shared ../shared/data --json docs/not-a-pet.json
 
 A photo is flagged when the summed probability that the network's ImageNet classifier gives the pet kinds (cats and
-dogs for a breed or species model, every animal for a model of your folders; `petclassifier.predict.PET_KINDS`),
+dogs for a breed or species model, every animal for a model of your folders; `inference.predict.PET_KINDS`),
 averaged over the photo and its mirror image as `predict` does, is below a threshold. The threshold is chosen on the
 Oxford subset's trainval photos (pets) and the first 100 not-pets (sorted by name), by a rule fixed beforehand: the
 highest candidate that flags at most 1% of those pets. It is then measured on Oxford's test list, cats-vs-dogs
 `val/` and the other 99 not-pets. (The not-pets are ImageNet sample photos: the network may have seen them.)
 
-It also measures `petclassifier kind` on the photos its settings (petclassifier.kinds: the class-count correction,
-the mirror image) were not chosen on: cats-vs-dogs `val/` called cat or dog, the other 99 not-pets "no animal".
+It also measures `petclassifier kind` on the photos its settings (models/kinds.py: the class-count correction, the
+mirror image) were not chosen on: cats-vs-dogs `val/` called cat or dog, the other 99 not-pets "no animal".
 """
 
 import argparse
@@ -21,14 +21,14 @@ from pathlib import Path
 
 import torch
 
-from petclassifier.cache import decode_images
 from petclassifier.config import default_cache_dir
-from petclassifier.data import oxford_splits
-from petclassifier.kinds import KIND_NAMES, kind_probabilities
-from petclassifier.models import build_model, fold_batchnorm, mean_over_flip
-from petclassifier.predict import PET_KINDS
-from petclassifier.store import Batches
-from petclassifier.transforms import Preprocessing
+from petclassifier.data.cache import decode_images
+from petclassifier.data.datasets import oxford_splits
+from petclassifier.data.store import Batches
+from petclassifier.data.transforms import Preprocessing
+from petclassifier.inference.predict import PET_KINDS
+from petclassifier.models.kinds import KIND_NAMES, kind_probabilities
+from petclassifier.models.registry import build_model, fold_batchnorm, mean_over_flip
 
 MODEL, CROP = "efficientnet_lite2", 260
 CANDIDATES = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5)
@@ -54,7 +54,7 @@ def kind_shares(paths: list[str], cache: str) -> torch.Tensor:
 
 def kind_figures(cats_and_dogs: list[str], things: list[str]) -> dict:
     """Share of photos `petclassifier kind` names rightly: cat or dog by their folder, "no animal" for things."""
-    from petclassifier.animals import kind_classifier
+    from petclassifier.inference.animals import kind_classifier
 
     kinds = kind_classifier(device="cpu")
     named = [p.labels[0][0] for p in kinds.iter_predictions(cats_and_dogs + things, top_k=1, workers=2)]

@@ -8,7 +8,7 @@ never read): each question's options scored by the out-of-fold accuracy of heads
 Every option is the default recipe (EfficientNet-Lite2 at 260 px, frozen body, the head on pooled features and the
 kinds of animal, 4 frozen views with flip TTA, 15 epochs of batches of 64 at learning rate 0.003, no label
 smoothing, refit) with one thing changed. Its score: the 1,000 trainval photos cut into 5 stratified folds, each
-fold scored by a head trained on the other four (`petclassifier.refit.cross_fitted_logits`, the code that
+fold scored by a head trained on the other four (`petclassifier.training.refit.cross_fitted_logits`, the code that
 calibrates every run), the fold cut drawn 3 times (seeds 0-2, the same for every option): the mean out-of-fold
 accuracy, and the NLL after a temperature fitted on those scores. "held-out best epoch" trains on 90% of the four
 folds and keeps the epoch that scores best on the other 10%, as `--no-refit` does.
@@ -28,19 +28,19 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from petclassifier.backends import on_backend, resolve_backend
-from petclassifier.cache import decode_images
-from petclassifier.calibration import fit_temperature
 from petclassifier.config import TrainConfig, default_cache_dir
-from petclassifier.data import oxford_splits
+from petclassifier.data.cache import decode_images
+from petclassifier.data.datasets import oxford_splits
+from petclassifier.data.store import Batches, FeatureStore
+from petclassifier.data.transforms import Preprocessing
 from petclassifier.distributed import ShardedBatches
-from petclassifier.frozen import Views, fast_frozen, to_float
-from petclassifier.kinds import KindInputs
-from petclassifier.loop import evaluate, optimizer_and_schedule, train_one_epoch
-from petclassifier.models import build_model
-from petclassifier.refit import cross_fitted_logits, stratified_folds
-from petclassifier.store import Batches, FeatureStore
-from petclassifier.transforms import Preprocessing
+from petclassifier.engine.backends import on_backend, resolve_backend
+from petclassifier.engine.frozen import Views, fast_frozen, to_float
+from petclassifier.engine.loop import evaluate, optimizer_and_schedule, train_one_epoch
+from petclassifier.models.kinds import KindInputs
+from petclassifier.models.registry import build_model
+from petclassifier.training.calibration import fit_temperature
+from petclassifier.training.refit import cross_fitted_logits, stratified_folds
 
 DEFAULT = {"model": "efficientnet_lite2", "image_size": 260, "augment_views": 4, "flip_tta": True, "lr": 3e-3,
            "epochs": 15, "label_smoothing": 0.0, "kinds": True, "refit": True}

@@ -27,14 +27,14 @@ import torch
 import torch.nn.functional as F
 
 from petclassifier import train
-from petclassifier.cache import decode_images
-from petclassifier.data import oxford_splits
-from petclassifier.frozen import Views, fast_frozen
-from petclassifier.metrics import expected_calibration_error
-from petclassifier.models import build_model
-from petclassifier.refit import stratified_folds
-from petclassifier.store import FeatureStore
-from petclassifier.transforms import Preprocessing
+from petclassifier.data.cache import decode_images
+from petclassifier.data.datasets import oxford_splits
+from petclassifier.data.store import FeatureStore
+from petclassifier.data.transforms import Preprocessing
+from petclassifier.engine.frozen import Views, fast_frozen
+from petclassifier.engine.metrics import expected_calibration_error
+from petclassifier.models.registry import build_model
+from petclassifier.training.refit import stratified_folds
 
 MODEL, CROP = "efficientnet_lite2", 260  # the default model, at its crop
 OBJECTS_FOR_TRAINING = 100  # not-pets (sorted) 1-100 may be drawn for training; the other 99 are test photos

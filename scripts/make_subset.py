@@ -1,6 +1,7 @@
 #!/usr/bin/env python
 """Build the Oxford-IIIT Pet subset the README's figures were measured on: 1,000 trainval and 864 test photos of all
-37 breeds, their ids in petclassifier/subset/, taken from the full dataset (downloaded with --download, 800 MB once).
+37 breeds, their ids in petclassifier/data/subset/, taken from the full dataset (downloaded with --download, 800 MB
+once).
 
     python scripts/make_subset.py --download --out ~/datasets/pet-subset
     python scripts/make_subset.py --source ~/datasets --out ~/datasets/pet-subset   # SOURCE holds oxford-iiit-pet/
@@ -16,10 +17,10 @@ import sys
 from pathlib import Path
 
 import petclassifier
-from petclassifier.data import download_oxford
+from petclassifier.data.datasets import download_oxford
 from petclassifier.errors import UserError
 
-IDS = Path(petclassifier.__file__).parent / "subset"
+IDS = Path(petclassifier.__file__).parent / "data" / "subset"
 HEADER = ("# columns: image-id class-id(1..37, breeds in case-insensitive alphabetical order) species(1 cat, 2 dog) "
           "breed-id(within its species)\n")
 

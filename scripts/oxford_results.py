@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from petclassifier import train
-from petclassifier.evaluate import evaluate_checkpoint, write_outputs
+from petclassifier.insight.evaluate import evaluate_checkpoint, write_outputs
 
 ROOT = Path(__file__).resolve().parent.parent
 TASKS = {"breed": "1-oxford-breed-efficientnet_lite2.json", "species": "2-oxford-species-efficientnet_lite2.json"}

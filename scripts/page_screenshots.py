@@ -17,7 +17,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from petclassifier.images import photos_under
+from petclassifier.data.images import photos_under
 
 
 def browser() -> webdriver.Chrome:

@@ -24,7 +24,8 @@ def frozen_pass_on_torch(tmp_path_factory):
     """In-process runs (module fixtures' too) compute frozen passes, and predict, with PyTorch, as their expected
     figures were; tests/test_backends.py and test_onnx_copy.py try the others (each export would add seconds to every
     test that trains or predicts). Nothing is cached in the user's own cache folder, by subprocesses neither."""
-    from petclassifier import backends, onnx_copy
+    from petclassifier.engine import backends
+    from petclassifier.inference import onnx_copy
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(backends, "AUTO_ON_CPU", "torch")
@@ -101,6 +102,6 @@ def cache_dir(tmp_path: Path) -> str:
 def fake_worker(monkeypatch):
     """Teaching workers that run each step's argv as a command line (tests/fake_worker.py), not `petclassifier ARGV`:
     for tests of the jobs, not of the training."""
-    from petclassifier.teach_worker import Zygote
+    from petclassifier.web.workers import Zygote
 
     monkeypatch.setattr(Zygote, "command", [sys.executable, str(Path(__file__).with_name("fake_worker.py"))])

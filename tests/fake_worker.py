@@ -1,12 +1,12 @@
-"""Stands in for petclassifier.teach_worker where a test is about the jobs, not the training: a zygote whose workers
+"""Stands in for petclassifier.web.workers where a test is about the jobs, not the training: a zygote whose workers
 speak the worker's protocol but run each step's argv as a command line of its own (a process in the worker's group),
 its output appended to the step's log. Run as `python tests/fake_worker.py FOLDER DEVICE`."""
 
 import json
 import subprocess
 
-from petclassifier.parent import lines_from_parent
-from petclassifier.teach_worker import serve_forks
+from petclassifier.web.parent import lines_from_parent
+from petclassifier.web.workers import serve_forks
 
 
 def fake_worker(n: int) -> None:

@@ -4,14 +4,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from petclassifier import PetClassifier, backends, train
-from petclassifier.backends import on_backend, resolve_backend
-from petclassifier.checkpoint import load_checkpoint
+from petclassifier import PetClassifier, train
+from petclassifier.data.images import load_image
+from petclassifier.data.transforms import Preprocessing
+from petclassifier.engine import backends
+from petclassifier.engine.backends import on_backend, resolve_backend
+from petclassifier.engine.frozen import fast_frozen
 from petclassifier.errors import UserError
-from petclassifier.frozen import fast_frozen
-from petclassifier.images import load_image
-from petclassifier.models import build_model
-from petclassifier.transforms import Preprocessing
+from petclassifier.models.checkpoint import load_checkpoint
+from petclassifier.models.registry import build_model
 
 from .conftest import SAMPLE
 from .test_train import TINY

@@ -9,7 +9,7 @@ from benchmarks import harness as benchmark
 from benchmarks.harness import train_flags, train_result
 
 from petclassifier.config import TrainConfig
-from petclassifier.metrics import epoch_rows
+from petclassifier.engine.metrics import epoch_rows
 
 from .conftest import ROOT, make_folder
 

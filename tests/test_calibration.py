@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from petclassifier import PetClassifier
-from petclassifier.calibration import BOUNDS, describe, fit_temperature, nll
-from petclassifier.checkpoint import load_checkpoint, save_checkpoint, temperature_of
-from petclassifier.images import load_image
-from petclassifier.metrics import calibration_report, expected_calibration_error
+from petclassifier.data.images import load_image
+from petclassifier.engine.metrics import calibration_report, expected_calibration_error
+from petclassifier.models.checkpoint import load_checkpoint, save_checkpoint, temperature_of
+from petclassifier.training.calibration import BOUNDS, describe, fit_temperature, nll
 
 from .conftest import SHARED, needs_shared
 from .test_export import PHOTOS, checkpoint
@@ -99,7 +99,7 @@ def test_folder_models_without_a_test_split_are_calibrated_on_photos_they_never_
     import shutil
 
     from petclassifier import train
-    from petclassifier.evaluate import evaluate_checkpoint
+    from petclassifier.insight.evaluate import evaluate_checkpoint
 
     things = sorted((SHARED / "not-pets").iterdir())
     sources = {"cats": sorted((SHARED / "cats-vs-dogs" / "train" / "cats").iterdir()),

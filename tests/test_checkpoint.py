@@ -6,10 +6,16 @@ import sys
 import pytest
 import torch
 
-from petclassifier.checkpoint import checkpoint_file, describe, load_checkpoint, model_from_checkpoint, save_checkpoint
+from petclassifier.data.transforms import Preprocessing
 from petclassifier.errors import UserError
-from petclassifier.models import build_model
-from petclassifier.transforms import Preprocessing
+from petclassifier.models.checkpoint import (
+    checkpoint_file,
+    describe,
+    load_checkpoint,
+    model_from_checkpoint,
+    save_checkpoint,
+)
+from petclassifier.models.registry import build_model
 
 from .conftest import ROOT
 
@@ -130,7 +136,7 @@ def test_a_process_killed_while_saving_leaves_the_previous_checkpoint(tmp_path):
     # a second save writes half its bytes, then stalls until SIGKILL
     code = f"""
 import sys, time, torch
-from petclassifier.checkpoint import save_checkpoint
+from petclassifier.models.checkpoint import save_checkpoint
 from tests.test_checkpoint import payload
 def half_then_stall(obj, f):
     f.write(b"PK\\x03\\x04 half a checkpoint")
@@ -149,3 +155,21 @@ save_checkpoint({{**payload(), "epoch": 2}}, {str(path)!r})
         proc.kill()
         proc.wait()
     assert load_checkpoint(path)["epoch"] == 1  # only a hidden .last.pt.*.tmp is left beside it
+
+
+def test_a_checkpoint_of_the_flat_package_still_predicts_the_same(tmp_path):
+    """best.pt written by the version before the package had folders (smallcnn, 2 shapes), and what it predicted then:
+    a checkpoint holds no module paths, so it loads and answers the same."""
+    import json
+
+    from petclassifier import PetClassifier
+    from petclassifier.data.images import load_image
+
+    from .conftest import ROOT, make_folder
+
+    saved = ROOT / "tests" / "data" / "flat-package-checkpoint"
+    expected = json.loads((saved / "expected.json").read_text())
+    photos = make_folder(tmp_path / "shapes", per_class=6)  # drawn the same way, seeded
+    clf = PetClassifier.from_checkpoint(saved / "best.pt", device="cpu")
+    probabilities = clf.probabilities([load_image(photos / p) for p in expected["photos"]])
+    torch.testing.assert_close(probabilities, torch.tensor(expected["probabilities"]), atol=1e-5, rtol=0)

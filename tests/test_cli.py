@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from petclassifier import PetClassifier
-from petclassifier.checkpoint import load_checkpoint
+from petclassifier.models.checkpoint import load_checkpoint
 
 from .conftest import ROOT, make_folder
 
@@ -109,9 +109,10 @@ def test_help_loads_no_torch_and_the_package_still_hands_on_its_names():
     code = ("import sys\nfrom petclassifier.cli import main\n"
             "for args in (['--help'], ['train', '--help'], ['serve', '--help']):\n"
             "    try:\n        main(args)\n    except SystemExit:\n        pass\n"
-            "print(sorted(m for m in ('torch', 'torchvision', 'timm', 'petclassifier.models', 'starlette', 'uvicorn')\n"
+            "print(sorted(m for m in ('torch', 'torchvision', 'timm', 'petclassifier.models.registry', 'starlette',\n"
+            "                         'uvicorn')\n"
             "             if m in sys.modules))\n"
-            "import petclassifier, petclassifier.training\n"
+            "import petclassifier, petclassifier.training.run\n"
             "print(petclassifier.train.__name__, petclassifier.fit.__name__, petclassifier.PetClassifier.__name__)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.splitlines()[-2:] == ["[]", "train fit PetClassifier"], out
@@ -123,12 +124,13 @@ def test_inference_checkpoints_data_and_models_never_import_the_training_loop():
     import subprocess
     import sys
 
-    code = ("import sys\nimport petclassifier.predict, petclassifier.export, petclassifier.checkpoint\n"
-            "import petclassifier.data, petclassifier.models, petclassifier.cache, importlib.util\n"
-            "if importlib.util.find_spec('starlette'):\n    import petclassifier.web\n"
-            "from petclassifier.checkpoint import library_versions\nlibrary_versions()\n"
-            "print([m for m in ('petclassifier.training', 'petclassifier.loop', 'petclassifier.distributed') "
-            "if m in sys.modules])\n")
+    code = ("import sys\nimport petclassifier.inference.predict, petclassifier.inference.export\n"
+            "import petclassifier.models.checkpoint, petclassifier.models.registry\n"
+            "import petclassifier.data.datasets, petclassifier.data.cache, importlib.util\n"
+            "if importlib.util.find_spec('starlette'):\n    import petclassifier.web.app\n"
+            "from petclassifier.models.checkpoint import library_versions\nlibrary_versions()\n"
+            "print([m for m in ('petclassifier.training.run', 'petclassifier.engine.loop', "
+            "'petclassifier.distributed') if m in sys.modules])\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["[]"]
 
@@ -161,7 +163,7 @@ def test_version_prints_the_version_and_an_unknown_option_is_an_error(capsys):
 def test_every_train_flag_says_what_it_does_and_no_default_reads_none(capsys):
     import argparse
 
-    from petclassifier.cli import add_train_arguments
+    from petclassifier.cli.commands import add_train_arguments
 
     parser = argparse.ArgumentParser(prog="petclassifier train")
     add_train_arguments(parser)

@@ -5,9 +5,15 @@ import pytest
 import torch
 
 from petclassifier.cli import main
-from petclassifier.compare import compare, table, write_outputs
 from petclassifier.config import TrainConfig
-from petclassifier.handcrafted import LinearClassifier, colour_histogram, handcrafted_features, hog, lbp_histogram
+from petclassifier.insight.compare import compare, table, write_outputs
+from petclassifier.insight.handcrafted import (
+    LinearClassifier,
+    colour_histogram,
+    handcrafted_features,
+    hog,
+    lbp_histogram,
+)
 
 from .conftest import make_folder
 from .test_evaluate import PNG
@@ -41,9 +47,9 @@ def test_lbp_of_a_constant_image_is_the_all_ones_code():
 
 
 def test_handcrafted_pipeline_separates_red_discs_from_blue_squares(tmp_path):
-    from petclassifier.data import folder_data
-    from petclassifier.images import load_image
-    from petclassifier.transforms import Preprocessing
+    from petclassifier.data.datasets import folder_data
+    from petclassifier.data.images import load_image
+    from petclassifier.data.transforms import Preprocessing
 
     data = folder_data(make_folder(tmp_path / "shapes", per_class=10), 0.3, 0)
     prep = Preprocessing.for_model("smallcnn", 32)
@@ -91,7 +97,7 @@ def test_handcrafted_row_scored_on_val_never_learned_from_val(tmp_path):
     must not train on those photos. Here val/'s labels are swapped, so a classifier that learned only from train/
     gets nearly every val photo wrong (it tells these shapes apart 97.5% of the time); one that also learned from
     val/ gets them all right."""
-    from petclassifier.compare import handcrafted_row
+    from petclassifier.insight.compare import handcrafted_row
 
     data = make_folder(tmp_path / "shapes", per_class=20, splits=("train", "val"))
     val = data / "val"

@@ -5,12 +5,12 @@ from pathlib import Path
 import pytest
 import torch
 
-import petclassifier.images
-from petclassifier.cache import decode_images, decode_split
+import petclassifier.data.images
 from petclassifier.config import TrainConfig
-from petclassifier.data import Split, folder_data, load_data, stratified_split
+from petclassifier.data.cache import decode_images, decode_split
+from petclassifier.data.datasets import Split, folder_data, load_data, stratified_split
+from petclassifier.data.transforms import Preprocessing
 from petclassifier.errors import UserError
-from petclassifier.transforms import Preprocessing
 
 from .conftest import make_folder, make_tiny_oxford
 
@@ -136,8 +136,8 @@ def test_an_interrupted_decode_leaves_nothing_and_the_next_run_completes(shapes_
             raise KeyboardInterrupt
         return square(*args)
 
-    square = petclassifier.images.square_uint8
-    monkeypatch.setattr(petclassifier.images, "square_uint8", interrupt_at_the_fifth_photo)
+    square = petclassifier.data.images.square_uint8
+    monkeypatch.setattr(petclassifier.data.images, "square_uint8", interrupt_at_the_fifth_photo)
     with pytest.raises(KeyboardInterrupt):
         decode_images(paths, prep, cache_dir, workers=0)
     monkeypatch.undo()
@@ -149,8 +149,8 @@ def test_an_interrupted_decode_leaves_nothing_and_the_next_run_completes(shapes_
 
 
 def test_cache_command_shows_the_size_and_clears_it(shapes_dir, cache_dir, capsys, monkeypatch):
-    from petclassifier import store
     from petclassifier.cli import main
+    from petclassifier.data import store
 
     paths = sorted(str(p) for p in Path(shapes_dir).rglob("*.png"))
     decode_images(paths, Preprocessing.for_model("smallcnn", 32), cache_dir, workers=0)
@@ -173,7 +173,7 @@ def test_the_per_class_count_leaves_out_photos_only_a_full_decode_finds_broken(s
     """A truncated JPEG passes the header check that builds the dataset; the decode finds it. The counts a run
     prints at its start are of the photos it learns from."""
     from petclassifier import train
-    from petclassifier.images import check_image
+    from petclassifier.data.images import check_image
 
     from .photos import truncated_jpeg
     from .test_train import TINY

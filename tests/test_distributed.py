@@ -13,11 +13,11 @@ import pytest
 import torch
 from torch import nn
 
-import petclassifier.training
+import petclassifier.training.prepare
 from petclassifier import distributed, train
-from petclassifier.checkpoint import load_checkpoint
 from petclassifier.errors import UserError
-from petclassifier.models import build_model
+from petclassifier.models.checkpoint import load_checkpoint
+from petclassifier.models.registry import build_model
 
 from .conftest import ROOT, make_folder
 
@@ -37,7 +37,7 @@ TOLERANCE = 1e-6  # on every weight after 2 epochs
 NO_DROPOUT = """
 import sys
 from torch import nn
-import petclassifier.training as t
+import petclassifier.training.prepare as t
 build = t.build_model
 def build_without_dropout(*args, **kwargs):
     model = build(*args, **kwargs)
@@ -51,8 +51,8 @@ t.build_model = build_without_dropout
 # A decode into the cache starts slowly, so that a process that did not wait would arrive before the cache exists.
 COUNTING = """
 import time
-import petclassifier.cache, petclassifier.data
-d, c = sys.modules["petclassifier.data"], sys.modules["petclassifier.cache"]
+import petclassifier.data.cache, petclassifier.data.datasets
+d, c = sys.modules["petclassifier.data.datasets"], sys.modules["petclassifier.data.cache"]
 decoder = c.PhotoDecoder.__init__
 def slow_start(*args, **kwargs):
     time.sleep(0.5)
@@ -95,7 +95,7 @@ def one_process(photos, tmp_path_factory):
     out = tmp_path_factory.mktemp("one")
     threads = torch.get_num_threads()
     with pytest.MonkeyPatch.context() as patch:
-        module = petclassifier.training
+        module = petclassifier.training.prepare
         patch.setattr(module, "build_model", module.build_model)  # put back afterwards
         exec(NO_DROPOUT, {})  # the patch of the launched script, in this process
         torch.set_num_threads(1)
@@ -352,7 +352,7 @@ def test_a_killed_process_makes_the_others_stop_with_one_line(three_a_class, tmp
     line, and torchrun names the rank that died."""
     script = tmp_path / "train.py"
     script.write_text("""import os, signal, sys
-import petclassifier.epochs as e
+import petclassifier.training.epochs as e
 one = e.Epochs.train_one
 def train_one(self, epoch):
     if epoch == 1 and os.environ["RANK"] == "2":

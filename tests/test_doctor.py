@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from petclassifier import doctor
 from petclassifier.cli import main
+from petclassifier.doctor import report as doctor
 
 from .conftest import SAMPLE, SHARED, make_folder, needs_shared
 
@@ -39,8 +39,8 @@ def test_near_duplicates_link_photos_by_features_or_difference_hash_and_chain_th
 
 
 def test_the_difference_hash_of_a_resized_photo_stays_within_the_near_bits(tmp_path):
-    from petclassifier.cache import decode_images
-    from petclassifier.transforms import Preprocessing
+    from petclassifier.data.cache import decode_images
+    from petclassifier.data.transforms import Preprocessing
 
     pug, persian = (sorted((SAMPLE / "oxford-iiit-pet" / "images").glob(f"{b}_*.jpg"))[0] for b in ("pug", "Persian"))
     img = Image.open(pug)

@@ -10,7 +10,7 @@ import pytest
 from torchvision.datasets import OxfordIIITPet
 
 from petclassifier.config import TrainConfig
-from petclassifier.data import load_data
+from petclassifier.data.datasets import load_data
 from petclassifier.errors import UserError
 
 from .conftest import SAMPLE

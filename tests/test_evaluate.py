@@ -6,23 +6,23 @@ import pytest
 import torch
 
 from petclassifier import PetClassifier, train
-from petclassifier.checkpoint import load_checkpoint, save_checkpoint
 from petclassifier.cli import main
 from petclassifier.config import TrainConfig
-from petclassifier.data import load_data
-from petclassifier.errors import UserError
-from petclassifier.evaluate import eval_config, evaluate_checkpoint, match_classes
-from petclassifier.images import load_image
-from petclassifier.metrics import (
+from petclassifier.data.datasets import load_data
+from petclassifier.data.images import load_image
+from petclassifier.data.transforms import Preprocessing
+from petclassifier.engine.metrics import (
     confusion_matrix,
     expected_calibration_error,
     mean_class_accuracy,
     metrics_report,
     per_class_metrics,
 )
-from petclassifier.models import build_model
-from petclassifier.plots import write_curves
-from petclassifier.transforms import Preprocessing
+from petclassifier.errors import UserError
+from petclassifier.insight.evaluate import eval_config, evaluate_checkpoint, match_classes
+from petclassifier.insight.plots import write_curves
+from petclassifier.models.checkpoint import load_checkpoint, save_checkpoint
+from petclassifier.models.registry import build_model
 
 from .conftest import draw_photo, make_folder, make_tiny_oxford
 from .test_train import TINY
@@ -270,7 +270,7 @@ def test_training_writes_curves_and_works_without_matplotlib(trained, tmp_path, 
 
 def test_the_mistakes_grid_keeps_each_two_line_caption_clear_of_the_photo_above(monkeypatch, tmp_path):
     pytest.importorskip("matplotlib")
-    from petclassifier import plots
+    from petclassifier.insight import plots
 
     overlaps = []
 

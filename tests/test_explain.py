@@ -2,13 +2,14 @@ import pytest
 import torch
 from torch import nn
 
-from petclassifier import PetClassifier, plots
-from petclassifier.checkpoint import load_checkpoint, save_checkpoint
+from petclassifier import PetClassifier
 from petclassifier.cli import main
-from petclassifier.explain import GradCAM, centre_share, explain_photos, hottest_inside
-from petclassifier.images import load_image
-from petclassifier.models import PetNet, build_model
-from petclassifier.transforms import Preprocessing
+from petclassifier.data.images import load_image
+from petclassifier.data.transforms import Preprocessing
+from petclassifier.insight import plots
+from petclassifier.insight.explain import GradCAM, centre_share, explain_photos, hottest_inside
+from petclassifier.models.checkpoint import load_checkpoint, save_checkpoint
+from petclassifier.models.registry import PetNet, build_model
 
 from .conftest import SAMPLE
 from .test_evaluate import PNG, trained  # noqa: F401  (module fixture: a tiny trained checkpoint)
@@ -112,7 +113,7 @@ def test_explain_shows_the_probabilities_predict_reports_and_explains_that_class
 
 
 def test_feature_maps_come_from_early_middle_and_late_stages(trained):  # noqa: F811
-    from petclassifier.explain import stage_maps
+    from petclassifier.insight.explain import stage_maps
 
     _, run = trained
     model = PetClassifier.from_checkpoint(run / "best.pt", device="cpu").model
@@ -125,7 +126,7 @@ def test_feature_maps_come_from_early_middle_and_late_stages(trained):  # noqa: 
 
 @pytest.mark.parametrize("size", [48])
 def test_first_conv_filters_have_the_stem_shape(size):
-    from petclassifier.explain import first_conv
+    from petclassifier.insight.explain import first_conv
 
     assert first_conv(build_model("smallcnn", 2)).weight.shape == (16, 3, 3, 3)
 
@@ -148,7 +149,7 @@ def test_photos_with_the_same_name_in_two_folders_each_get_their_own_pictures(tr
 
 
 def test_output_names_stay_apart_however_the_photos_collide():
-    from petclassifier.explain import output_names
+    from petclassifier.insight.explain import output_names
 
     paths = ["a/x/IMG.jpg", "b/x/IMG.jpg", "x/IMG.png", "IMG_1.jpg", "other.jpg"]
     names = output_names(paths)

@@ -6,12 +6,12 @@ import pytest
 import torch
 
 from petclassifier import PetClassifier
-from petclassifier.checkpoint import save_checkpoint
 from petclassifier.cli import main
-from petclassifier.export import sidecar
-from petclassifier.images import load_image
-from petclassifier.models import build_model
-from petclassifier.transforms import Preprocessing
+from petclassifier.data.images import load_image
+from petclassifier.data.transforms import Preprocessing
+from petclassifier.inference.export import sidecar
+from petclassifier.models.checkpoint import save_checkpoint
+from petclassifier.models.registry import build_model
 
 from .conftest import SAMPLE
 

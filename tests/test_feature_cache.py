@@ -6,11 +6,12 @@ import shutil
 import torch
 from torch import nn
 
-from petclassifier import cache, train
-from petclassifier.cache import decode_images
-from petclassifier.frozen import Views
-from petclassifier.store import FeatureStore
-from petclassifier.transforms import Preprocessing
+from petclassifier import train
+from petclassifier.data import cache
+from petclassifier.data.cache import decode_images
+from petclassifier.data.store import FeatureStore
+from petclassifier.data.transforms import Preprocessing
+from petclassifier.engine.frozen import Views
 
 from .test_train import TINY
 
@@ -90,7 +91,7 @@ def test_each_part_of_the_decoded_photo_key_decodes_again(shapes_dir, cache_dir,
     another decoder (an older version of this package) is never read as current, nor copied from."""
     import PIL
 
-    from petclassifier import images
+    from petclassifier.data import images
 
     prep = Preprocessing.for_model("smallcnn", 32)
     paths = sorted(str(p) for p in shapes_dir.rglob("*.png"))[:4]
@@ -110,7 +111,7 @@ def test_each_part_of_the_decoded_photo_key_decodes_again(shapes_dir, cache_dir,
 def test_each_part_of_the_feature_key_computes_the_view_again(shapes_dir, cache_dir, monkeypatch):
     """The package's feature format, the augmentation's constants and the backend with its library's version are in
     every view's key: change one and the view is computed again, never read from an older cache."""
-    from petclassifier import store, transforms
+    from petclassifier.data import store, transforms
 
     prep = Preprocessing.for_model("smallcnn", 32)
     images, _ = decode_images(sorted(str(p) for p in shapes_dir.rglob("*.png")), prep, cache_dir, workers=0)
@@ -137,8 +138,8 @@ def test_the_onnx_runtime_version_and_int8_s_calibration_photos_are_in_the_featu
     import pytest
 
     pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
-    from petclassifier import backends
-    from petclassifier.backends import on_backend
+    from petclassifier.engine import backends
+    from petclassifier.engine.backends import on_backend
 
     body = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.AdaptiveAvgPool2d(1)).eval()
     photos = torch.rand(16, 3, 32, 32, generator=torch.Generator().manual_seed(0))

@@ -4,7 +4,7 @@ import pytest
 
 from petclassifier.cli import main
 from petclassifier.config import TrainConfig
-from petclassifier.data import folder_data, load_data
+from petclassifier.data.datasets import folder_data, load_data
 from petclassifier.errors import UserError
 
 from .conftest import draw_photo, linked_class_folders, make_folder

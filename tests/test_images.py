@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from petclassifier.images import BACKGROUND, ImageError, check_image, is_image_file, load_image, square_uint8
+from petclassifier.data.images import BACKGROUND, ImageError, check_image, is_image_file, load_image, square_uint8
 
 from .conftest import SAMPLE, SHARED, needs_shared
 from .photos import BAD, GOOD, JUNK, MISNAMED, base, write_all

@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 
 from petclassifier import kind_classifier
-from petclassifier.animals import TOP_KINDS, kind_answer
 from petclassifier.cli import main
-from petclassifier.kinds import KIND_NAMES
+from petclassifier.inference.animals import TOP_KINDS, kind_answer
+from petclassifier.models.kinds import KIND_NAMES
 
 from .conftest import SAMPLE, SHARED, needs_shared
 

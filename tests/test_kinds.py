@@ -4,9 +4,10 @@ pooled features; built, checkpointed and rebuilt from the checkpoint alone."""
 import torch
 from torch import nn
 
-from petclassifier.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from petclassifier.config import TrainConfig
-from petclassifier.kinds import (
+from petclassifier.data.transforms import Preprocessing
+from petclassifier.models.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from petclassifier.models.kinds import (
     FLOOR,
     KIND_NAMES,
     KINDS,
@@ -16,8 +17,7 @@ from petclassifier.kinds import (
     kind_of_class,
     kind_probabilities,
 )
-from petclassifier.models import build_model
-from petclassifier.transforms import Preprocessing
+from petclassifier.models.registry import build_model
 
 from .conftest import SAMPLE
 
@@ -134,7 +134,7 @@ def test_a_run_saved_before_kinds_existed_resumes_without_them(tmp_path):
     """Its config.json has no `kinds`, and its head none: resumed, the head is rebuilt as it was."""
     from dataclasses import asdict
 
-    from petclassifier.resilience import resume_config
+    from petclassifier.training.resilience import resume_config
 
     before = asdict(TrainConfig(epochs=2).resolved())
     del before["kinds"]

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from petclassifier.errors import UserError
-from petclassifier.explain import GradCAM
-from petclassifier.models import (
+from petclassifier.insight.explain import GradCAM
+from petclassifier.models.registry import (
     TORCHVISION_MODELS,
     build_model,
     family,

@@ -6,12 +6,12 @@ import json
 import pytest
 import torch
 
-from petclassifier.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from petclassifier.cli import main
-from petclassifier.kinds import KIND_NAMES
-from petclassifier.models import build_model
-from petclassifier.predict import PetClassifier
-from petclassifier.transforms import Preprocessing
+from petclassifier.data.transforms import Preprocessing
+from petclassifier.inference.predict import PetClassifier
+from petclassifier.models.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from petclassifier.models.kinds import KIND_NAMES
+from petclassifier.models.registry import build_model
 
 from .conftest import SAMPLE, SHARED
 

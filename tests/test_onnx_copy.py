@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from petclassifier.cli import main
-from petclassifier.models import build_model
-from petclassifier.onnx_copy import ready_copy
-from petclassifier.predict import PetClassifier
-from petclassifier.transforms import Preprocessing
+from petclassifier.data.transforms import Preprocessing
+from petclassifier.inference.onnx_copy import ready_copy
+from petclassifier.inference.predict import PetClassifier
+from petclassifier.models.registry import build_model
 
 from .conftest import SAMPLE
 from .photos import BAD, write_all
@@ -41,7 +41,7 @@ def test_the_copy_answers_what_pytorch_answers(tmp_path):
     model = build_model("efficientnet_lite0", 2, pretrained=True, imagenet_stages=0, kinds=True)
     payload = checkpoint_payload(model, imagenet_stages=0) | {"kinds": True, "flip_tta": True, "temperature": 1.7}
     payload["preprocessing"] = Preprocessing.for_model("efficientnet_lite0", 96).as_dict()
-    from petclassifier.checkpoint import save_checkpoint
+    from petclassifier.models.checkpoint import save_checkpoint
 
     save_checkpoint(payload, tmp_path / "best.pt")
     paths = [*PHOTOS, *write_all(tmp_path, {"corrupt.jpg": BAD["corrupt.jpg"]}), PHOTOS[0]]
@@ -85,7 +85,7 @@ def test_the_copy_runs_on_the_cpu_only(tmp_path, capsys):
 
 
 def test_copies_count_in_the_cache_limit_and_come_back_when_trimmed(tmp_path):
-    from petclassifier.cache import cache_size, set_cache_limit
+    from petclassifier.data.cache import cache_size, set_cache_limit
 
     checkpoint = write_checkpoint(tmp_path / "best.pt", ["disc", "square"])
     photos = shapes(tmp_path / "photos", 3)

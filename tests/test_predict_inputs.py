@@ -7,12 +7,12 @@ import pytest
 import torch
 from PIL import Image
 
-from petclassifier.checkpoint import check_class_names, load_checkpoint, save_checkpoint
 from petclassifier.cli import main
+from petclassifier.data.transforms import Preprocessing
 from petclassifier.errors import UserError
-from petclassifier.models import build_model
-from petclassifier.predict import PetClassifier
-from petclassifier.transforms import Preprocessing
+from petclassifier.inference.predict import PetClassifier
+from petclassifier.models.checkpoint import check_class_names, load_checkpoint, save_checkpoint
+from petclassifier.models.registry import build_model
 
 from .photos import BAD, GOOD, copy_misnamed, exif_rotated, write_all, write_junk
 

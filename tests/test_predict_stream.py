@@ -9,10 +9,10 @@ import sys
 import pytest
 import torch
 
-import petclassifier.images
+import petclassifier.data.images
 from petclassifier.cli import main
-from petclassifier.images import expand_paths
-from petclassifier.predict import PetClassifier
+from petclassifier.data.images import expand_paths
+from petclassifier.inference.predict import PetClassifier
 from petclassifier.runtime import inference_batch_size
 
 from .conftest import SAMPLE, draw_photo
@@ -47,14 +47,14 @@ def mixed(tmp_path):
 
 def counting_decodes(monkeypatch, counter):
     """Make every photo decode, in this process or a forked worker, append a line to the file `counter`."""
-    load = petclassifier.images.load_image
+    load = petclassifier.data.images.load_image
 
     def counted(path, *args, **kwargs):
         with open(counter, "a") as f:
             f.write(f"{path}\n")
         return load(path, *args, **kwargs)
 
-    monkeypatch.setattr(petclassifier.images, "load_image", counted)
+    monkeypatch.setattr(petclassifier.data.images, "load_image", counted)
     return lambda: len(counter.read_text().splitlines()) if counter.exists() else 0
 
 

@@ -11,7 +11,7 @@ import sys
 from PIL import Image
 
 from petclassifier.config import TrainConfig
-from petclassifier.data import load_data
+from petclassifier.data.datasets import load_data
 
 from .conftest import ROOT
 

@@ -10,12 +10,12 @@ import torch
 from torch import nn
 
 from petclassifier import train
-from petclassifier.calibration import fit_temperature
-from petclassifier.checkpoint import load_checkpoint
 from petclassifier.config import MIN_STEPS, RECIPES, TrainConfig, sized_recipe
 from petclassifier.errors import UserError
-from petclassifier.evaluate import evaluate_checkpoint, summary_lines
-from petclassifier.refit import cross_fitted_logits, stratified_folds
+from petclassifier.insight.evaluate import evaluate_checkpoint, summary_lines
+from petclassifier.models.checkpoint import load_checkpoint
+from petclassifier.training.calibration import fit_temperature
+from petclassifier.training.refit import cross_fitted_logits, stratified_folds
 
 from .conftest import ROOT, draw_photo, make_folder
 

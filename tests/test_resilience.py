@@ -10,10 +10,10 @@ import textwrap
 import pytest
 import torch
 
-import petclassifier.epochs
+import petclassifier.training.epochs
 from petclassifier import train
-from petclassifier.checkpoint import load_checkpoint
 from petclassifier.errors import UserError
+from petclassifier.models.checkpoint import load_checkpoint
 
 from .conftest import ROOT, make_folder
 
@@ -56,7 +56,7 @@ def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(shapes_dir, c
     # step 7 is batch 2 of epoch 2: once its last.pt is written the process waits there to be killed
     patch = """
         import sys, time
-        import petclassifier.epochs as t
+        import petclassifier.training.epochs as t
         save = t.save_checkpoint
         def save_then_wait(payload, path):
             save(payload, path)
@@ -95,7 +95,7 @@ def test_ctrl_c_saves_last_pt_and_the_suggested_resume_continues_the_run(shapes_
     # the process presses Ctrl-C on itself while the third training batch is being prepared
     patch = """
         import os, signal
-        from petclassifier.transforms import Preprocessing
+        from petclassifier.data.transforms import Preprocessing
         crop, calls = Preprocessing.train_batch, []
         def crop_then_interrupt(self, x, generator):
             calls.append(1)
@@ -182,7 +182,7 @@ def test_fast_path_resumed_run_computes_the_same_views(shapes_dir, cache_dir, tm
            "image_size": 48, "epochs": 3, "save_every": 0}
     whole, cut = tmp_path / "whole", tmp_path / "cut"
     train(**cfg, data_dir=str(shapes_dir), cache_dir=cache_dir, out=str(whole))
-    one_epoch, calls = petclassifier.epochs.train_one_epoch, []
+    one_epoch, calls = petclassifier.training.epochs.train_one_epoch, []
 
     def interrupt_before_epoch_3(*args, **kwargs):
         calls.append(1)
@@ -190,7 +190,7 @@ def test_fast_path_resumed_run_computes_the_same_views(shapes_dir, cache_dir, tm
             raise KeyboardInterrupt
         return one_epoch(*args, **kwargs)
 
-    monkeypatch.setattr(petclassifier.epochs, "train_one_epoch", interrupt_before_epoch_3)
+    monkeypatch.setattr(petclassifier.training.epochs, "train_one_epoch", interrupt_before_epoch_3)
     with pytest.raises(KeyboardInterrupt):
         train(**cfg, data_dir=str(shapes_dir), cache_dir=cache_dir, out=str(cut))
     monkeypatch.undo()
@@ -204,9 +204,9 @@ def test_fast_path_resumed_run_computes_the_same_views(shapes_dir, cache_dir, tm
 def test_ctrl_c_during_a_frozen_pass_stops_within_a_batch():
     """A frozen pass is work redone on resume, not a step to finish: Ctrl-C stops it at once, even while training's
     handler (save after this step) is in place, which is then back for the steps."""
-    from petclassifier.frozen import frozen_features
-    from petclassifier.resilience import StopRequest
-    from petclassifier.store import FeatureStore
+    from petclassifier.data.store import FeatureStore
+    from petclassifier.engine.frozen import frozen_features
+    from petclassifier.training.resilience import StopRequest
 
     batches = []
 
@@ -242,7 +242,7 @@ def test_ctrl_c_in_a_frozen_pass_of_a_training_run_says_how_to_go_on_once(shapes
     (nothing saved yet) run the command again, in the second's (after epoch 1) --resume, which then finishes."""
     patch = f"""
         import os, signal
-        import petclassifier.frozen as frozen
+        import petclassifier.engine.frozen as frozen
         frozen.inference_batch_size = lambda *args: 2  # 11 batches a pass over the 22 training photos
         shown, passes = frozen.progress, []
         def press_ctrl_c_in_the_training_pass(items, desc="", **kwargs):
@@ -279,10 +279,10 @@ def test_ctrl_c_in_a_frozen_pass_of_a_training_run_says_how_to_go_on_once(shapes
 @pytest.mark.parametrize("save_seconds", [0.0, 3600.0])
 def test_short_epochs_write_their_checkpoints_at_the_end_and_best_pt_holds_the_best_epoch(
         shapes_dir, cache_dir, tmp_path, monkeypatch, save_seconds):
-    monkeypatch.setattr(petclassifier.epochs, "SAVE_SECONDS", save_seconds)
+    monkeypatch.setattr(petclassifier.training.epochs, "SAVE_SECONDS", save_seconds)
     written = []
-    real = petclassifier.epochs.save_checkpoint
-    monkeypatch.setattr(petclassifier.epochs, "save_checkpoint",
+    real = petclassifier.training.epochs.save_checkpoint
+    monkeypatch.setattr(petclassifier.training.epochs, "save_checkpoint",
                         lambda payload, path: written.append(path.name) or real(payload, path))
     out = tmp_path / "run"
     train(**{**CFG, "epochs": 4, "save_every": 0}, data_dir=str(shapes_dir), cache_dir=cache_dir, out=str(out))

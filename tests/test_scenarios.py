@@ -18,9 +18,9 @@ import torch
 from starlette.testclient import TestClient  # the web extra's server, in the dev extra with httpx for this client
 
 from petclassifier import PetClassifier
-from petclassifier.checkpoint import load_checkpoint
 from petclassifier.cli import main
-from petclassifier.web import PhotoService, create_app
+from petclassifier.models.checkpoint import load_checkpoint
+from petclassifier.web.app import PhotoService, create_app
 
 from .conftest import LOCAL, make_tiny_oxford
 from .nested import approx_nested
@@ -67,7 +67,7 @@ def datasets(tmp_path_factory):
 
 def interrupt_in_epoch_2(monkeypatch):
     """Press Ctrl-C (SIGINT to this process) as the second epoch starts, as a user at the terminal would."""
-    module = importlib.import_module("petclassifier.epochs")
+    module = importlib.import_module("petclassifier.training.epochs")
     one_epoch, calls = module.train_one_epoch, []
 
     def press_ctrl_c_then_train(*args, **kwargs):

@@ -7,8 +7,9 @@ import pickle
 import pytest
 import torch
 
-from petclassifier import store, train
-from petclassifier.store import Batches, FeatureStore, RowFile
+from petclassifier import train
+from petclassifier.data import store
+from petclassifier.data.store import Batches, FeatureStore, RowFile
 
 from .conftest import ROOT
 from .test_train import TINY
@@ -167,7 +168,7 @@ def test_loading_a_row_file_holds_one_copy_of_its_rows_in_memory(tmp_path):
     import subprocess
     import sys
 
-    code = ("import resource, sys, torch\nfrom petclassifier.store import RowFile\n"
+    code = ("import resource, sys, torch\nfrom petclassifier.data.store import RowFile\n"
             "path, n = sys.argv[1], 800\n"
             "with open(path, 'wb') as f:\n"
             "    for i in range(0, n, 50):\n"
@@ -185,7 +186,7 @@ def test_loading_a_row_file_holds_one_copy_of_its_rows_in_memory(tmp_path):
 def test_a_frozen_pass_short_of_device_memory_goes_on_in_smaller_parts_with_the_same_features(tmp_path, capsys):
     from torch import nn
 
-    from petclassifier.frozen import frozen_features
+    from petclassifier.engine.frozen import frozen_features
 
     class Frozen(nn.Module):
         batch_size = 8  # the pass's batch, which seeds its random views

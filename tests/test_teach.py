@@ -15,10 +15,10 @@ pytest.importorskip("httpx", reason="Starlette's test client needs httpx (in the
 
 from starlette.testclient import TestClient  # noqa: E402
 
-from petclassifier import job_input, teach  # noqa: E402
-from petclassifier.checkpoint import load_checkpoint  # noqa: E402
-from petclassifier.teach import TrainJobs  # noqa: E402
-from petclassifier.web import create_app  # noqa: E402
+from petclassifier.models.checkpoint import load_checkpoint  # noqa: E402
+from petclassifier.web import job_input, teach  # noqa: E402
+from petclassifier.web.app import create_app  # noqa: E402
+from petclassifier.web.teach import TrainJobs  # noqa: E402
 
 from .conftest import LOCAL, SHARED, needs_shared  # noqa: E402
 from .test_web import photo, run_dir, service, upload  # noqa: E402, F401  (module fixtures: a served model)
@@ -188,7 +188,7 @@ def test_a_job_on_ten_cats_and_ten_dogs_names_photos_it_never_saw(service, tmp_p
 def test_with_no_model_served_the_page_only_teaches(tmp_path):
     import subprocess
 
-    from petclassifier.web import NO_MODEL, PhotoService
+    from petclassifier.web.app import NO_MODEL, PhotoService
 
     client = TestClient(create_app(PhotoService(None, "cpu")), base_url=LOCAL)
     assert client.get("/api/health").json() == {"status": "ok", "model": None, "classes": 0,

@@ -5,12 +5,12 @@ import torch
 from torch import nn
 
 from petclassifier import PetClassifier, train
-from petclassifier.cache import decode_images
-from petclassifier.checkpoint import load_checkpoint, save_checkpoint
-from petclassifier.images import load_image
-from petclassifier.loop import train_one_epoch
-from petclassifier.models import build_model
-from petclassifier.transforms import Preprocessing
+from petclassifier.data.cache import decode_images
+from petclassifier.data.images import load_image
+from petclassifier.data.transforms import Preprocessing
+from petclassifier.engine.loop import train_one_epoch
+from petclassifier.models.checkpoint import load_checkpoint, save_checkpoint
+from petclassifier.models.registry import build_model
 
 from .conftest import SAMPLE
 

@@ -5,10 +5,10 @@ import torchvision
 from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
-from petclassifier.cache import decode_images
 from petclassifier.config import TrainConfig
-from petclassifier.images import load_image
-from petclassifier.transforms import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from petclassifier.data.cache import decode_images
+from petclassifier.data.images import load_image
+from petclassifier.data.transforms import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 
 from .conftest import SAMPLE
 

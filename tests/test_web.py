@@ -21,11 +21,11 @@ pytest.importorskip("httpx", reason="Starlette's test client needs httpx (in the
 
 from starlette.testclient import TestClient  # noqa: E402
 
-from petclassifier.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from petclassifier.cli import main  # noqa: E402
-from petclassifier.models import build_model  # noqa: E402
-from petclassifier.transforms import Preprocessing  # noqa: E402
-from petclassifier.web import MAX_UPLOAD_BYTES, PhotoService, create_app  # noqa: E402
+from petclassifier.data.transforms import Preprocessing  # noqa: E402
+from petclassifier.models.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from petclassifier.models.registry import build_model  # noqa: E402
+from petclassifier.web.app import MAX_UPLOAD_BYTES, PhotoService, create_app  # noqa: E402
 
 from .conftest import LOCAL, SAMPLE  # noqa: E402
 from .nested import approx_nested  # noqa: E402
@@ -311,7 +311,7 @@ def test_the_load_benchmark_runs_a_server_and_reports_every_figure(run_dir, tmp_
 def test_serve_without_the_web_extra_says_how_to_install_it(run_dir, monkeypatch, capsys):
     import sys
 
-    monkeypatch.delitem(sys.modules, "petclassifier.web")
+    monkeypatch.delitem(sys.modules, "petclassifier.web.app")
     monkeypatch.setitem(sys.modules, "starlette", None)  # as if not installed
     for name in [m for m in sys.modules if m.startswith("starlette.")]:
         monkeypatch.setitem(sys.modules, name, None)
@@ -326,7 +326,7 @@ def test_the_server_s_connections_send_answers_at_once():
     import asyncio
     import socket
 
-    from petclassifier.web import listening_socket
+    from petclassifier.web.app import listening_socket
 
     async def accepted_nodelay() -> int:
         seen = asyncio.get_running_loop().create_future()
@@ -409,7 +409,7 @@ def test_class_names_in_any_script_explain_with_200(run_dir, tmp_path):
 
 
 def test_too_many_pixels_in_one_request_get_413_and_uploads_past_the_line_503(client, tmp_path, monkeypatch):
-    from petclassifier import web_limits
+    from petclassifier.web import limits as web_limits
 
     width, height = Image.open(photo("pug")).size
     monkeypatch.setattr(web_limits, "MAX_PIXELS_PER_REQUEST", width * height * 3)  # three of these photos, not four

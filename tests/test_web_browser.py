@@ -85,7 +85,7 @@ def test_the_page_teaches_a_model_shows_each_epoch_and_hands_over_its_checkpoint
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    from petclassifier.checkpoint import load_checkpoint
+    from petclassifier.models.checkpoint import load_checkpoint
 
     def shown(selector: str, count: int = 1, seconds: int = 60):
         WebDriverWait(browser, seconds).until(lambda b: len(b.find_elements(By.CSS_SELECTOR, selector)) >= count)

@@ -19,9 +19,9 @@ pytest.importorskip("httpx", reason="Starlette's test client needs httpx (in the
 import httpx  # noqa: E402
 from starlette.testclient import TestClient  # noqa: E402
 
-from petclassifier import teach  # noqa: E402
-from petclassifier.teach import TrainJobs  # noqa: E402
-from petclassifier.web import PhotoService, create_app  # noqa: E402
+from petclassifier.web import teach  # noqa: E402
+from petclassifier.web.app import PhotoService, create_app  # noqa: E402
+from petclassifier.web.teach import TrainJobs  # noqa: E402
 
 from .conftest import LOCAL, ROOT  # noqa: E402
 from .test_teach import photos, two_classes  # noqa: E402

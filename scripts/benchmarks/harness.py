@@ -39,17 +39,17 @@ from PIL import Image
 from torch import nn
 
 from benchmarks.tutorial import photo_loader, tutorial_transforms
-from petclassifier.cache import decode_split
 from petclassifier.config import TrainConfig
-from petclassifier.data import PetData, Split, load_data
+from petclassifier.data.cache import decode_split
+from petclassifier.data.datasets import PetData, Split, load_data
+from petclassifier.data.transforms import Preprocessing
 from petclassifier.distributed import ShardedBatches
+from petclassifier.engine.loop import train_one_epoch
+from petclassifier.engine.metrics import epoch_rows
 from petclassifier.errors import UserError
-from petclassifier.loop import train_one_epoch
-from petclassifier.metrics import epoch_rows
-from petclassifier.models import build_model
-from petclassifier.predict import PetClassifier
+from petclassifier.inference.predict import PetClassifier
+from petclassifier.models.registry import build_model
 from petclassifier.runtime import autocast, resolve_device
-from petclassifier.transforms import Preprocessing
 
 TUTORIAL = Path(__file__).with_name("tutorial.py")  # run as a process of its own
 THRESHOLDS = ("0.80", "0.85", "0.90")  # validation accuracies whose time to reach is reported
@@ -151,7 +151,7 @@ def classifiers(checkpoint: Path, device: str, cache: Path) -> dict:
     """The package's ways to answer: scoring each photo once, the tutorial's work, through the checkpoint's ONNX copy
     ("project", what `predict` runs on a CPU with ONNX Runtime installed) and on PyTorch ("project_torch"); and, where
     the checkpoint's recipe adds the mirror image's pass, as `predict` runs it ("project_flip_tta")."""
-    from petclassifier.onnx_copy import onnxruntime_installed, ready_copy
+    from petclassifier.inference.onnx_copy import onnxruntime_installed, ready_copy
 
     as_saved = PetClassifier.from_checkpoint(checkpoint, device=device)
     on_torch = PetClassifier.from_checkpoint(checkpoint, device=device, flip_tta=False)

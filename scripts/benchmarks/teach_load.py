@@ -17,7 +17,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from benchmarks.serve_load import multipart, started_server
-from petclassifier.images import photos_under
+from petclassifier.data.images import photos_under
 
 QUEUED_POLL, RUNNING_POLL = 1.5, 0.4  # seconds between the page's questions about a job, waiting and training
 

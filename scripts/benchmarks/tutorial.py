@@ -26,14 +26,14 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
-from petclassifier.cli import add_train_arguments, config_from_args
+from petclassifier.cli.commands import add_train_arguments, config_from_args
 from petclassifier.config import TrainConfig
-from petclassifier.data import Split, load_data
+from petclassifier.data.datasets import Split, load_data
+from petclassifier.data.transforms import Preprocessing
+from petclassifier.engine.loop import evaluate, train_one_epoch
 from petclassifier.errors import UserError
-from petclassifier.loop import evaluate, train_one_epoch
-from petclassifier.models import build_model
+from petclassifier.models.registry import build_model
 from petclassifier.runtime import resolve_device
-from petclassifier.transforms import Preprocessing
 
 BATCH_SIZE = 4  # the tutorial's
 LR, MOMENTUM, DECAY_EVERY, DECAY = 0.001, 0.9, 7, 0.1  # SGD, and StepLR over epochs

@@ -1,0 +1,1 @@
+"""What is wrong with a dataset: duplicates, likely mislabels, unreadable and unbalanced classes."""

@@ -1,0 +1,1 @@
+"""What every command's passes share: the frozen forward pass and its backends, the training loop, the metrics."""

@@ -1,0 +1,1 @@
+"""Answers from a checkpoint: PetClassifier, its ONNX copy, export, and the pretrained kind classifier."""

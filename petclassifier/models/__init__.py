@@ -1,0 +1,1 @@
+"""The networks: the registry of model families, the ImageNet kinds head, and self-describing checkpoints."""

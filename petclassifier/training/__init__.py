@@ -1,0 +1,1 @@
+"""A training run as phases: prepare, epochs, finish (calibration, refit, test score), and resume."""
