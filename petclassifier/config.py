@@ -70,6 +70,11 @@ class TrainConfig:
     compile: bool = False  # torch.compile the trained part: slower start, faster steps on a GPU
     deterministic: bool = False  # deterministic algorithms only: bit-identical reruns and resumes, slower on GPUs
 
+    @property
+    def imagenet_stages(self) -> int | None:
+        """The body stages the model's ImageNet classifier keeps a copy of (they learn): None where it has none."""
+        return self.trainable_stages if self.pretrained and self.trainable_stages >= 0 else None
+
     def resolved(self, train_photos: int | None = None, processes: int = 1) -> TrainConfig:
         """This config with every None filled in: from the recipe of its model sized to `train_photos` and shared by
         `processes` (the recipe's own sizes when not known yet), and the dataset's defaults."""

@@ -10,7 +10,7 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from petclassifier.cli.commands import add_train_arguments, config_from_args
+from petclassifier.cli.train import add_train_arguments, config_from_args
 from petclassifier.errors import UserError
 
 

@@ -32,7 +32,7 @@ def main() -> int:
             raise UserError("--requests must be at least 20 and --clients at least 1")
         from benchmarks.serve_load import burst, measure
 
-        from petclassifier.cli.commands import chosen_checkpoint
+        from petclassifier.cli.output import chosen_checkpoint
 
         checkpoint = str(chosen_checkpoint(args.checkpoint))
         if args.upload_mb:

@@ -26,7 +26,7 @@ def main() -> int:
     args = parser.parse_args()
     from benchmarks.teach_load import measure
 
-    from petclassifier.cli.commands import chosen_checkpoint
+    from petclassifier.cli.output import chosen_checkpoint
     from petclassifier.errors import UserError
 
     try:

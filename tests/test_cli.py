@@ -163,7 +163,7 @@ def test_version_prints_the_version_and_an_unknown_option_is_an_error(capsys):
 def test_every_train_flag_says_what_it_does_and_no_default_reads_none(capsys):
     import argparse
 
-    from petclassifier.cli.commands import add_train_arguments
+    from petclassifier.cli.train import add_train_arguments
 
     parser = argparse.ArgumentParser(prog="petclassifier train")
     add_train_arguments(parser)

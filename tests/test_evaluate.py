@@ -20,9 +20,9 @@ from petclassifier.engine.metrics import (
 )
 from petclassifier.errors import UserError
 from petclassifier.insight.evaluate import eval_config, evaluate_checkpoint, match_classes
-from petclassifier.insight.plots import write_curves
 from petclassifier.models.checkpoint import load_checkpoint, save_checkpoint
 from petclassifier.models.registry import build_model
+from petclassifier.training.curves import write_curves
 
 from .conftest import draw_photo, make_folder, make_tiny_oxford
 from .test_train import TINY

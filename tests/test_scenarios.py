@@ -20,7 +20,8 @@ from starlette.testclient import TestClient  # the web extra's server, in the de
 from petclassifier import PetClassifier
 from petclassifier.cli import main
 from petclassifier.models.checkpoint import load_checkpoint
-from petclassifier.web.app import PhotoService, create_app
+from petclassifier.web.app import create_app
+from petclassifier.web.service import PhotoService
 
 from .conftest import LOCAL, make_tiny_oxford
 from .nested import approx_nested

@@ -188,7 +188,7 @@ def test_a_job_on_ten_cats_and_ten_dogs_names_photos_it_never_saw(service, tmp_p
 def test_with_no_model_served_the_page_only_teaches(tmp_path):
     import subprocess
 
-    from petclassifier.web.app import NO_MODEL, PhotoService
+    from petclassifier.web.service import NO_MODEL, PhotoService
 
     client = TestClient(create_app(PhotoService(None, "cpu")), base_url=LOCAL)
     assert client.get("/api/health").json() == {"status": "ok", "model": None, "classes": 0,

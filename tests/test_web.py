@@ -25,7 +25,9 @@ from petclassifier.cli import main  # noqa: E402
 from petclassifier.data.transforms import Preprocessing  # noqa: E402
 from petclassifier.models.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from petclassifier.models.registry import build_model  # noqa: E402
-from petclassifier.web.app import MAX_UPLOAD_BYTES, PhotoService, create_app  # noqa: E402
+from petclassifier.web.app import create_app  # noqa: E402
+from petclassifier.web.limits import MAX_UPLOAD_BYTES  # noqa: E402
+from petclassifier.web.service import PhotoService  # noqa: E402
 
 from .conftest import LOCAL, SAMPLE  # noqa: E402
 from .nested import approx_nested  # noqa: E402

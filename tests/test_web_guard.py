@@ -20,7 +20,8 @@ import httpx  # noqa: E402
 from starlette.testclient import TestClient  # noqa: E402
 
 from petclassifier.web import teach  # noqa: E402
-from petclassifier.web.app import PhotoService, create_app  # noqa: E402
+from petclassifier.web.app import create_app  # noqa: E402
+from petclassifier.web.service import PhotoService  # noqa: E402
 from petclassifier.web.teach import TrainJobs  # noqa: E402
 
 from .conftest import LOCAL, ROOT  # noqa: E402

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from torchvision.ops import roi_align
 
-from ..config import LITE_SIZES, OWN_MODELS, weights_transforms  # noqa: F401 (LITE_SIZES: also from here)
+from ..config import OWN_MODELS, weights_transforms
 from .images import square_uint8
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

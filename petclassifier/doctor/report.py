@@ -299,9 +299,10 @@ def pooled_features(paths: list[str], model_name: str, cache_dir: str, backend: 
     """The pretrained body's pooled features of the centre crop of each photo [N, D] (decoded photos and features
     kept in the cache, as training keeps them), their squares' difference hashes, its ImageNet classifier, and
     {path: reason} of the photos it could not decode."""
+    from ..config import LITE_SIZES
     from ..data.cache import decode_images
     from ..data.store import FeatureStore
-    from ..data.transforms import LITE_SIZES, Preprocessing
+    from ..data.transforms import Preprocessing
     from ..engine.backends import on_backend, resolve_backend
     from ..engine.frozen import Views, fast_frozen
     from ..models.registry import registry_model

@@ -83,27 +83,39 @@ def on_backend(module: nn.Module, backend: str, crop: int, cache_dir: str | Path
 
 
 def write_onnx(module: nn.Module, crop: int, path: Path) -> None:
-    """The module as one ONNX file with a dynamic batch size (written under a temporary name until complete).
+    """The frozen stages as one ONNX file (`x` in, `features` out), with a dynamic batch size.
 
     Through torch.export, whose graph has the padding and shapes folded into constants: TorchScript's exporter is
     5x faster (3 s for Lite2), but its graph computes them at run time, and int8 quantized from it strayed further
     (cosine to float32's features 0.93 against 0.995 on Lite2).
     """
+    started = time.perf_counter()
+    with torch.no_grad():
+        to_onnx(module.eval(), torch.zeros(2, 3, crop, crop), path, "x", ("features",))
+    log(f"exported the frozen stages to ONNX in {time.perf_counter() - started:.1f} s")
+
+
+def to_onnx(model: nn.Module, example: torch.Tensor, path: Path, input_name: str,
+            output_names: tuple[str, ...]) -> None:
+    """The one ONNX export: through torch.export, a dynamic batch size, one self-contained file (written under a
+    temporary name until complete); the exporter's notes silenced."""
     import warnings
 
-    started, tmp = time.perf_counter(), temp_path(path)
-    batch = torch.export.Dim("batch", min=1, max=1024)
     try:
-        with warnings.catch_warnings(), torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")  # the exporter's notes and steps say nothing a user can act on
-            program = torch.onnx.export(module.eval(), (torch.zeros(2, 3, crop, crop),), dynamo=True,
-                                        input_names=["x"], output_names=["features"], dynamic_shapes=({0: batch},),
-                                        verbose=False)
+        import onnxscript  # noqa: F401  (the exporter needs it)
+    except ImportError:
+        raise UserError('ONNX export needs the onnx extra: pip install -e ".[onnx]"') from None
+    batch, tmp = torch.export.Dim("batch", min=1, max=1024), temp_path(path)
+    quiet = io.StringIO()  # the exporter's notes, steps and warnings say nothing a user can act on
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(model, (example,), dynamo=True, input_names=[input_name],
+                                        output_names=list(output_names), dynamic_shapes=({0: batch},), verbose=False)
             program.save(str(tmp), external_data=False)
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
-    log(f"exported the frozen stages to ONNX in {time.perf_counter() - started:.1f} s")
 
 
 def has_vnni() -> bool:

@@ -9,9 +9,23 @@ from pathlib import Path
 import torch
 
 
-def epoch_rows(metrics_path: str | Path) -> list[dict]:
-    """The rows training appends to a run's metrics.jsonl, one per epoch (epoch, losses, val_accuracy, ...)."""
-    return [json.loads(line) for line in Path(metrics_path).read_text().splitlines() if line.strip()]
+def epoch_rows(metrics_path: str | Path, keys: tuple[str, ...] | None = None, missing_ok: bool = False) -> list[dict]:
+    """The rows training appends to a run's metrics.jsonl, one per epoch (epoch, losses, val_accuracy, ...), only
+    `keys` of each where given. A line cut short at the end (the file is being written) is left for the next read;
+    with `missing_ok` a run that has written none yet has no rows."""
+    try:
+        lines = Path(metrics_path).read_text().splitlines()
+    except FileNotFoundError:
+        if not missing_ok:
+            raise
+        return []
+    rows = []
+    for line in filter(str.strip, lines):
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            break
+    return rows if keys is None else [{k: row.get(k) for k in keys} for row in rows]
 
 
 def confusion_matrix(labels: torch.Tensor, predictions: torch.Tensor, num_classes: int) -> torch.Tensor:

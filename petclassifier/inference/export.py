@@ -9,8 +9,6 @@ to make that input from a photo and what the outputs mean.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import warnings
 from pathlib import Path
@@ -19,6 +17,7 @@ import torch
 from torch import nn
 
 from ..data.transforms import Preprocessing
+from ..engine.backends import to_onnx
 from ..errors import UserError
 from ..models.checkpoint import flip_tta_of, load_checkpoint, model_from_checkpoint, temperature_of
 from ..models.registry import FlipAveraged, fold_batchnorm
@@ -87,25 +86,9 @@ def export(checkpoint: str | Path, fmt: str, out_dir: str | Path) -> Path:
                 warnings.simplefilter("ignore")
                 torch.jit.save(torch.jit.trace(model, example), str(path))
         else:
-            to_onnx(model, example, path)
+            to_onnx(model, example, path, "image", ("probabilities",))
     (out_dir / "model.json").write_text(json.dumps(sidecar(ckpt, fmt), indent=2) + "\n")
     return path
-
-
-def to_onnx(model: nn.Module, example: torch.Tensor, path: Path, input_name: str = "image",
-            output_names: tuple[str, ...] = ("probabilities",)) -> None:
-    """ONNX through torch.export, with a dynamic batch size; one self-contained file."""
-    try:
-        import onnxscript  # noqa: F401  (the exporter needs it)
-    except ImportError:
-        raise UserError('ONNX export needs the onnx extra: pip install -e ".[onnx]"') from None
-    batch = torch.export.Dim("batch", min=1, max=1024)
-    quiet = io.StringIO()  # the exporter's notes, steps and warnings say nothing a user can act on
-    with warnings.catch_warnings(), contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
-        warnings.simplefilter("ignore")
-        program = torch.onnx.export(model, (example,), dynamo=True, input_names=[input_name],
-                                    output_names=list(output_names), dynamic_shapes=({0: batch},), verbose=False)
-        program.save(str(path), external_data=False)
 
 
 def write_onnx_copy(ckpt: dict, folder: Path, flip_tta: bool, temperature: float) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from ..training.curves import PLOTS_HINT, plot_curves, pyplot, save, write_curves  # noqa: F401 (also from here)
+from ..training.curves import pyplot, save
 
 
 def to_image(x: torch.Tensor):

@@ -12,7 +12,8 @@ import torchvision
 from torch import nn
 from torchvision.ops.misc import Permute
 
-from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, LITE_SIZES, OWN_MODELS
+from ..config import LITE_SIZES, OWN_MODELS
+from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from ..errors import UserError
 from .kinds import KindFeatures, kind_head
 

@@ -190,10 +190,9 @@ def epoch_row(p: Prepared, epoch: int, state: dict, val_result: dict, started: f
 def checkpoint_meta(p: Prepared) -> dict:
     """What every checkpoint of the run carries besides weights: enough to rebuild and use the model alone."""
     cfg = p.cfg
-    imagenet_stages = cfg.trainable_stages if cfg.pretrained and cfg.trainable_stages >= 0 else None
     return {"model_name": cfg.model, "class_names": p.data.class_names, "task": cfg.task,
             "species_of": p.data.species_of, "preprocessing": p.prep.as_dict(), "config": asdict(cfg),
-            "imagenet_stages": imagenet_stages, "flip_tta": cfg.flip_tta,
+            "imagenet_stages": cfg.imagenet_stages, "flip_tta": cfg.flip_tta,
             "kinds": p.model.kind_features() is not None, "backend": cfg.backend}
 
 

@@ -94,8 +94,7 @@ def prepare(cfg: TrainConfig, data: PetData, device: torch.device, features: Fea
     prep = Preprocessing.for_model(cfg.model, cfg.image_size)
     cfg = replace(cfg, backend=resolve_backend(cfg.backend, device))  # saved as resolved: a resume keeps it
     # a pretrained model keeps its ImageNet classifier beside the new head: it says when a photo shows no pet
-    imagenet_stages = cfg.trainable_stages if cfg.pretrained and cfg.trainable_stages >= 0 else None
-    model = build_model(cfg.model, len(data.class_names), cfg.pretrained, imagenet_stages, cfg.kinds)
+    model = build_model(cfg.model, len(data.class_names), cfg.pretrained, cfg.imagenet_stages, cfg.kinds)
     model = model.to(device, memory_format=torch.channels_last)
     frozen, trainable = model.split(cfg.trainable_stages)
     frozen.requires_grad_(False)

@@ -4,20 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import ipaddress
 import socket
-import threading
-from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import quote
 
 import python_multipart  # noqa: F401  (Starlette parses uploads with it: checked at start, not at the first upload)
-import torch
 import uvicorn
-from PIL import Image
 from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
@@ -26,180 +19,14 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from ..data.cache import square_or_reason
-from ..data.transforms import centre_crop
-from ..engine.metrics import epoch_rows
 from ..errors import UserError
-from ..inference.predict import PetClassifier, stack_readable
-from ..insight.explain import GradCAM, heat_overlay, upsample
-from ..models.checkpoint import describe, flip_tta_of, load_checkpoint, task_of, temperature_of
 from .guard import Guard, new_token
 from .job_input import MAX_JOB_PHOTOS, Refused
-from .limits import MAX_TRAIN_BYTES, MAX_UPLOAD_BYTES, RequestLimits, check_pixels
-from .teach import Job, TrainJobs, read_json
+from .limits import MAX_FILES, MAX_TRAIN_BYTES, MAX_UPLOAD_BYTES, RequestLimits, check_pixels
+from .service import NO_MODEL, PhotoService
+from .teach import Job, TrainJobs
 
-MAX_FILES = 64  # photos per request
-TAUGHT_MODELS_KEPT = 2  # models taught in the page kept loaded (the latest used)
-NO_MODEL = "no model is served here: teach one in the page, or start serve with --checkpoint"
 STATIC = Path(__file__).with_name("static")
-
-
-class PhotoService:
-    """The trained classifiers behind the API (the served checkpoint, and models taught in the page), loaded and
-    run on one thread of their own, in arrival order; predict requests that wait together share forward passes.
-
-    A forward pass already uses every core; and on 2 CPU cores a second thread running torch made every pass about
-    half as slow again (each thread gets its own OpenMP team, which compete), and the server's memory grew with each
-    new thread that ran the network (glibc gives each its own heap). One thread also means one photo of up to 89
-    megapixels decoded at a time, however many requests wait: each is cut to the square the network sees before the
-    next."""
-
-    def __init__(self, checkpoint: Path | None, device: str = "auto"):
-        self.device, self.worker = device, ThreadPoolExecutor(1, thread_name_prefix="network")
-        self.taught: OrderedDict[str, Loaded] = OrderedDict()  # job id -> its model, the latest used last
-        # None: no model served yet, only the ones taught in the page
-        self.served = self.worker.submit(Loaded.of, checkpoint, device).result() if checkpoint else None
-        self.waiting, self.lock = [], threading.Lock()  # predict requests not yet through the network
-
-    @property
-    def classifier(self) -> PetClassifier:
-        return self.served.classifier
-
-    @property
-    def info(self) -> dict | None:
-        return self.served.info if self.served else None
-
-    def model(self, job: Job | None) -> Loaded:
-        """The served model, or a taught job's (loaded at its first use; the last few used are kept)."""
-        if job is None:
-            return self.served
-        if job.id not in self.taught:
-            self.taught[job.id] = Loaded.of(job.checkpoint, self.device)
-            while len(self.taught) > TAUGHT_MODELS_KEPT:
-                self.taught.popitem(last=False)
-        self.taught.move_to_end(job.id)
-        return self.taught[job.id]
-
-    async def run(self, work, *args):
-        """`work(*args)` on the service's thread, awaited."""
-        return await asyncio.get_running_loop().run_in_executor(self.worker, work, *args)
-
-    async def predict(self, uploads: list[tuple[str, bytes]], top_k: int, job: Job | None = None) -> list[dict]:
-        """One `predict --json` entry per upload, in upload order; unreadable ones get an error entry.
-
-        Requests that wait while the network is busy go through it together: their photos share forward passes.
-        """
-        check_pixels(uploads)
-        loop = asyncio.get_running_loop()
-        answer = loop.create_future()
-        with self.lock:
-            self.waiting.append((uploads, top_k, job, answer, loop))
-        self.worker.submit(self._predict_waiting)  # the first of these to run takes every waiting request
-        return await answer
-
-    def _predict_waiting(self) -> None:
-        """Every waiting request's photos through its model in batches; each request's entries to its future."""
-        with self.lock:
-            requests, self.waiting = self.waiting, []
-        for job in {id(r[2]): r[2] for r in requests}.values():  # each model's requests share its passes
-            self._predict_together([r for r in requests if r[2] is job])
-
-    def _predict_together(self, requests: list) -> None:
-        try:
-            loaded = self.model(requests[0][2])
-            decoded = [loaded.decode(name, data) for uploads, *_ in requests for name, data in uploads]
-            top_k, size, predictions = max(r[1] for r in requests), loaded.classifier.batch_size, []
-            for start in range(0, len(decoded), size):
-                predictions += loaded.classifier.scored(*stack_readable(decoded[start : start + size]), top_k)
-            for uploads, k, _, answer, loop in requests:
-                mine, predictions = predictions[: len(uploads)], predictions[len(uploads) :]
-                entries = [replace(p, labels=p.labels[:k]).as_dict() for p in mine]
-                loop.call_soon_threadsafe(settle, answer, entries, None)
-        except Exception as e:  # each waiting request fails with it, as it would alone
-            for *_, answer, loop in requests:
-                loop.call_soon_threadsafe(settle, answer, None, e)
-
-    def explain(self, name: str, data: bytes, class_name: str | None, job: Job | None = None) -> tuple:
-        """(PNG of the Grad-CAM overlay on the square the network sees, its class, that class's probability)."""
-        return self.model(job).explain(name, data, class_name)
-
-
-@dataclass
-class Loaded:
-    """One classifier the service runs, with its Grad-CAM and what the page shows about it."""
-
-    classifier: PetClassifier
-    gradcam: GradCAM
-    info: dict
-
-    @classmethod
-    def of(cls, checkpoint: Path, device: str) -> Loaded:
-        ckpt = load_checkpoint(checkpoint)
-        classifier = PetClassifier.from_loaded(ckpt, device)
-        # gradients of activations, not of weights
-        return cls(classifier, GradCAM(classifier.model.requires_grad_(False)), model_info(checkpoint, ckpt))
-
-    def decode(self, name: str, data: bytes) -> tuple[str, torch.Tensor | str]:
-        """(name, the uint8 square [3, R, R] the network sees) or (name, why the bytes are not a readable photo)."""
-        if not data:
-            return name, "empty file (0 bytes)"
-        return name, square_or_reason(io.BytesIO(data), self.classifier.preprocessing)  # the name is never opened
-
-    def explain(self, name: str, data: bytes, class_name: str | None) -> tuple[bytes, str, float]:
-        c = self.classifier
-        if class_name is not None and class_name not in c.class_names:
-            raise HTTPException(400, f"unknown class {class_name!r}; the model knows: {', '.join(c.class_names)}")
-        _, square = self.decode(name, data)
-        if isinstance(square, str):
-            raise HTTPException(400, f"{name}: {square}")
-        probs = c._square_outputs(square[None])[0][0]  # as predict reports them: temperature, flip TTA
-        k = c.class_names.index(class_name) if class_name else int(probs.argmax())
-        cam, _ = self.gradcam(c.preprocessing.eval_batch(square[None].to(c.device)), torch.tensor([k]).to(c.device))
-        crop = c.preprocessing.crop
-        overlay = heat_overlay(centre_crop(square, crop), upsample(cam[0].cpu(), crop))
-        png = io.BytesIO()
-        Image.fromarray(overlay.permute(1, 2, 0).numpy()).save(png, "PNG")
-        return png.getvalue(), c.class_names[k], float(probs[k])
-
-
-def settle(answer: asyncio.Future, result, error: BaseException | None) -> None:
-    """Give a waiting request its result or error (on its event loop), unless it has gone meanwhile."""
-    if answer.done():  # the client disconnected and its request was cancelled
-        return
-    if error is not None:
-        answer.set_exception(error)
-    else:
-        answer.set_result(result)
-
-
-def model_info(checkpoint: Path, ckpt: dict) -> dict:
-    """What the page shows about the model: task, classes, accuracy from its run, and the run's learning curve."""
-    run = checkpoint.parent
-    summary = read_json(run / "summary.json")
-    if summary and Path(summary.get("checkpoint", "")).name == checkpoint.name and "test_accuracy" in summary:
-        accuracy = {"split": "test", "value": summary["test_accuracy"], "photos": summary.get("photos", {}).get("test")}
-    elif (ckpt.get("metrics") or {}).get("val_accuracy") is not None:
-        accuracy = {"split": "validation", "value": ckpt["metrics"]["val_accuracy"], "photos": None}
-    else:
-        accuracy = None
-    try:
-        rows = epoch_rows(run / "metrics.jsonl")
-    except (OSError, ValueError):  # a checkpoint without its run folder, or a damaged file: no curve
-        rows = []
-    curve = [{k: row.get(k) for k in ("epoch", "train_loss", "val_loss", "val_accuracy")} for row in rows]
-    return {"checkpoint": f"{run.name}/{checkpoint.name}", "description": describe(ckpt), "model": ckpt["model_name"],
-            "task": task_of(ckpt), "class_names": ckpt["class_names"], "species_of": ckpt.get("species_of") or None,
-            "image_size": ckpt["preprocessing"]["crop"], "flip_tta": flip_tta_of(ckpt),
-            "temperature": temperature_of(ckpt), "not_a_pet": ckpt.get("imagenet_stages") is not None,
-            "accuracy": accuracy, "curve": curve, "max_upload_bytes": MAX_UPLOAD_BYTES, "max_files": MAX_FILES,
-            "max_job_photos": MAX_JOB_PHOTOS, "max_train_bytes": MAX_TRAIN_BYTES}
-
-
-async def uploaded_files(request: Request) -> tuple[list[tuple[str, bytes]], dict[str, str]]:
-    """The request's `file` uploads as (file name, bytes), in upload order, and its plain form fields."""
-    async with request.form(max_files=MAX_FILES, max_fields=16) as form:
-        files, fields = form_parts(request, form)
-        return [(f.filename or "upload", await f.read()) for f in files], fields
 
 
 def form_parts(request: Request, form) -> tuple[list[UploadFile], dict[str, str]]:
@@ -210,6 +37,13 @@ def form_parts(request: Request, form) -> tuple[list[UploadFile], dict[str, str]
     if not files or not all(isinstance(f, UploadFile) for f in files):
         raise HTTPException(400, "no photo: send each one as a 'file' field of multipart/form-data")
     return files, {k: v for k, v in form.items() if isinstance(v, str)}
+
+
+async def uploaded_files(request: Request) -> tuple[list[tuple[str, bytes]], dict[str, str]]:
+    """The request's `file` uploads as (file name, bytes), in upload order, and its plain form fields."""
+    async with request.form(max_files=MAX_FILES, max_fields=16) as form:
+        files, fields = form_parts(request, form)
+        return [(f.filename or "upload", await f.read()) for f in files], fields
 
 
 def create_app(service: PhotoService, jobs: TrainJobs | None = None, local_only: bool = True,

@@ -11,6 +11,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 
 MAX_UPLOAD_BYTES = 32 * 2**20  # per request: a 48-megapixel phone JPEG fits; a larger body gets 413
+MAX_FILES = 64  # photos per request
 MAX_TRAIN_BYTES = 512 * 2**20  # per teaching request (POST /api/train): a few hundred phone photos, spooled to disk
 MAX_PIXELS_PER_REQUEST = 200_000_000  # decoded pixels a request may ask for (four 48-megapixel photos); past it 413
 # uploads read or answered at once, and their bodies' bytes (Content-Length; one larger body may go alone): what the

@@ -22,12 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from ..engine.metrics import epoch_rows
 from ..runtime import resolve_device
 from .job_input import MIN_CLASS_PHOTOS, Refused, parse_labels, parse_options, write_photos
 from .workers import Worker, Zygote, cpu_count, worker_slots
 
 MAX_WAITING = 32  # jobs waiting for a worker (a classroom's); past it 503 with Retry-After
 JOB_SECONDS = 20 * 60  # a job still training after this is stopped (500 photos take about 3 minutes on 2 cores)
+EPOCH_KEYS = ("epoch", "train_loss", "val_loss", "val_accuracy", "lr", "elapsed")  # of each epoch, for the page
 PATH_FIELDS = ("data_dir", "out", "cache_dir", "resume")  # of a job's config: places on the server, not shown
 KEEP_SECONDS = 3600  # a finished job's photos, run folder and model are removed this long after it ended
 MAX_KEPT = 64  # finished jobs kept at once (two classrooms' models, ~25 MB each); past it the oldest goes first
@@ -67,7 +69,7 @@ class Job:
                   "options": self.options, "classes": [{"name": name, "photos": n} for name, n in self.classes.items()],
                   "seconds": round(now - self.started, 1) if self.started else 0.0,
                   "phase": self.without_paths(last_line(self.log)),
-                  "epochs": written_rows(self.run / "metrics.jsonl"),
+                  "epochs": epoch_rows(self.run / "metrics.jsonl", EPOCH_KEYS, missing_ok=True),
                   "recipe": {k: v for k, v in recipe.items() if k not in PATH_FIELDS} if recipe else None}
         if self.status == "done":
             answer["doctor"] = findings_by_photo(read_json(self.folder / "doctor.json"))
@@ -266,22 +268,6 @@ def alive(pid: int) -> bool:
     except PermissionError:  # another user's
         return True
     return True
-
-
-def written_rows(path: Path) -> list[dict]:
-    """The epoch rows of a metrics.jsonl being written: a line cut short at the end is left for the next read."""
-    try:
-        lines = path.read_text().splitlines()
-    except OSError:
-        return []
-    rows = []
-    for line in lines:
-        try:
-            rows.append(json.loads(line))
-        except ValueError:
-            break
-    return [{k: row.get(k) for k in ("epoch", "train_loss", "val_loss", "val_accuracy", "lr", "elapsed")}
-            for row in rows]
 
 
 def last_line(path: Path) -> str:

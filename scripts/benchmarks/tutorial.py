@@ -26,7 +26,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
-from petclassifier.cli.commands import add_train_arguments, config_from_args
+from petclassifier.cli.train import add_train_arguments, config_from_args
 from petclassifier.config import TrainConfig
 from petclassifier.data.datasets import Split, load_data
 from petclassifier.data.transforms import Preprocessing
