@@ -6,7 +6,7 @@ __version__ = "0.1.0"
 
 # The names the package hands on, and the module each lives in. They are imported when first used (PEP 562), so
 # `petclassifier --help` and `import petclassifier.config` load no torch.
-_EXPORTS = {"PetClassifier": "inference.predict", "PetNet": "models.registry", "TrainConfig": "config",
+_EXPORTS = {"PetClassifier": "inference.predict", "PetNet": "models.net", "TrainConfig": "config",
             "build_model": "models.registry", "fit": "training.run", "train": "training.run",
             "kind_classifier": "inference.animals", "examine": "doctor.report"}
 __all__ = [*_EXPORTS, "__version__"]

@@ -23,12 +23,13 @@ import torch
 
 from petclassifier.config import default_cache_dir
 from petclassifier.data.cache import decode_images
-from petclassifier.data.datasets import oxford_splits
+from petclassifier.data.oxford import oxford_splits
 from petclassifier.data.store import Batches
 from petclassifier.data.transforms import Preprocessing
 from petclassifier.inference.predict import PET_KINDS
 from petclassifier.models.kinds import KIND_NAMES, kind_probabilities
-from petclassifier.models.registry import build_model, fold_batchnorm, mean_over_flip
+from petclassifier.models.net import fold_batchnorm, mean_over_flip
+from petclassifier.models.registry import build_model
 
 MODEL, CROP = "efficientnet_lite2", 260
 CANDIDATES = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5)

@@ -30,7 +30,7 @@ from torch import nn
 
 from petclassifier.config import TrainConfig, default_cache_dir
 from petclassifier.data.cache import decode_images
-from petclassifier.data.datasets import oxford_splits
+from petclassifier.data.oxford import oxford_splits
 from petclassifier.data.store import Batches, FeatureStore
 from petclassifier.data.transforms import Preprocessing
 from petclassifier.distributed import ShardedBatches

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from petclassifier import train
 from petclassifier.data.cache import decode_images
-from petclassifier.data.datasets import oxford_splits
+from petclassifier.data.oxford import oxford_splits
 from petclassifier.data.store import FeatureStore
 from petclassifier.data.transforms import Preprocessing
 from petclassifier.engine.frozen import Views, fast_frozen

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 import petclassifier
-from petclassifier.data.datasets import download_oxford
+from petclassifier.data.oxford import download_oxford
 from petclassifier.errors import UserError
 
 IDS = Path(petclassifier.__file__).parent / "data" / "subset"

@@ -8,7 +8,8 @@ import torch
 import petclassifier.data.images
 from petclassifier.config import TrainConfig
 from petclassifier.data.cache import decode_images, decode_split
-from petclassifier.data.datasets import Split, folder_data, load_data, stratified_split
+from petclassifier.data.datasets import folder_data, load_data
+from petclassifier.data.splits import Split, stratified_split
 from petclassifier.data.transforms import Preprocessing
 from petclassifier.errors import UserError
 

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from petclassifier.cli import main
-from petclassifier.doctor import report as doctor
+from petclassifier.doctor import findings
 
 from .conftest import SAMPLE, SHARED, make_folder, needs_shared
 
@@ -20,7 +20,7 @@ def test_confident_learning_names_the_photos_another_class_claims_most_likely_fi
     labels = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
     probs = torch.tensor([[0.9, 0.1], [0.8, 0.2], [0.95, 0.05], [0.1, 0.9],  # photo 3: filed 0, looks 1
                           [0.2, 0.8], [0.1, 0.9], [0.4, 0.6], [0.7, 0.3]])  # photo 7: filed 1, looks 0
-    found = doctor.confident_learning(probs, labels)
+    found = findings.confident_learning(probs, labels)
     assert [(i, j) for i, j, _ in found] == [(3, 1), (7, 0)] and found[0][2] == pytest.approx(0.9)
 
 
@@ -31,11 +31,11 @@ def test_near_duplicates_link_photos_by_features_or_difference_hash_and_chain_th
     hashes = torch.zeros(6, 64, dtype=torch.bool)
     hashes[2:] = torch.rand(4, 64, generator=torch.Generator().manual_seed(0)) > 0.5
     hashes[3] = hashes[2]
-    hashes[3, :doctor.NEAR_BITS] ^= True  # 6 bits apart: a resized copy
+    hashes[3, :findings.NEAR_BITS] ^= True  # 6 bits apart: a resized copy
     hashes[4] = hashes[3]
     hashes[4, -3:] ^= True  # 3 bits from 3, 9 from 2: linked to 2 through 3
     hashes[5] = hashes[2]
-    assert sorted(map(sorted, doctor.near_duplicates(features, hashes, block=2))) == [[0, 1], [2, 3, 4]]
+    assert sorted(map(sorted, findings.near_duplicates(features, hashes, block=2))) == [[0, 1], [2, 3, 4]]
 
 
 def test_the_difference_hash_of_a_resized_photo_stays_within_the_near_bits(tmp_path):
@@ -47,8 +47,8 @@ def test_the_difference_hash_of_a_resized_photo_stays_within_the_near_bits(tmp_p
     img.resize((img.width * 6 // 10, img.height * 6 // 10)).save(tmp_path / "small.jpg", quality=75)
     prep = Preprocessing.for_model("efficientnet_lite2", 260)
     images, bad = decode_images([str(pug), str(tmp_path / "small.jpg"), str(persian)], prep, str(tmp_path), 0)
-    hashes = doctor.difference_hashes(images)
-    assert not bad and (hashes[0] != hashes[1]).sum() <= doctor.NEAR_BITS < (hashes[0] != hashes[2]).sum()
+    hashes = findings.difference_hashes(images)
+    assert not bad and (hashes[0] != hashes[1]).sum() <= findings.NEAR_BITS < (hashes[0] != hashes[2]).sum()
 
 
 def test_doctor_lists_unreadable_files_exact_copies_and_small_classes_and_says_what_to_do(tmp_path, capsys):

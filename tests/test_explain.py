@@ -9,7 +9,8 @@ from petclassifier.data.transforms import Preprocessing
 from petclassifier.insight import plots
 from petclassifier.insight.explain import GradCAM, centre_share, explain_photos, hottest_inside
 from petclassifier.models.checkpoint import load_checkpoint, save_checkpoint
-from petclassifier.models.registry import PetNet, build_model
+from petclassifier.models.net import PetNet
+from petclassifier.models.registry import build_model
 
 from .conftest import SAMPLE
 from .test_evaluate import PNG, trained  # noqa: F401  (module fixture: a tiny trained checkpoint)

@@ -5,15 +5,9 @@ import torch
 
 from petclassifier.errors import UserError
 from petclassifier.insight.explain import GradCAM
-from petclassifier.models.registry import (
-    TORCHVISION_MODELS,
-    build_model,
-    family,
-    fold_batchnorm,
-    model_names,
-    torchvision_net,
-    wrap_torchvision,
-)
+from petclassifier.models.families import TORCHVISION_MODELS, family, torchvision_net, wrap_torchvision
+from petclassifier.models.net import fold_batchnorm
+from petclassifier.models.registry import build_model, model_names
 
 
 @pytest.mark.parametrize("name", ["smallcnn", "efficientnet_lite0", "resnet18", "mobilenet_v3_small"])

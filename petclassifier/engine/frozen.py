@@ -19,7 +19,7 @@ from .. import distributed
 from ..data import store as features_module  # its FEATURE_FORMAT read when keys are made
 from ..data.store import FeatureStore, entry_key, feature_dtype
 from ..data.transforms import augmentation_key
-from ..models.registry import fold_batchnorm
+from ..models.net import fold_batchnorm
 from ..runtime import autocast, inference_batch_size, log, progress, release_free_memory
 
 

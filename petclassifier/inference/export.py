@@ -20,7 +20,7 @@ from ..data.transforms import Preprocessing
 from ..engine.backends import to_onnx
 from ..errors import UserError
 from ..models.checkpoint import flip_tta_of, load_checkpoint, model_from_checkpoint, temperature_of
-from ..models.registry import FlipAveraged, fold_batchnorm
+from ..models.net import FlipAveraged, fold_batchnorm
 
 FORMATS = {"torchscript": "model.pt", "onnx": "model.onnx"}
 

@@ -17,7 +17,7 @@ from ..data.cache import PhotoDecoder
 from ..data.images import load_image, to_rgb, upright
 from ..models.checkpoint import checkpoint_file, flip_tta_of, load_checkpoint, model_from_checkpoint, temperature_of
 from ..models.kinds import KIND_NAMES, kind_probabilities
-from ..models.registry import PetNet, fold_batchnorm, mean_over_flip
+from ..models.net import PetNet, fold_batchnorm, mean_over_flip
 from ..runtime import autocast, inference_batch_size, release_free_memory, resolve_device
 from .answers import Labels, Prediction
 

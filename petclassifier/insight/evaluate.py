@@ -20,7 +20,7 @@ from ..engine.loop import evaluate
 from ..engine.metrics import at_chance, calibration_report, chance_accuracy, luck_ceiling, metrics_report
 from ..errors import UserError
 from ..models.checkpoint import flip_tta_of, load_checkpoint, model_from_checkpoint, temperature_of
-from ..models.registry import FlipAveraged
+from ..models.net import FlipAveraged
 from ..runtime import inference_batch_size, resolve_device
 
 SPLITS = ("train", "val", "test", "all")

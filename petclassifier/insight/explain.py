@@ -12,7 +12,7 @@ from torch import nn
 from ..data.images import ImageError
 from ..data.transforms import centre_crop
 from ..errors import UserError
-from ..models.registry import PetNet
+from ..models.net import PetNet
 
 
 class GradCAM:

@@ -18,7 +18,7 @@ from ..errors import UserError
 
 if TYPE_CHECKING:
     from ..data.transforms import Preprocessing
-    from .registry import PetNet
+    from .net import PetNet
 
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("format_version", "model_name", "class_names", "preprocessing", "model_state")

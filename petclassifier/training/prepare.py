@@ -13,7 +13,7 @@ from torch import nn
 from .. import distributed
 from ..config import TrainConfig
 from ..data.cache import decode_split
-from ..data.datasets import PetData
+from ..data.splits import PetData
 from ..data.store import Batches, FeatureStore
 from ..data.transforms import Preprocessing
 from ..engine.backends import CALIBRATION_PHOTOS, on_backend, resolve_backend

@@ -21,9 +21,10 @@ from ..engine.metrics import epoch_rows
 from ..inference.predict import PetClassifier, stack_readable
 from ..insight.explain import GradCAM, heat_overlay, upsample
 from ..models.checkpoint import describe, flip_tta_of, load_checkpoint, task_of, temperature_of
+from .job_files import read_json
 from .job_input import MAX_JOB_PHOTOS
 from .limits import MAX_FILES, MAX_TRAIN_BYTES, MAX_UPLOAD_BYTES, check_pixels
-from .teach import Job, read_json
+from .teach import Job
 
 TAUGHT_MODELS_KEPT = 2  # models taught in the page kept loaded (the latest used)
 NO_MODEL = "no model is served here: teach one in the page, or start serve with --checkpoint"

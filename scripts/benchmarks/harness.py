@@ -41,7 +41,8 @@ from torch import nn
 from benchmarks.tutorial import photo_loader, tutorial_transforms
 from petclassifier.config import TrainConfig
 from petclassifier.data.cache import decode_split
-from petclassifier.data.datasets import PetData, Split, load_data
+from petclassifier.data.datasets import load_data
+from petclassifier.data.splits import PetData, Split
 from petclassifier.data.transforms import Preprocessing
 from petclassifier.distributed import ShardedBatches
 from petclassifier.engine.loop import train_one_epoch

@@ -28,7 +28,8 @@ from torchvision import transforms as T
 
 from petclassifier.cli.train import add_train_arguments, config_from_args
 from petclassifier.config import TrainConfig
-from petclassifier.data.datasets import Split, load_data
+from petclassifier.data.datasets import load_data
+from petclassifier.data.splits import Split
 from petclassifier.data.transforms import Preprocessing
 from petclassifier.engine.loop import evaluate, train_one_epoch
 from petclassifier.errors import UserError
