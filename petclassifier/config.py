@@ -60,7 +60,7 @@ class TrainConfig:
     # runtime
     device: str = "auto"  # auto | cpu | cuda (auto picks CUDA when present)
     backend: str = "auto"  # what runs the frozen pass: torch | onnxruntime | onnxruntime-int8 (CPU only; int8
-    # calibrated on the training photos); auto: petclassifier.engine.backends.AUTO_ON_CPU on a CPU, torch on a GPU
+    # calibrated on the training photos); auto: petclassifier.engine.choice.AUTO_ON_CPU on a CPU, torch on a GPU
     workers: int = 2  # processes decoding images
     seed: int = 0  # seeds the split, the initial weights, augmentation and batch order
     out: str | None = None  # run folder; None means runs/<date-time>-<model>-<task>

@@ -24,12 +24,10 @@ def frozen_pass_on_torch(tmp_path_factory):
     """In-process runs (module fixtures' too) compute frozen passes, and predict, with PyTorch, as their expected
     figures were; tests/test_backends.py and test_onnx_copy.py try the others (each export would add seconds to every
     test that trains or predicts). Nothing is cached in the user's own cache folder, by subprocesses neither."""
-    from petclassifier.engine import backends
-    from petclassifier.inference import onnx_copy
+    from petclassifier.engine import choice
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(backends, "AUTO_ON_CPU", "torch")
-        patch.setattr(onnx_copy, "AUTO_ON_CPU", "torch")
+        patch.setattr(choice, "AUTO_ON_CPU", "torch")
         patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
         yield
 

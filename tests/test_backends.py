@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from petclassifier import PetClassifier, train
 from petclassifier.data.images import load_image
 from petclassifier.data.transforms import Preprocessing
-from petclassifier.engine import backends
+from petclassifier.engine import backends, choice
 from petclassifier.engine.backends import on_backend, resolve_backend
 from petclassifier.engine.frozen import fast_frozen
 from petclassifier.errors import UserError
@@ -101,14 +101,14 @@ def test_a_run_on_int8_records_its_backend_and_its_model_scores_on_pytorch(shape
 
 def test_the_backend_is_resolved_or_refused_in_one_line(monkeypatch):
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    monkeypatch.setattr(backends, "AUTO_ON_CPU", "onnxruntime-int8")  # where int8 is the choice
+    monkeypatch.setattr(choice, "AUTO_ON_CPU", "onnxruntime-int8")  # where int8 is the choice
     assert resolve_backend("auto", cpu) == "onnxruntime-int8" and resolve_backend("auto", cuda) == "torch"
     assert resolve_backend("onnxruntime", cpu) == "onnxruntime"
     with pytest.raises(UserError, match="runs on the CPU; on a GPU use --backend torch"):
         resolve_backend("onnxruntime", cuda)
     with pytest.raises(UserError, match="unknown backend 'tensorrt'"):
         resolve_backend("tensorrt", cpu)
-    monkeypatch.setattr(backends, "onnx_available", lambda: False)
+    monkeypatch.setattr(choice, "onnx_installed", lambda: False)
     assert resolve_backend("auto", cpu) == "torch"
     with pytest.raises(UserError, match=r'needs ONNX Runtime: pip install -e "\.\[onnx\]"'):
         resolve_backend("onnxruntime-int8", cpu)

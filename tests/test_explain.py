@@ -7,7 +7,7 @@ from petclassifier.cli import main
 from petclassifier.data.images import load_image
 from petclassifier.data.transforms import Preprocessing
 from petclassifier.insight import plots
-from petclassifier.insight.explain import GradCAM, centre_share, explain_photos, hottest_inside
+from petclassifier.insight.explain import GradCAM, explain_photos, upsample
 from petclassifier.models.checkpoint import load_checkpoint, save_checkpoint
 from petclassifier.models.net import PetNet
 from petclassifier.models.registry import build_model
@@ -48,6 +48,35 @@ def test_hottest_cell_inside_or_on_the_border():
 IMAGENET_CLASS = {"Persian": 283, "Siamese": 284, "Egyptian_Mau": 285, "pug": 254, "beagle": 162, "basset_hound": 161,
                   "boxer": 242, "chihuahua": 151, "japanese_chin": 152, "pomeranian": 259, "samoyed": 258,
                   "newfoundland": 256, "saint_bernard": 247, "yorkshire_terrier": 187, "keeshond": 261}
+
+
+def hottest_inside(cams: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per cam [B, h, w]: is the hottest grid cell off the outer ring, is the hottest pixel in the central 60% box."""
+    b, h, w = cams.shape
+    cell = cams.flatten(1).argmax(1)
+    row, col = cell // w, cell % w
+    off_ring = (row > 0) & (row < h - 1) & (col > 0) & (col < w - 1)
+    fine = upsample(cams, 100)  # 100 pixels: the central 60% box is pixels 20..79
+    pixel = fine.flatten(1).argmax(1)
+    prow, pcol = pixel // 100, pixel % 100
+    central = (prow >= 20) & (prow < 80) & (pcol >= 20) & (pcol < 80)
+    return {"off_ring": off_ring, "central_box": central}
+
+
+def centre_share(model: PetNet, images: torch.Tensor, labels: torch.Tensor, prep, batch_size: int = 32) -> dict:
+    """Over the correctly classified photos: the share whose Grad-CAM peak is off the border (both definitions)."""
+    cam = GradCAM(model)
+    correct, off_ring, central = 0, 0, 0
+    for i in range(0, len(images), batch_size):
+        x = prep.eval_batch(images[i : i + batch_size])
+        cams, logits = cam(x)
+        right = logits.argmax(1) == labels[i : i + batch_size]
+        inside = hottest_inside(cams[right])
+        correct += int(right.sum())
+        off_ring += int(inside["off_ring"].sum())
+        central += int(inside["central_box"].sum())
+    return {"correct_photos": correct, "photos": len(images), "off_ring_share": off_ring / max(1, correct),
+            "central_box_share": central / max(1, correct)}
 
 
 def test_gradcam_on_real_pet_photos_looks_at_the_pet():

@@ -16,6 +16,7 @@ from .output import chosen_checkpoint, photo_paths, write_entries
 from .serve import add_cache_arguments, add_serve_arguments, run_cache, run_serve
 from .train import add_train_arguments, run_train
 
+PREDICT_BACKENDS = ("auto", "torch", "onnxruntime")  # predict runs the whole network: int8 is for the frozen pass
 
 def add_predict_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("paths", nargs="+", metavar="PATH", help="photos, or folders searched recursively")
@@ -26,7 +27,7 @@ def add_predict_arguments(p: argparse.ArgumentParser) -> None:
     output.add_argument("--jsonl", action="store_true", help="print one JSON object per photo, per line, as it goes")
     p.add_argument("--workers", type=int, default=2, help="image-decoding processes; 0 decodes in this one (default 2)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--backend", default="auto", choices=("auto", "torch", "onnxruntime"),
+    p.add_argument("--backend", default="auto", choices=PREDICT_BACKENDS,
                    help="what runs the network: onnxruntime runs the checkpoint's ONNX copy on the CPU (written on "
                    "first use, in the cache folder), without loading PyTorch; auto: onnxruntime on a CPU where it "
                    "is installed, else torch (default auto)")
@@ -61,15 +62,11 @@ def run_predict(args: argparse.Namespace) -> int:
 def predictor(args: argparse.Namespace):
     """The Predictions of the photos under args.paths, from the network on PyTorch or from its ONNX copy."""
     from ..config import default_cache_dir
+    from ..engine.choice import choose_backend, gpu_present
     from ..inference import onnx_copy
-    on_cpu = args.device == "cpu" or (args.device == "auto" and not onnx_copy.gpu_present())
-    backend = args.backend
-    if backend == "auto":
-        backend = onnx_copy.AUTO_ON_CPU if on_cpu and onnx_copy.onnxruntime_installed() else "torch"
-    elif backend == "onnxruntime" and not on_cpu:
-        raise UserError("--backend onnxruntime runs on the CPU; use --device cpu (or --backend torch)")
-    elif backend == "onnxruntime" and not onnx_copy.onnxruntime_installed():
-        raise UserError('--backend onnxruntime needs ONNX Runtime: pip install -e ".[onnx]" (or --backend torch)')
+
+    on_cpu = args.device == "cpu" or (args.device == "auto" and not gpu_present())
+    backend = choose_backend(args.backend, on_cpu, "use --device cpu (or --backend torch)", PREDICT_BACKENDS)
     paths = photo_paths(args.paths, missing_ok=True)  # each missing path gets its own error entry
     if backend == "onnxruntime":  # the copy holds the class names: naming the newest checkpoint loads no PyTorch
         cache = args.cache_dir or default_cache_dir()

@@ -6,6 +6,7 @@ import argparse
 from dataclasses import fields
 
 from ..config import TrainConfig
+from ..engine.choice import BACKENDS
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
@@ -49,7 +50,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    "(default: on when only a pretrained model's head learns)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"),
                    help=f"where to train: auto picks CUDA when present, else the CPU (default {d.device})")
-    p.add_argument("--backend", choices=("auto", "torch", "onnxruntime", "onnxruntime-int8"),
+    p.add_argument("--backend", choices=BACKENDS,
                    help="what runs the frozen pass: onnxruntime(-int8) run on a CPU and need the onnx extra; auto: "
                    f"onnxruntime on a CPU where installed, else torch (default {d.backend})")
     p.add_argument("--workers", type=int, help=f"image-decoding processes (default {d.workers})")

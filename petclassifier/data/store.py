@@ -15,6 +15,7 @@ import math
 import os
 import socket
 from pathlib import Path
+from typing import Protocol
 
 import torch
 
@@ -27,6 +28,14 @@ HOST = socket.gethostname()
 DEFAULT_LIMIT = 20 * 10**9  # bytes the cache folder may hold; the least recently used entries go past it
 LIMIT_FILE = "limit.json"  # in the cache folder: {"bytes": N}, set by `petclassifier cache --limit-gb`
 IN_USE: set[Path] = set()  # cache files this process has opened: never removed by its own clean-up
+
+
+class Rows(Protocol):
+    """Rows of photos or features read by index or slice: a RowFile on disk, or a tensor in memory."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index) -> torch.Tensor: ...
 
 
 class RowFile:

@@ -22,31 +22,16 @@ from torch import nn
 from ..data.store import entry_key, temp_path, touch
 from ..errors import UserError
 from ..runtime import log
+from .choice import choose_backend
 
-BACKENDS = ("auto", "torch", "onnxruntime", "onnxruntime-int8")
 CALIBRATION_PHOTOS = 64  # training photos whose activations set the int8 ranges
 INT8_COSINE = 0.98  # int8 runs only where every calibration photo's features point the way float32's do, to this
 FLOAT_CONVOLUTIONS = 5  # convolutions kept in float32 at each end of the int8 copy
 
 
-# What auto means on a CPU where ONNX Runtime is installed: float32, whose features equal PyTorch's (to 4e-6) at about
-# twice its speed on a 2-core AVX512 CPU. int8 runs 5x PyTorch's speed there, but the default breed model it trained
-# scored 91.4% on Oxford's test photos against 91.9% from PyTorch's features (species 99.8% both): more than the 0.3
-# points allowed, so it is a choice (--backend onnxruntime-int8), not the default.
-AUTO_ON_CPU = "onnxruntime"
-
-
 def resolve_backend(name: str, device: torch.device) -> str:
     """auto: PyTorch on a GPU; on a CPU AUTO_ON_CPU where ONNX Runtime is installed, else PyTorch."""
-    if name not in BACKENDS:
-        raise UserError(f"unknown backend {name!r}; choose {', '.join(BACKENDS)}")
-    if name == "auto":
-        return AUTO_ON_CPU if device.type == "cpu" and onnx_available() else "torch"
-    if name != "torch" and device.type != "cpu":
-        raise UserError(f"--backend {name} runs on the CPU; on a GPU use --backend torch (or auto)")
-    if name != "torch" and not onnx_available():
-        raise UserError(f'--backend {name} needs ONNX Runtime: pip install -e ".[onnx]" (or --backend torch)')
-    return name
+    return choose_backend(name, device.type == "cpu", "on a GPU use --backend torch (or auto)")
 
 
 def onnx_available() -> bool:

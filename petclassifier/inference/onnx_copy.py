@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib.util
 import json
 import os
 import time
@@ -26,22 +25,6 @@ from .answers import Labels, Prediction
 
 COPY_FORMAT = 1  # raised when what the copy holds changes, so older copies are written again
 BATCH_SIZE = 16  # photos per run of the network on the CPU
-AUTO_ON_CPU = "onnxruntime"  # what `predict --backend auto` runs on a CPU where ONNX Runtime is installed
-
-
-def onnxruntime_installed() -> bool:
-    """ONNX Runtime to run copies, and the exporter (onnxscript) to write them: the onnx extra."""
-    return all(importlib.util.find_spec(name) is not None for name in ("onnxruntime", "onnxscript"))
-
-
-def gpu_present() -> bool:
-    """An NVIDIA GPU this process may use, told without loading PyTorch (its driver lists it under /proc)."""
-    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
-        return False
-    gpus = Path("/proc/driver/nvidia/gpus")
-    return gpus.is_dir() and any(gpus.iterdir())
-
-
 def copy_folder(checkpoint: Path, cache_dir: str | Path, flip_tta: bool | None) -> Path:
     """Where the copy of `checkpoint` is kept: named by a digest of its bytes, so a changed file gets a new copy."""
     digest = hashlib.sha256(f"{COPY_FORMAT} {flip_tta}".encode())

@@ -65,35 +65,6 @@ def heat_overlay(photo: torch.Tensor, cam: torch.Tensor, alpha: float = 0.45) ->
     return ((1 - alpha) * photo.float() + alpha * 255 * jet).round().clamp(0, 255).to(torch.uint8)
 
 
-def hottest_inside(cams: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Per cam [B, h, w]: is the hottest grid cell off the outer ring, is the hottest pixel in the central 60% box."""
-    b, h, w = cams.shape
-    cell = cams.flatten(1).argmax(1)
-    row, col = cell // w, cell % w
-    off_ring = (row > 0) & (row < h - 1) & (col > 0) & (col < w - 1)
-    fine = upsample(cams, 100)  # 100 pixels: the central 60% box is pixels 20..79
-    pixel = fine.flatten(1).argmax(1)
-    prow, pcol = pixel // 100, pixel % 100
-    central = (prow >= 20) & (prow < 80) & (pcol >= 20) & (pcol < 80)
-    return {"off_ring": off_ring, "central_box": central}
-
-
-def centre_share(model: PetNet, images: torch.Tensor, labels: torch.Tensor, prep, batch_size: int = 32) -> dict:
-    """Over the correctly classified photos: the share whose Grad-CAM peak is off the border (both definitions)."""
-    cam = GradCAM(model)
-    correct, off_ring, central = 0, 0, 0
-    for i in range(0, len(images), batch_size):
-        x = prep.eval_batch(images[i : i + batch_size])
-        cams, logits = cam(x)
-        right = logits.argmax(1) == labels[i : i + batch_size]
-        inside = hottest_inside(cams[right])
-        correct += int(right.sum())
-        off_ring += int(inside["off_ring"].sum())
-        central += int(inside["central_box"].sum())
-    return {"correct_photos": correct, "photos": len(images), "off_ring_share": off_ring / max(1, correct),
-            "central_box_share": central / max(1, correct)}
-
-
 def first_conv(model: nn.Module) -> nn.Conv2d:
     return next(m for m in model.modules() if isinstance(m, nn.Conv2d))
 

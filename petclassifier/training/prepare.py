@@ -14,7 +14,7 @@ from .. import distributed
 from ..config import TrainConfig
 from ..data.cache import decode_split
 from ..data.splits import PetData
-from ..data.store import Batches, FeatureStore
+from ..data.store import Batches, FeatureStore, Rows
 from ..data.transforms import Preprocessing
 from ..engine.backends import CALIBRATION_PHOTOS, on_backend, resolve_backend
 from ..engine.frozen import Views, fast_frozen, fits_on_gpu, is_global_pool, to_float
@@ -35,9 +35,9 @@ class Prepared:
     trainable: nn.Module  # the stages that learn, and the head (KindInputs: a pooled head reading kinds)
     frozen_fast: nn.Module | None  # the frozen stages, BatchNorm folded (None: nothing is frozen)
     pooled: bool  # only the head learns, from globally pooled features: the refit and cross-fitting take seconds
-    train_images: object  # uint8 squares [N, 3, R, R] (a cache file, or a tensor on the GPU)
+    train_images: Rows  # uint8 squares [N, 3, R, R] (a cache file, or a tensor on the GPU)
     train_labels: torch.Tensor
-    val_images: object
+    val_images: Rows
     val_labels: torch.Tensor
     skipped: list  # (path, reason) of photos left out as unreadable
     initial_head: dict | None  # the head's initial weights, where the finish trains heads again from them

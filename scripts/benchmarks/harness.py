@@ -152,13 +152,14 @@ def classifiers(checkpoint: Path, device: str, cache: Path) -> dict:
     """The package's ways to answer: scoring each photo once, the tutorial's work, through the checkpoint's ONNX copy
     ("project", what `predict` runs on a CPU with ONNX Runtime installed) and on PyTorch ("project_torch"); and, where
     the checkpoint's recipe adds the mirror image's pass, as `predict` runs it ("project_flip_tta")."""
-    from petclassifier.inference.onnx_copy import onnxruntime_installed, ready_copy
+    from petclassifier.engine.choice import onnx_installed
+    from petclassifier.inference.onnx_copy import ready_copy
 
     as_saved = PetClassifier.from_checkpoint(checkpoint, device=device)
     on_torch = PetClassifier.from_checkpoint(checkpoint, device=device, flip_tta=False)
     on_torch.scoring.temperature = 1.0  # the saved one was fitted on flip-averaged logits, not these
     found = {"project_torch": on_torch}
-    on_cpu = as_saved.device.type == "cpu" and onnxruntime_installed()
+    on_cpu = as_saved.device.type == "cpu" and onnx_installed()
     if on_cpu:
         found["project"] = ready_copy(checkpoint, cache, flip_tta=False)
     if as_saved.flip_tta:
