@@ -31,6 +31,7 @@ from torch import nn
 from petclassifier.config import TrainConfig, default_cache_dir
 from petclassifier.data.cache import decode_images
 from petclassifier.data.oxford import oxford_splits
+from petclassifier.data.splits import stratified_folds
 from petclassifier.data.store import Batches, FeatureStore
 from petclassifier.data.transforms import Preprocessing
 from petclassifier.distributed import ShardedBatches
@@ -40,7 +41,7 @@ from petclassifier.engine.loop import evaluate, optimizer_and_schedule, train_on
 from petclassifier.models.kinds import KindInputs
 from petclassifier.models.registry import build_model
 from petclassifier.training.calibration import fit_temperature
-from petclassifier.training.refit import cross_fitted_logits, stratified_folds
+from petclassifier.training.refit import cross_fitted_logits
 
 DEFAULT = {"model": "efficientnet_lite2", "image_size": 260, "augment_views": 4, "flip_tta": True, "lr": 3e-3,
            "epochs": 15, "label_smoothing": 0.0, "kinds": True, "refit": True}

@@ -29,12 +29,12 @@ import torch.nn.functional as F
 from petclassifier import train
 from petclassifier.data.cache import decode_images
 from petclassifier.data.oxford import oxford_splits
+from petclassifier.data.splits import stratified_folds
 from petclassifier.data.store import FeatureStore
 from petclassifier.data.transforms import Preprocessing
 from petclassifier.engine.frozen import Views, fast_frozen
 from petclassifier.engine.metrics import expected_calibration_error
 from petclassifier.models.registry import build_model
-from petclassifier.training.refit import stratified_folds
 
 MODEL, CROP = "efficientnet_lite2", 260  # the default model, at its crop
 OBJECTS_FOR_TRAINING = 100  # not-pets (sorted) 1-100 may be drawn for training; the other 99 are test photos

@@ -11,11 +11,12 @@ from torch import nn
 
 from petclassifier import train
 from petclassifier.config import MIN_STEPS, RECIPES, TrainConfig, sized_recipe
+from petclassifier.data.splits import stratified_folds
 from petclassifier.errors import UserError
 from petclassifier.insight.evaluate import evaluate_checkpoint, summary_lines
 from petclassifier.models.checkpoint import load_checkpoint
 from petclassifier.training.calibration import fit_temperature
-from petclassifier.training.refit import cross_fitted_logits, stratified_folds
+from petclassifier.training.refit import cross_fitted_logits
 
 from .conftest import ROOT, draw_photo, make_folder
 

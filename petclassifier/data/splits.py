@@ -1,10 +1,12 @@
-"""What a dataset is once listed: photos with class indices, split into train, val and test, and the stratified draw
-that holds photos out of training."""
+"""What a dataset is once listed: photos with class indices, split into train, val and test; and the stratified
+draws, a fraction of every class held out of training, or k folds of it (cross-fitting, the doctor)."""
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+
+import torch
 
 from ..errors import UserError
 
@@ -62,3 +64,14 @@ def stratified_split(labels: list[int], fraction: float, seed: int,
         held += idx[:k]
         train += idx[k:]
     return sorted(train), sorted(held)
+
+
+def stratified_folds(labels: torch.Tensor, k: int, seed: int) -> list[torch.Tensor]:
+    """`k` disjoint sets of indices, each with about 1/k of every class's photos, drawn reproducibly."""
+    generator, folds, dealt = torch.Generator().manual_seed(seed), [[] for _ in range(k)], 0
+    for y in labels.cpu().unique():
+        members = (labels.cpu() == y).nonzero().flatten()
+        for j, i in enumerate(members[torch.randperm(len(members), generator=generator)].tolist()):
+            folds[(dealt + j) % k].append(i)  # dealt on from where the last class stopped: folds stay even
+        dealt += len(members)
+    return [torch.tensor(sorted(fold), dtype=torch.long) for fold in folds]

@@ -8,7 +8,7 @@ import hashlib
 import torch
 from torch import nn
 
-from ..training.refit import stratified_folds
+from ..data.splits import stratified_folds
 
 # Near duplicates: photos whose squares have nearly the same difference hash (a resized or re-encoded copy: at most 3
 # bits apart on 150 copies of cats-vs-dogs train/ photos at 50% and 70% size and JPEG quality 70; distinct photos of

@@ -8,6 +8,7 @@ from torch import nn
 
 from .. import distributed
 from ..config import TrainConfig
+from ..data.splits import stratified_folds
 from ..data.store import Batches
 from ..engine.frozen import to_float
 from ..engine.loop import evaluate, optimizer_and_schedule, train_one_epoch
@@ -35,17 +36,6 @@ def refit(trained: nn.Module, inputs_of, labels: torch.Tensor, criterion, cfg: T
     log("refit: training the head again on the train and validation photos together")
     loss = train_head(trained, inputs_of, labels, criterion, cfg, device, "refit")
     log(f"refit: {cfg.epochs} epochs on {len(labels):,} photos, final train loss {loss:.4f}")
-
-
-def stratified_folds(labels: torch.Tensor, k: int, seed: int) -> list[torch.Tensor]:
-    """`k` disjoint sets of indices, each with about 1/k of every class's photos, drawn reproducibly."""
-    generator, folds, dealt = torch.Generator().manual_seed(seed), [[] for _ in range(k)], 0
-    for y in labels.cpu().unique():
-        members = (labels.cpu() == y).nonzero().flatten()
-        for j, i in enumerate(members[torch.randperm(len(members), generator=generator)].tolist()):
-            folds[(dealt + j) % k].append(i)  # dealt on from where the last class stopped: folds stay even
-        dealt += len(members)
-    return [torch.tensor(sorted(fold), dtype=torch.long) for fold in folds]
 
 
 def cross_fitted_logits(trainable: nn.Module, trained: nn.Module, initial_head: dict, inputs_of, scored_views,
