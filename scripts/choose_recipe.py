@@ -97,7 +97,7 @@ class Photos:
                               prep.crop, self.cache)
             self.views[key] = Views(body, rows, prep, "trainval", 6, mirror, 0, torch.device("cpu"), self.store,
                                     rows.path.stem, head.rows if kinds else None)
-        return self.views[key], head, {k: v.clone() for k, v in head.state_dict().items()}
+        return self.views[key], head, copy_state(head)
 
 
 def held_out_logits(head, initial, inputs_of, scored_views, labels, criterion, cfg, folds) -> tuple:
