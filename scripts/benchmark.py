@@ -22,6 +22,7 @@ def main() -> int:
     parser.add_argument("--tutorial-epochs", type=int, default=25, help="epochs of each tutorial run (25, as it says)")
     parser.add_argument("--steps", type=int, default=8, help="full fine-tune steps timed per pipeline (8)")
     parser.add_argument("--repeats", type=int, default=40, help="single-photo predictions timed (40)")
+    parser.add_argument("--startup-repeats", type=int, default=3, help="runs of each command whose start is timed (3)")
     args = parser.parse_args()
     cfg, _ = config_from_args(args)
     out = Path(cfg.out or f"runs/{datetime.now():%Y%m%d-%H%M%S}-benchmark")
@@ -32,7 +33,7 @@ def main() -> int:
             from petclassifier.insight.plots import pyplot
 
             pyplot()  # without matplotlib, say so before the minutes of measuring
-        result = run_benchmark(cfg, out, args.tutorial_epochs, args.steps, args.repeats)
+        result = run_benchmark(cfg, out, args.tutorial_epochs, args.steps, args.repeats, args.startup_repeats)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -23,7 +23,7 @@ def test_benchmark_script_writes_every_figure_of_both_pipelines(tmp_path):
     command = [sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--dataset", "folder", "--data-dir", str(data),
                "--model", "efficientnet_lite0", "--image-size", "32", "--epochs", "2", "--batch-size", "4",
                "--workers", "0", "--out", str(out), "--json", str(report), "--plot", str(chart),
-               "--tutorial-epochs", "2", "--steps", "2", "--repeats", "3"]
+               "--tutorial-epochs", "2", "--steps", "2", "--repeats", "3", "--startup-repeats", "1"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(report.read_text())

@@ -9,7 +9,7 @@ import petclassifier.data.images
 from petclassifier.config import TrainConfig
 from petclassifier.data.cache import decode_images, decode_split
 from petclassifier.data.datasets import folder_data, load_data
-from petclassifier.data.splits import Split, stratified_split
+from petclassifier.data.splits import Split, shuffled_classes, stratified_folds, stratified_split
 from petclassifier.data.transforms import Preprocessing
 from petclassifier.errors import UserError
 
@@ -23,6 +23,15 @@ def test_stratified_split_keeps_every_class_and_is_reproducible():
     assert [sum(labels[i] == c for i in held) for c in range(3)] == [10, 2, 1]
     assert (train, held) == stratified_split(labels, 0.2, seed=1)
     assert held != stratified_split(labels, 0.2, seed=2)[1]
+
+
+def test_the_validation_split_and_the_folds_deal_one_shuffle_of_each_class():
+    labels = [0] * 10 + [1] * 5
+    order = shuffled_classes(labels, seed=3)
+    assert [sorted(members) for members in order] == [list(range(10)), list(range(10, 15))]
+    assert stratified_split(labels, 0.2, seed=3)[1] == sorted(order[0][:2] + order[1][:1])
+    first_fold = stratified_folds(torch.tensor(labels), 5, seed=3)[0]  # dealt in turn, class after class
+    assert first_fold.tolist() == sorted([order[0][0], order[0][5], order[1][0]])
 
 
 def test_bundled_sample_is_the_oxford_layout_with_all_breeds():

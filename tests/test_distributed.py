@@ -51,13 +51,14 @@ t.build_model = build_without_dropout
 # A decode into the cache starts slowly, so that a process that did not wait would arrive before the cache exists.
 COUNTING = """
 import time
-import petclassifier.data.cache, petclassifier.data.datasets
+import petclassifier.data.cache, petclassifier.data.datasets, petclassifier.data.images
 d, c = sys.modules["petclassifier.data.datasets"], sys.modules["petclassifier.data.cache"]
-decoder = c.PhotoDecoder.__init__
+i = sys.modules["petclassifier.data.images"]
+decoder = c.decoded_batches
 def slow_start(*args, **kwargs):
     time.sleep(0.5)
-    decoder(*args, **kwargs)
-c.PhotoDecoder.__init__ = slow_start
+    return decoder(*args, **kwargs)
+c.decoded_batches = slow_start
 def counted(fn, what):
     def count(*args, **kwargs):
         with open(COUNTS, "a") as f:
@@ -65,7 +66,7 @@ def counted(fn, what):
         return fn(*args, **kwargs)
     return count
 d.check_image = counted(d.check_image, "check")
-c.PhotoDecoder.__getitem__ = counted(c.PhotoDecoder.__getitem__, "decode")
+i.decoded_square = counted(i.decoded_square, "decode")  # in the decoding processes too: they are forked
 # and each row the frozen stages compute, a line "rows<rank>"
 import os
 fast = t.fast_frozen

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from petclassifier import train
-from petclassifier.data import cache
+from petclassifier.data import images
 from petclassifier.data.cache import decode_images
 from petclassifier.data.store import FeatureStore
 from petclassifier.data.transforms import Preprocessing
@@ -68,11 +68,17 @@ def test_a_view_key_changes_with_everything_that_determines_the_view():
     assert key(view=1) != key(view=1, mirror=False)  # a mirrored view, or a random one
 
 
+def counted_decodes(monkeypatch) -> list:
+    """The photos decoded from here on (in this process: workers=0), in order."""
+    decoded, square = [], images.decoded_square
+    monkeypatch.setattr(images, "decoded_square", lambda source, *how: decoded.append(source) or square(source, *how))
+    return decoded
+
+
 def test_a_new_photo_list_decodes_only_the_photos_no_entry_holds(shapes_dir, cache_dir, monkeypatch):
     prep = Preprocessing.for_model("smallcnn", 32)
     paths = sorted(str(p) for p in shapes_dir.rglob("*.png"))
-    decoded, square = [], cache.square_or_reason
-    monkeypatch.setattr(cache, "square_or_reason", lambda source, prep: decoded.append(source) or square(source, prep))
+    decoded = counted_decodes(monkeypatch)
     first, _ = decode_images(paths[:-1], prep, cache_dir, workers=0)
     assert len(decoded) == len(paths) - 1
     decoded.clear()
@@ -91,12 +97,9 @@ def test_each_part_of_the_decoded_photo_key_decodes_again(shapes_dir, cache_dir,
     another decoder (an older version of this package) is never read as current, nor copied from."""
     import PIL
 
-    from petclassifier.data import images
-
     prep = Preprocessing.for_model("smallcnn", 32)
     paths = sorted(str(p) for p in shapes_dir.rglob("*.png"))[:4]
-    decoded, square = [], cache.square_or_reason
-    monkeypatch.setattr(cache, "square_or_reason", lambda source, prep: decoded.append(source) or square(source, prep))
+    decoded = counted_decodes(monkeypatch)
     decode_images(paths, prep, cache_dir, workers=0)
     decode_images(paths, prep, cache_dir, workers=0)
     assert len(decoded) == 4  # once

@@ -4,7 +4,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from petclassifier.data.images import BACKGROUND, ImageError, check_image, is_image_file, load_image, square_uint8
+from petclassifier.data.images import (
+    BACKGROUND,
+    ImageError,
+    check_image,
+    decoded_batches,
+    is_image_file,
+    load_image,
+    square_uint8,
+)
 
 from .conftest import SAMPLE, SHARED, needs_shared
 from .photos import BAD, GOOD, JUNK, MISNAMED, base, write_all
@@ -95,3 +103,26 @@ def test_the_real_misnamed_files_load(root):
         check_image(path)
         img = load_image(path)
         assert img.mode == "RGB" and min(img.size) > 100
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_the_decoding_pool_keeps_order_gives_reasons_and_ends_its_processes(tmp_path, workers):
+    """Each batch comes back in order, an unreadable file as its reason; left early, the pool's processes end."""
+    import multiprocessing
+
+    good = write_all(tmp_path, {name: GOOD[name] for name in list(GOOD)[:3]})
+    bad = write_all(tmp_path, {name: BAD[name] for name in list(BAD)[:1]})
+    photos = [*good, *bad] * 4
+    batches = [photos[i : i + 3] for i in range(0, len(photos), 3)]
+    decoded = list(decoded_batches(batches, 24, "bilinear", workers))
+    assert [len(b) for b in decoded] == [len(b) for b in batches]
+    for batch, squares in zip(batches, decoded):
+        for path, square in zip(batch, squares):
+            if path in bad:
+                assert isinstance(square, str) and "\n" not in square
+            else:
+                assert np.array_equal(square, square_uint8(load_image(path, min_size=24), 24, "bilinear"))
+    stream = decoded_batches(batches, 24, "bilinear", workers)
+    next(stream)
+    stream.close()  # a reader that stops early
+    assert multiprocessing.active_children() == []

@@ -7,7 +7,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from petclassifier.config import TrainConfig
 from petclassifier.data.cache import decode_images
-from petclassifier.data.images import load_image
+from petclassifier.data.images import centre_crop, load_image
 from petclassifier.data.transforms import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 
 from .conftest import SAMPLE
@@ -21,6 +21,17 @@ def test_eval_batch_is_a_centre_crop_normalised():
     out = prep.eval_batch(x)
     assert out.shape == (2, 3, 224, 224)
     torch.testing.assert_close(out, torch.full_like(out, -1.0))  # (0 - 0.5) / 0.5
+
+
+@pytest.mark.parametrize("side, crop", [(297, 260), (256, 224), (10, 3), (11, 3)])  # margins 37, 32, 7 (= 3 mod 4), 8
+def test_one_centre_crop_for_squares_and_views_as_torchvision_takes_it(side, crop):
+    """The network's view, the cached square's crop and torchvision's CenterCrop take the same pixels, also where
+    half the margin ends in .5 (a floor and torchvision's rounding to even differ when the margin is 3 mod 4)."""
+    x = torch.randint(0, 256, (1, 3, side, side), dtype=torch.uint8)
+    expected = TF.center_crop(x, [crop, crop])
+    torch.testing.assert_close(centre_crop(x, crop), expected)
+    photo = Image.fromarray(x[0].permute(1, 2, 0).numpy())
+    assert np.array_equal(np.array(centre_crop(photo, crop)), expected[0].permute(1, 2, 0).numpy())
 
 
 def test_train_batch_crops_every_photo_differently_and_reproducibly():

@@ -12,15 +12,18 @@ import json
 import os
 import shutil
 import time
+from itertools import chain
 from pathlib import Path
 
 import torch
 
 from ..errors import UserError
 from ..runtime import log, progress
-from .images import decoded_square, decoder_key
+from .images import decoded_batches, decoder_key
 from .store import LIMIT_FILE, RowFile, entry_key, remove_abandoned, temp_path, touch, trim
 from .transforms import Preprocessing
+
+DECODE_BATCH = 16  # photos a decoding process is handed at a time
 
 
 def photo_key(path: str) -> str:
@@ -77,21 +80,22 @@ def write_entry(paths: list[str], keys: list[str], prep: Preprocessing, store: P
     bad, kept, started = [], [], time.perf_counter()
     before = decoded_before(store.parent, prep, set(keys))
     todo = [p for p, k in zip(paths, keys) if k not in before]
-    decoded = iter(torch.utils.data.DataLoader(PhotoDecoder(todo, prep), batch_size=None,
-                                               num_workers=workers if todo else 0))
+    batches = [todo[i : i + DECODE_BATCH] for i in range(0, len(todo), DECODE_BATCH)]
+    decoding = decoded_batches(batches, prep.resize, prep.interpolation, workers)
+    decoded = chain.from_iterable(zip(batch, squares) for batch, squares in zip(batches, decoding))
     try:
         with open(tmp, "wb") as f:
             for path, key in progress(zip(paths, keys), total=len(paths), desc="decoding photos", unit="img",
                                       leave=False):
                 if key in before:
                     rows, i = before[key]
-                    x = rows[i]
+                    x = rows[i].numpy()
                 else:
                     path, x = next(decoded)
                 if isinstance(x, str):
                     bad.append((path, x))
                 else:
-                    f.write(x.numpy().tobytes())
+                    f.write(x.tobytes())  # C order, as the rows are read back
                     kept.append(key)
         info = {"count": len(kept), "bad": bad, "prep": prep_key(prep), "keys": kept}
         tmp_meta.write_text(json.dumps(info))
@@ -101,7 +105,8 @@ def write_entry(paths: list[str], keys: list[str], prep: Preprocessing, store: P
         log(f"decoded {len(todo):,} photos{reused} in {time.perf_counter() - started:.1f} s (cached for later runs)")
         trim(store.parent.parent)
         return info
-    finally:  # an interrupted decode leaves nothing behind
+    finally:  # an interrupted decode leaves nothing behind, and no worker
+        decoding.close()
         tmp.unlink(missing_ok=True)
         tmp_meta.unlink(missing_ok=True)
 
@@ -154,22 +159,3 @@ def set_cache_limit(cache_dir: str | Path, limit: int) -> None:
 def clear_cache(cache_dir: str | Path) -> None:
     """Remove everything the cache holds; the next run decodes again."""
     shutil.rmtree(cache_dir, ignore_errors=True)
-
-
-def square_or_reason(source, prep: Preprocessing) -> torch.Tensor | str:
-    """The uint8 square [3, R, R] the network sees for a photo (a path or a file object), or why it is unreadable."""
-    square = decoded_square(source, prep.resize, prep.interpolation)
-    return square if isinstance(square, str) else torch.from_numpy(square)
-
-
-class PhotoDecoder(torch.utils.data.Dataset):
-    """Decodes one photo per item in a worker process; an unreadable one yields its reason instead."""
-
-    def __init__(self, paths: list[str], prep: Preprocessing):
-        self.paths, self.prep = paths, prep
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int):
-        return self.paths[i], square_or_reason(self.paths[i], self.prep)

@@ -5,9 +5,14 @@ Pillow and NumPy only: answering from a checkpoint's ONNX copy decodes photos wi
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import re
+import signal
+import sys
 import warnings
+from collections import deque
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -160,7 +165,7 @@ def square_uint8(img: Image.Image, size: int, interpolation: str = "bicubic") ->
     resized = (size, long) if w <= h else (long, size)
     if resized != img.size:
         img = img.resize(resized, resample=getattr(Image.Resampling, interpolation.upper()))
-    return np.array(centre_crop(img, size, size)).transpose(2, 0, 1)
+    return np.array(centre_crop(img, size)).transpose(2, 0, 1)
 
 
 def decoded_square(source, size: int, interpolation: str = "bicubic") -> np.ndarray | str:
@@ -172,10 +177,52 @@ def decoded_square(source, size: int, interpolation: str = "bicubic") -> np.ndar
         return str(e)
 
 
-def centre_crop(img: Image.Image, width: int, height: int) -> Image.Image:
-    """The central width x height part of a photo at least that large."""
-    top, left = int(round((img.height - height) / 2.0)), int(round((img.width - width) / 2.0))
-    return img.crop((left, top, left + width, top + height))
+def decoded_batches(batches: Sequence[Sequence], size: int, interpolation: str = "bicubic",
+                    workers: int = 0) -> Iterator[list[np.ndarray | str]]:
+    """Each batch of photos (paths or file objects) as `decoded_square` gives them, in order: the one decoding pool.
+
+    The cache, predict and the ONNX copy decode through it: `workers` processes, at most two batches each ahead of
+    the reader, so memory stays flat however many photos there are; the processes end with the loop, also when it
+    is left early. Forked where the system allows, as PyTorch's DataLoader does on Linux: nothing is imported again.
+    """
+    workers = min(workers, len(batches)) if len(batches) > 1 else 0  # processes for one batch only cost time
+    if workers == 0:
+        yield from (decoded_batch(batch, size, interpolation) for batch in batches)
+        return
+    context = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
+    with context.Pool(workers, initializer=signal.signal, initargs=(signal.SIGINT, signal.SIG_IGN)) as pool:
+        waiting = deque()  # Ctrl-C stops the reader, whose leaving the pool ends the workers without a traceback each
+        for batch in batches:
+            waiting.append(pool.apply_async(decoded_batch, (batch, size, interpolation)))
+            if len(waiting) > 2 * workers:
+                yield waiting.popleft().get()
+        while waiting:
+            yield waiting.popleft().get()
+
+
+def decoded_batch(photos: Sequence, size: int, interpolation: str) -> list[np.ndarray | str]:
+    return [decoded_square(photo, size, interpolation) for photo in photos]
+
+
+def readable(decoded: list[np.ndarray | str]) -> tuple[list[str | None], np.ndarray | None]:
+    """A decoded batch as (each photo's reason it cannot be read, None where it can; the readable squares stacked,
+    [N, 3, R, R], or None when there are none)."""
+    squares = [x for x in decoded if not isinstance(x, str)]
+    return [x if isinstance(x, str) else None for x in decoded], np.stack(squares) if squares else None
+
+
+def centre_crop(image, width: int, height: int | None = None):
+    """The central width x height part (a square when height is None) of a PIL image or an array [..., H, W].
+
+    The one centre crop: the cached squares and the network's view both take it, at the offsets of torchvision's
+    CenterCrop (which rounds half a pixel to even), so a model sees what its weights' own transform would show it.
+    """
+    height = width if height is None else height
+    full_height, full_width = (image.height, image.width) if isinstance(image, Image.Image) else image.shape[-2:]
+    top, left = int(round((full_height - height) / 2.0)), int(round((full_width - width) / 2.0))
+    if isinstance(image, Image.Image):
+        return image.crop((left, top, left + width, top + height))
+    return image[..., top : top + height, left : left + width]
 
 
 def expand_paths(paths: list[str], missing_ok: bool = False) -> list[Path]:

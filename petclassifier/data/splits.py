@@ -1,9 +1,10 @@
 """What a dataset is once listed: photos with class indices, split into train, val and test; and the stratified
-draws, a fraction of every class held out of training, or k folds of it (cross-fitting, the doctor)."""
+draws, a fraction of every class held out of training, or k folds of it (cross-fitting, the doctor), both dealt from
+one shuffle of each class."""
 
 from __future__ import annotations
 
-import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -44,34 +45,40 @@ class ScoredSplit:
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
-def stratified_split(labels: list[int], fraction: float, seed: int,
-                     names: list[str] | None = None) -> tuple[list[int], list[int]]:
-    """Indices (train, held-out): `fraction` of every class, at least one photo, chosen reproducibly.
+def shuffled_classes(labels: Sequence[int], seed: int, names: Sequence[str] | None = None,
+                     least: int = 1) -> list[list[int]]:
+    """Every class's photo indices in a reproducible random order, classes by label: the one draw both splits deal.
 
-    `names` (a class's folder, say) name the classes in the error for a class with too few photos.
+    A class with fewer than `least` photos is an error that names it (by `names`, a class's folder say).
     """
     by_class: dict[int, list[int]] = {}
     for i, y in enumerate(labels):
-        by_class.setdefault(y, []).append(i)
-    rng = random.Random(seed)
+        by_class.setdefault(int(y), []).append(i)
+    generator, shuffled = torch.Generator().manual_seed(seed), []
+    for y, members in sorted(by_class.items()):
+        if len(members) < least:
+            raise UserError(f"class {names[y] if names else y} has {len(members)} photo; a train/validation split "
+                            "needs at least two per class: add photos, or give train/ and val/ sub-folders")
+        shuffled.append([members[j] for j in torch.randperm(len(members), generator=generator).tolist()])
+    return shuffled
+
+
+def stratified_split(labels: Sequence[int], fraction: float, seed: int,
+                     names: Sequence[str] | None = None) -> tuple[list[int], list[int]]:
+    """Indices (train, held-out): `fraction` of every class, at least one photo, chosen reproducibly."""
     train, held = [], []
-    for y, idx in sorted(by_class.items()):
-        if len(idx) < 2:
-            raise UserError(f"class {names[y] if names else y} has {len(idx)} photo; a train/validation split needs "
-                            "at least two per class: add photos, or give train/ and val/ sub-folders")
-        rng.shuffle(idx)
-        k = max(1, round(len(idx) * fraction))
-        held += idx[:k]
-        train += idx[k:]
+    for members in shuffled_classes(labels, seed, names, least=2):
+        k = max(1, round(len(members) * fraction))
+        held += members[:k]
+        train += members[k:]
     return sorted(train), sorted(held)
 
 
 def stratified_folds(labels: torch.Tensor, k: int, seed: int) -> list[torch.Tensor]:
     """`k` disjoint sets of indices, each with about 1/k of every class's photos, drawn reproducibly."""
-    generator, folds, dealt = torch.Generator().manual_seed(seed), [[] for _ in range(k)], 0
-    for y in labels.cpu().unique():
-        members = (labels.cpu() == y).nonzero().flatten()
-        for j, i in enumerate(members[torch.randperm(len(members), generator=generator)].tolist()):
+    folds, dealt = [[] for _ in range(k)], 0
+    for members in shuffled_classes(labels.tolist(), seed):
+        for j, i in enumerate(members):
             folds[(dealt + j) % k].append(i)  # dealt on from where the last class stopped: folds stay even
         dealt += len(members)
     return [torch.tensor(sorted(fold), dtype=torch.long) for fold in folds]

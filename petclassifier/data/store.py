@@ -22,7 +22,7 @@ import torch
 MEMORY_BUDGET = 2 * 1024**3  # bytes of frozen features kept in memory by a training run; the rest go to disk
 FEATURE_DTYPE = torch.float16  # frozen features: half the memory of float32, differences far below the noise
 HALF_DTYPES = (torch.float16, torch.bfloat16)  # bfloat16: computed so under CUDA autocast, and kept as computed
-FEATURE_FORMAT = 3  # raise whenever code that shapes cached features changes: every earlier entry goes stale
+FEATURE_FORMAT = 4  # raise whenever code that shapes cached features changes: every earlier entry goes stale
 TEMP_MARK = ".tmp"  # a file being written is named <name>.tmp<host>-<pid> until complete
 HOST = socket.gethostname()
 DEFAULT_LIMIT = 20 * 10**9  # bytes the cache folder may hold; the least recently used entries go past it

@@ -14,7 +14,7 @@ from PIL import Image
 from torchvision.ops import roi_align
 
 from ..config import OWN_MODELS, weights_transforms
-from .images import square_uint8
+from .images import centre_crop, square_uint8
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -26,12 +26,6 @@ FLIP_CHANCE = 0.5  # of a random view being mirrored
 def augmentation_key() -> str:
     """The constants that shape a random view, for the keys of cached features."""
     return f"crop scale {CROP_SCALE}, ratio {CROP_RATIO}, flip {FLIP_CHANCE}"
-
-
-def centre_crop(x: torch.Tensor, size: int) -> torch.Tensor:
-    """The central size x size square of images [..., R, R] (the photo the network sees at evaluation)."""
-    top = (x.shape[-1] - size) // 2
-    return x[..., top : top + size, top : top + size]
 
 
 @dataclass(frozen=True)

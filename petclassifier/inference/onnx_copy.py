@@ -13,17 +13,15 @@ import hashlib
 import json
 import os
 import time
-from collections import deque
 from collections.abc import Iterator, Sequence
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
 
-from ..data.images import ImageError, decoded_square
+from ..data.images import ImageError, decoded_batches, readable
 from .answers import Labels, Prediction
 
-COPY_FORMAT = 1  # raised when what the copy holds changes, so older copies are written again
+COPY_FORMAT = 2  # raised when what the copy holds changes, so older copies are written again
 BATCH_SIZE = 16  # photos per run of the network on the CPU
 def copy_folder(checkpoint: Path, cache_dir: str | Path, flip_tta: bool | None) -> Path:
     """Where the copy of `checkpoint` is kept: named by a digest of its bytes, so a changed file gets a new copy."""
@@ -32,10 +30,6 @@ def copy_folder(checkpoint: Path, cache_dir: str | Path, flip_tta: bool | None) 
         while block := f.read(1 << 20):
             digest.update(block)
     return Path(cache_dir) / "onnx" / "copies" / digest.hexdigest()[:24]
-
-
-def decoded_batch(paths: list[str], resize: int, interpolation: str) -> list[np.ndarray | str]:
-    return [decoded_square(p, resize, interpolation) for p in paths]
 
 
 class OnnxCopy:
@@ -72,26 +66,11 @@ class OnnxCopy:
         """One Prediction per path, in order, each batch's as soon as it is through; `workers` 0: decode here."""
         paths = [str(p) for p in paths]
         batches = [paths[i : i + BATCH_SIZE] for i in range(0, len(paths), BATCH_SIZE)]
-        for names, items in zip(batches, self._decoded(batches, workers)):
-            errors = [x if isinstance(x, str) else None for x in items]
-            squares = [x for x in items if not isinstance(x, str)]
-            probs, flags = self.outputs(np.stack(squares)) if squares else ([], [])
+        how = (self.answers["resize"], self.answers["interpolation"], workers)
+        for names, decoded in zip(batches, decoded_batches(batches, *how)):
+            errors, squares = readable(decoded)
+            probs, flags = self.outputs(squares) if squares is not None else ([], [])
             yield from self.labels.answers(names, errors, probs, flags, top_k)
-
-    def _decoded(self, batches: list[list[str]], workers: int) -> Iterator[list]:
-        """Each batch decoded, in order; with workers, at most two batches a worker ahead (memory stays flat)."""
-        how = (self.answers["resize"], self.answers["interpolation"])
-        if workers == 0 or len(batches) < 2:
-            yield from (decoded_batch(b, *how) for b in batches)
-            return
-        with get_context("fork").Pool(min(workers, len(batches))) as pool:
-            waiting, left = deque(), iter(batches)
-            for batch in left:
-                waiting.append(pool.apply_async(decoded_batch, (batch, *how)))
-                if len(waiting) > 2 * workers:
-                    yield waiting.popleft().get()
-            while waiting:
-                yield waiting.popleft().get()
 
 
 def ready_copy(checkpoint: Path, cache_dir: str | Path, flip_tta: bool | None = None) -> OnnxCopy:

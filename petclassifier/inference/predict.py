@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import copy
-import math
-from array import array
 from collections.abc import Iterator, Sequence
-from itertools import accumulate
 from pathlib import Path
 
 import torch
 from PIL import Image
 from torch import nn
 
-from ..data.cache import PhotoDecoder
-from ..data.images import load_image, to_rgb, upright
+from ..data.images import decoded_batches, load_image, readable, to_rgb, upright
 from ..models.checkpoint import checkpoint_file, flip_tta_of, load_checkpoint, model_from_checkpoint, temperature_of
 from ..models.kinds import KIND_NAMES, kind_probabilities
 from ..models.net import PetNet, fold_batchnorm, mean_over_flip
@@ -130,23 +126,20 @@ class PetClassifier:
     def iter_predictions(self, paths: Sequence[str | Path], top_k: int = 5, workers: int = WORKERS,
                          batch_size: int | None = None) -> Iterator[Prediction]:
         """`predict_paths` as a stream, each Prediction as soon as its batch is through; `workers` 0: decode here."""
-        batch_size = batch_size or self.batch_size
-        batches = math.ceil(len(paths) / batch_size)
-        workers = min(workers, batches) if batches > 1 else 0  # starting processes for one batch only costs time
-        # the workers decode at most two batches each (the DataLoader's prefetch) ahead of the network, and nothing
-        # is kept once yielded: memory stays flat however many paths there are
-        decoded = torch.utils.data.DataLoader(PhotoDecoder(_PathTable(paths), self.preprocessing),
-                                              batch_size=batch_size, collate_fn=stack_readable, num_workers=workers)
-        for names, errors, squares in decoded:
-            yield from self.scored(names, errors, squares, top_k)
+        paths, batch_size, prep = [str(p) for p in paths], batch_size or self.batch_size, self.preprocessing
+        batches = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]
+        # the workers decode at most two batches each ahead of the network, and nothing is kept once yielded:
+        # memory stays flat however many paths there are
+        for names, decoded in zip(batches, decoded_batches(batches, prep.resize, prep.interpolation, workers)):
+            yield from self.scored(names, decoded, top_k)
             release_free_memory()  # a stream over 100,000 photos stays at its starting size
 
-    def scored(self, names: list[str], errors: list[str | None], squares: torch.Tensor | None,
-               top_k: int = 5) -> list[Prediction]:
-        """A decoded batch's Predictions, as `stack_readable` hands it over: each name gets its error, or the labels
-        of the next of `squares` (uint8 [N, 3, R, R], the readable photos in order; None when none was readable)."""
-        probs, flags = self._square_outputs(squares) if squares is not None else (torch.empty(0), [])
-        return self.labels.answers(names, errors, probs.tolist(), flags, top_k)
+    def scored(self, names: list[str], decoded: list, top_k: int = 5) -> list[Prediction]:
+        """A decoded batch's Predictions (`decoded_batches` gives them): each name gets the reason its photo cannot be
+        read, or its labels."""
+        errors, squares = readable(decoded)
+        outputs = self._square_outputs(torch.from_numpy(squares)) if squares is not None else (torch.empty(0), [])
+        return self.labels.answers(names, errors, outputs[0].tolist(), outputs[1], top_k)
 
     def _each_output(self, images: list[Photo]):
         """Each photo's (class probabilities, "not a pet" flag), in order, a batch at a time."""
@@ -159,27 +152,3 @@ class PetClassifier:
 
     def _load(self, path: str | Path) -> Image.Image:
         return load_image(path, min_size=self.preprocessing.resize)
-
-
-class _PathTable:
-    """The paths packed into one string and their end offsets, as a worker process reads them."""
-
-    # a forked worker reading a list of strings updates each one's reference count, which copies their memory
-    # pages into every worker; one string and one array are two objects however many paths there are
-
-    def __init__(self, paths: Sequence[str | Path]):
-        names = [str(p) for p in paths]
-        self.text, self.ends = "".join(names), array("q", accumulate(map(len, names), initial=0))
-
-    def __len__(self) -> int:
-        return len(self.ends) - 1
-
-    def __getitem__(self, i: int) -> str:
-        return self.text[self.ends[i] : self.ends[i + 1]]
-
-
-def stack_readable(items: list[tuple[str, torch.Tensor | str]]) -> tuple[list[str], list, torch.Tensor | None]:
-    """A batch of decoded photos (in the worker): its paths, each one's error or None, the read squares stacked."""
-    errors = [x if isinstance(x, str) else None for _, x in items]
-    squares = [x for _, x in items if not isinstance(x, str)]
-    return [path for path, _ in items], errors, torch.stack(squares) if squares else None

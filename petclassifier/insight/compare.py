@@ -10,7 +10,8 @@ from pathlib import Path
 from ..config import TrainConfig
 from ..data.cache import decode_split
 from ..data.datasets import load_data
-from ..data.transforms import Preprocessing, centre_crop
+from ..data.images import centre_crop
+from ..data.transforms import Preprocessing
 from ..engine.metrics import metrics_report
 from ..errors import UserError
 from ..training.run import fit

@@ -14,8 +14,8 @@ from torch import nn
 from ..config import TrainConfig
 from ..data.cache import decode_split, warn_unreadable
 from ..data.datasets import load_split
+from ..data.images import centre_crop
 from ..data.store import Batches
-from ..data.transforms import centre_crop
 from ..engine.loop import evaluate
 from ..engine.metrics import at_chance, calibration_report, chance_accuracy, luck_ceiling, metrics_report
 from ..errors import UserError

@@ -9,8 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.images import ImageError
-from ..data.transforms import centre_crop
+from ..data.images import ImageError, centre_crop
 from ..errors import UserError
 from ..models.net import PetNet
 

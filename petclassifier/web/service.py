@@ -11,14 +11,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 from starlette.exceptions import HTTPException
 
-from ..data.cache import square_or_reason
-from ..data.transforms import centre_crop
+from ..data.images import centre_crop, decoded_square
 from ..engine.metrics import epoch_rows
-from ..inference.predict import PetClassifier, stack_readable
+from ..inference.predict import PetClassifier
 from ..insight.explain import GradCAM, heat_overlay, upsample
 from ..models.checkpoint import describe, flip_tta_of, load_checkpoint, task_of, temperature_of
 from .job_files import read_json
@@ -93,10 +93,12 @@ class PhotoService:
     def _predict_together(self, requests: list) -> None:
         try:
             loaded = self.model(requests[0][2])
-            decoded = [loaded.decode(name, data) for uploads, *_ in requests for name, data in uploads]
+            names = [name for uploads, *_ in requests for name, _ in uploads]
+            decoded = [loaded.decode(data) for uploads, *_ in requests for _, data in uploads]
             top_k, size, predictions = max(r[1] for r in requests), loaded.classifier.batch_size, []
             for start in range(0, len(decoded), size):
-                predictions += loaded.classifier.scored(*stack_readable(decoded[start : start + size]), top_k)
+                predictions += loaded.classifier.scored(names[start : start + size], decoded[start : start + size],
+                                                        top_k)
             for uploads, k, _, answer, loop in requests:
                 mine, predictions = predictions[: len(uploads)], predictions[len(uploads) :]
                 entries = [replace(p, labels=p.labels[:k]).as_dict() for p in mine]
@@ -125,19 +127,21 @@ class Loaded:
         # gradients of activations, not of weights
         return cls(classifier, GradCAM(classifier.model.requires_grad_(False)), model_info(checkpoint, ckpt))
 
-    def decode(self, name: str, data: bytes) -> tuple[str, torch.Tensor | str]:
-        """(name, the uint8 square [3, R, R] the network sees) or (name, why the bytes are not a readable photo)."""
+    def decode(self, data: bytes) -> np.ndarray | str:
+        """The uint8 square [3, R, R] the network sees of an upload's bytes, or why they are not a readable photo."""
         if not data:
-            return name, "empty file (0 bytes)"
-        return name, square_or_reason(io.BytesIO(data), self.classifier.preprocessing)  # the name is never opened
+            return "empty file (0 bytes)"
+        prep = self.classifier.preprocessing
+        return decoded_square(io.BytesIO(data), prep.resize, prep.interpolation)  # the upload's name is never opened
 
     def explain(self, name: str, data: bytes, class_name: str | None) -> tuple[bytes, str, float]:
         c = self.classifier
         if class_name is not None and class_name not in c.class_names:
             raise HTTPException(400, f"unknown class {class_name!r}; the model knows: {', '.join(c.class_names)}")
-        _, square = self.decode(name, data)
+        square = self.decode(data)
         if isinstance(square, str):
             raise HTTPException(400, f"{name}: {square}")
+        square = torch.from_numpy(square)
         probs = c._square_outputs(square[None])[0][0]  # as predict reports them: temperature, flip TTA
         k = c.class_names.index(class_name) if class_name else int(probs.argmax())
         cam, _ = self.gradcam(c.preprocessing.eval_batch(square[None].to(c.device)), torch.tensor([k]).to(c.device))

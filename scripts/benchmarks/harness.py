@@ -277,7 +277,8 @@ def device_name(device: torch.device) -> str:
     return f"CPU, {os.cpu_count()} cores ({torch.backends.cpu.get_cpu_capability()})"
 
 
-def run_benchmark(cfg: TrainConfig, out: Path, tutorial_epochs: int = 25, steps: int = 8, repeats: int = 40) -> dict:
+def run_benchmark(cfg: TrainConfig, out: Path, tutorial_epochs: int = 25, steps: int = 8, repeats: int = 40,
+                  startup_repeats: int = 3) -> dict:
     """Every figure, one measurement after another; run folders, logs and caches go under `out`."""
     device = resolve_device(cfg.device)
     resolved = cfg.resolved()
@@ -296,7 +297,7 @@ def run_benchmark(cfg: TrainConfig, out: Path, tutorial_epochs: int = 25, steps:
     print("train_step: full fine-tune steps", flush=True)
     result["train_step"] = train_step(replace(cfg, cache_dir=str(out / "cache-cold")), data, steps)
     print("startup: --help and predict of one photo", flush=True)
-    result["startup"] = startup(checkpoint, paths[0], out)
+    result["startup"] = startup(checkpoint, paths[0], out, startup_repeats)
     return result
 
 
